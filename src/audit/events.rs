@@ -1,0 +1,92 @@
+//! Typed audit events. The `kind` names are fixed by DESIGN.md §5.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    AuthSuccess,
+    AuthFailure,
+    ConnectionOpen,
+    ConnectionClose,
+    ForwardOpen,
+    ForwardDenied,
+    ForwardClose,
+    GrantCreate,
+    GrantRevoke,
+    LockoutBan,
+    ConfigReload,
+    ChannelRefused,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        use EventKind::*;
+        match self {
+            AuthSuccess => "auth.success",
+            AuthFailure => "auth.failure",
+            ConnectionOpen => "connection.open",
+            ConnectionClose => "connection.close",
+            ForwardOpen => "forward.open",
+            ForwardDenied => "forward.denied",
+            ForwardClose => "forward.close",
+            GrantCreate => "grant.create",
+            GrantRevoke => "grant.revoke",
+            LockoutBan => "lockout.ban",
+            ConfigReload => "config.reload",
+            ChannelRefused => "channel.refused",
+        }
+    }
+}
+
+/// One audit event: a row in `audit_events` and a JSON log line.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: EventKind,
+    pub at: SystemTime,
+    pub connection_id: Option<String>,
+    pub user: Option<String>,
+    /// `ip:port` of the client.
+    pub source: Option<String>,
+    /// Stable snake_case reason for refusals and closes.
+    pub reason: Option<String>,
+    /// Event-specific fields (method, target, bytes, ...).
+    pub detail: Map<String, Value>,
+}
+
+impl Event {
+    pub fn new(kind: EventKind) -> Self {
+        Event {
+            kind,
+            at: SystemTime::now(),
+            connection_id: None,
+            user: None,
+            source: None,
+            reason: None,
+            detail: Map::new(),
+        }
+    }
+
+    pub fn connection(mut self, id: &str, source: SocketAddr) -> Self {
+        self.connection_id = Some(id.to_string());
+        self.source = Some(source.to_string());
+        self
+    }
+
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.detail.insert(key.to_string(), value.into());
+        self
+    }
+}

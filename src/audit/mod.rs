@@ -1,0 +1,465 @@
+//! The audit trail: typed events written to the database and to the log as
+//! JSON lines.
+//!
+//! Events that only record (logins, connections, refusals) go through a
+//! bounded queue to one writer task, so nothing on the SSH session loop waits
+//! for the database. A forward's row is different: it is inserted, and
+//! awaited, before the target is dialled; if that fails the forward is
+//! refused (fail closed).
+
+mod events;
+pub mod query;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use sqlx::Row;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use events::{Event, EventKind};
+
+use crate::clock::{micros, now_micros};
+use crate::store::{Store, StoreError};
+
+/// How many records may wait for the writer before new ones are dropped
+/// (they are still in the log). Bounded so a dead database cannot eat memory.
+const QUEUE: usize = 65_536;
+/// Records written per transaction at most.
+const BATCH: usize = 256;
+
+/// Cheap to clone; all clones feed one writer.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    node: String,
+    tx: mpsc::Sender<Record>,
+    /// Records lost because the queue was full or the database refused them.
+    dropped: AtomicU64,
+}
+
+/// What the writer task stores.
+#[derive(Debug)]
+enum Record {
+    Event(Event),
+    ConnectionOpen {
+        id: String,
+        source: String,
+        at: i64,
+    },
+    ConnectionAuthenticated {
+        id: String,
+        user: String,
+        method: String,
+        at: i64,
+    },
+    ConnectionClose {
+        id: String,
+        reason: String,
+        client_version: Option<String>,
+        at: i64,
+    },
+}
+
+/// The request side of a forward, as the audit trail records it.
+#[derive(Debug, Clone)]
+pub struct ForwardRecord {
+    pub connection_id: String,
+    pub user: String,
+    pub auth_method: String,
+    pub source: SocketAddr,
+    /// The matched target's name (`None` when nothing matched).
+    pub target: Option<String>,
+    pub host: String,
+    pub port: u32,
+}
+
+impl ForwardRecord {
+    fn event(&self, kind: EventKind, id: Option<i64>) -> Event {
+        let mut ev = Event::new(kind)
+            .connection(&self.connection_id, self.source)
+            .user(self.user.clone())
+            .detail("host", self.host.clone())
+            .detail("port", self.port)
+            .detail("auth_method", self.auth_method.clone());
+        if let Some(t) = &self.target {
+            ev = ev.detail("target", t.clone());
+        }
+        if let Some(id) = id {
+            ev = ev.detail("forward_id", id);
+        }
+        ev
+    }
+}
+
+impl Audit {
+    /// Start the writer task. It ends once every clone of the returned
+    /// `Audit` is dropped and the queue is drained; await the handle to flush.
+    pub fn start(store: Store, node: String) -> (Audit, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let inner = Arc::new(Inner {
+            store: store.clone(),
+            node: node.clone(),
+            tx,
+            dropped: AtomicU64::new(0),
+        });
+        let writer = tokio::spawn(write_loop(store, node, rx, Arc::downgrade(&inner)));
+        (Audit { inner }, writer)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Records lost so far (queue full or database errors).
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Log an event and queue it for the database. Never waits.
+    pub fn emit(&self, ev: Event) {
+        log_event(&ev);
+        self.queue(Record::Event(ev));
+    }
+
+    fn queue(&self, r: Record) {
+        if let Err(e) = self.inner.tx.try_send(r) {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "audit queue full: record kept only in this log");
+        }
+    }
+
+    pub fn connection_open(&self, id: &str, source: SocketAddr) {
+        self.emit(Event::new(EventKind::ConnectionOpen).connection(id, source));
+        self.queue(Record::ConnectionOpen {
+            id: id.to_string(),
+            source: source.to_string(),
+            at: now_micros(),
+        });
+    }
+
+    /// A login succeeded: `auth.success` and the connection row gets its user.
+    pub fn login(&self, id: &str, source: SocketAddr, ev: Event, user: &str, method: &str) {
+        self.emit(
+            ev.connection(id, source)
+                .user(user)
+                .detail("method", method),
+        );
+        self.queue(Record::ConnectionAuthenticated {
+            id: id.to_string(),
+            user: user.to_string(),
+            method: method.to_string(),
+            at: now_micros(),
+        });
+    }
+
+    pub fn connection_close(
+        &self,
+        id: &str,
+        source: SocketAddr,
+        user: Option<&str>,
+        reason: &str,
+        duration: Duration,
+        client_version: Option<&str>,
+    ) {
+        let mut ev = Event::new(EventKind::ConnectionClose)
+            .connection(id, source)
+            .reason(reason)
+            .detail("duration_seconds", duration.as_secs_f64());
+        if let Some(u) = user {
+            ev = ev.user(u);
+        }
+        if let Some(v) = client_version {
+            ev = ev.detail("client_version", v);
+        }
+        self.emit(ev);
+        self.queue(Record::ConnectionClose {
+            id: id.to_string(),
+            reason: reason.to_string(),
+            client_version: client_version.map(str::to_string),
+            at: now_micros(),
+        });
+    }
+
+    /// Insert an allowed forward's row before dialling. The row id is the
+    /// session id of the CLI. An error means: refuse the forward.
+    pub async fn forward_open(&self, f: &ForwardRecord, address: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, address, result, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'allowed', $10) RETURNING id",
+        )
+        .bind(&f.connection_id)
+        .bind(&self.inner.node)
+        .bind(&f.user)
+        .bind(&f.auth_method)
+        .bind(f.source.to_string())
+        .bind(f.target.as_deref())
+        .bind(&f.host)
+        .bind(i64::from(f.port))
+        .bind(address)
+        .bind(now_micros())
+        .fetch_one(self.inner.store.pool())
+        .await?;
+        let id: i64 = row.try_get(0)?;
+        self.emit(
+            f.event(EventKind::ForwardOpen, Some(id))
+                .detail("address", address),
+        );
+        Ok(id)
+    }
+
+    /// A refused forward: a row with result `denied` (policy) or `failed`
+    /// (allowed but could not be carried out), and a `forward.denied` event.
+    pub async fn forward_refused(&self, f: &ForwardRecord, result: &str, reason: &str) {
+        let now = now_micros();
+        let id = sqlx::query(
+            "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, result, reason, started_at, ended_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
+        )
+        .bind(&f.connection_id)
+        .bind(&self.inner.node)
+        .bind(&f.user)
+        .bind(&f.auth_method)
+        .bind(f.source.to_string())
+        .bind(f.target.as_deref())
+        .bind(&f.host)
+        .bind(i64::from(f.port))
+        .bind(result)
+        .bind(reason)
+        .bind(now)
+        .fetch_one(self.inner.store.pool())
+        .await
+        .and_then(|row| row.try_get::<i64, _>(0));
+        if let Err(e) = &id {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot store refused forward");
+        }
+        self.emit(
+            f.event(EventKind::ForwardDenied, id.ok())
+                .reason(reason)
+                .detail("result", result),
+        );
+    }
+
+    /// The dial of an allowed forward failed: its row becomes `failed`.
+    pub async fn forward_failed(&self, id: i64, f: &ForwardRecord, reason: &str) {
+        let now = now_micros();
+        let r = sqlx::query(
+            "UPDATE forwards SET result = 'failed', reason = $1, ended_at = $2, close_reason = $1 WHERE id = $3",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .execute(self.inner.store.pool())
+        .await;
+        self.note_error(r.err());
+        self.emit(
+            f.event(EventKind::ForwardClose, Some(id))
+                .reason(reason)
+                .detail("result", "failed"),
+        );
+    }
+
+    /// A forward to a name with several addresses: record the one that answered.
+    pub async fn forward_dialled(&self, id: i64, address: &str) {
+        let r = sqlx::query("UPDATE forwards SET address = $1 WHERE id = $2")
+            .bind(address)
+            .bind(id)
+            .execute(self.inner.store.pool())
+            .await;
+        self.note_error(r.err());
+    }
+
+    /// A forward ended: bytes, end time and why.
+    pub async fn forward_close(
+        &self,
+        id: i64,
+        f: &ForwardRecord,
+        bytes_to_target: u64,
+        bytes_from_target: u64,
+        reason: &str,
+        duration: Duration,
+    ) {
+        let to = i64::try_from(bytes_to_target).unwrap_or(i64::MAX);
+        let from = i64::try_from(bytes_from_target).unwrap_or(i64::MAX);
+        let r = sqlx::query(
+            "UPDATE forwards SET ended_at = $1, bytes_to_target = $2, bytes_from_target = $3, close_reason = $4 WHERE id = $5",
+        )
+        .bind(micros(SystemTime::now()))
+        .bind(to)
+        .bind(from)
+        .bind(reason)
+        .bind(id)
+        .execute(self.inner.store.pool())
+        .await;
+        self.note_error(r.err());
+        self.emit(
+            f.event(EventKind::ForwardClose, Some(id))
+                .reason(reason)
+                .detail("bytes_to_target", bytes_to_target)
+                .detail("bytes_from_target", bytes_from_target)
+                .detail("duration_seconds", duration.as_secs_f64()),
+        );
+    }
+
+    fn note_error(&self, e: Option<sqlx::Error>) {
+        if let Some(e) = e {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "audit database write failed");
+        }
+    }
+}
+
+/// One JSON log line per audit event, with stable top-level field names.
+fn log_event(ev: &Event) {
+    let str_field = |k: &str| ev.detail.get(k).and_then(Value::as_str);
+    let forward_id = ev.detail.get("forward_id").and_then(Value::as_i64);
+    let detail = Value::Object(ev.detail.clone());
+    tracing::info!(
+        target: "audit",
+        event = ev.kind.as_str(),
+        user = ev.user.as_deref(),
+        source = ev.source.as_deref(),
+        reason = ev.reason.as_deref(),
+        connection_id = ev.connection_id.as_deref(),
+        forward_id,
+        target_name = str_field("target"),
+        method = str_field("method"),
+        detail = %detail,
+        "{}",
+        ev.kind.as_str()
+    );
+}
+
+async fn write_loop(
+    store: Store,
+    node: String,
+    mut rx: mpsc::Receiver<Record>,
+    inner: std::sync::Weak<Inner>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut attempt = 0;
+        loop {
+            match write_batch(&store, &node, &batch).await {
+                Ok(()) => break,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "audit write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => {
+                    if let Some(inner) = inner.upgrade() {
+                        inner
+                            .dropped
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                    tracing::error!(error = %e, records = batch.len(), "audit records lost to the database (kept in this log)");
+                    break;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn write_batch(store: &Store, node: &str, batch: &[Record]) -> Result<(), sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    for r in batch {
+        match r {
+            Record::Event(ev) => {
+                sqlx::query(
+                    "INSERT INTO audit_events (at, kind, node, connection_id, user_name, source, reason, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(micros(ev.at))
+                .bind(ev.kind.as_str())
+                .bind(node)
+                .bind(ev.connection_id.as_deref())
+                .bind(ev.user.as_deref())
+                .bind(ev.source.as_deref())
+                .bind(ev.reason.as_deref())
+                .bind(Value::Object(ev.detail.clone()).to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Record::ConnectionOpen { id, source, at } => {
+                sqlx::query(
+                    "INSERT INTO connections (id, node, source, opened_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id)
+                .bind(node)
+                .bind(source)
+                .bind(*at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Record::ConnectionAuthenticated {
+                id,
+                user,
+                method,
+                at,
+            } => {
+                sqlx::query(
+                    "UPDATE connections SET user_name = $1, auth_method = $2, authenticated_at = $3 WHERE id = $4",
+                )
+                .bind(user)
+                .bind(method)
+                .bind(*at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Record::ConnectionClose {
+                id,
+                reason,
+                client_version,
+                at,
+            } => {
+                sqlx::query("UPDATE connections SET closed_at = $1, close_reason = $2, client_version = $3 WHERE id = $4")
+                    .bind(*at)
+                    .bind(reason)
+                    .bind(client_version.as_deref())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    tx.commit().await
+}
+
+/// Forwards and connections of `node` that a crash (kill -9, power loss) left
+/// open are closed as `interrupted` at the next start. Returns the number of
+/// forwards marked.
+pub async fn mark_interrupted(store: &Store, node: &str) -> Result<u64, StoreError> {
+    let now = now_micros();
+    let forwards = sqlx::query(
+        "UPDATE forwards SET ended_at = $1, close_reason = 'interrupted' WHERE ended_at IS NULL AND node = $2",
+    )
+    .bind(now)
+    .bind(node)
+    .execute(store.pool())
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "UPDATE connections SET closed_at = $1, close_reason = 'interrupted' WHERE closed_at IS NULL AND node = $2",
+    )
+    .bind(now)
+    .bind(node)
+    .execute(store.pool())
+    .await?;
+    Ok(forwards)
+}

@@ -1,0 +1,213 @@
+//! Reading the audit trail back, for the CLI (`sessions`, `audit`).
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::clock::rfc3339_micros;
+use crate::store::Store;
+
+/// One forward ("session" in the CLI), fields as DESIGN.md §5.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionRow {
+    pub id: i64,
+    pub connection_id: String,
+    pub node: String,
+    pub user: String,
+    pub auth_method: String,
+    pub source: String,
+    pub target: Option<String>,
+    pub host: String,
+    pub port: i64,
+    pub address: Option<String>,
+    pub result: String,
+    pub reason: Option<String>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_seconds: Option<f64>,
+    pub bytes_to_target: i64,
+    pub bytes_from_target: i64,
+    pub close_reason: Option<String>,
+}
+
+/// One audit event, fields as DESIGN.md §5 plus `node`, `connection_id`
+/// and `reason`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: String,
+    pub kind: String,
+    pub node: String,
+    pub connection_id: Option<String>,
+    pub user: Option<String>,
+    pub source: Option<String>,
+    pub reason: Option<String>,
+    pub detail: Value,
+}
+
+/// Filters of `sessions list`; times in unix microseconds.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// Filters of `audit list`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub user: Option<String>,
+    pub kind: Option<String>,
+    pub connection_id: Option<String>,
+    pub limit: Option<i64>,
+}
+
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// A WHERE clause with `$n` placeholders and its parameters, in order.
+#[derive(Default)]
+struct Where {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl Where {
+    fn push(&mut self, cond: &str, p: Param) {
+        self.params.push(p);
+        self.sql.push_str(if self.sql.is_empty() {
+            " WHERE "
+        } else {
+            " AND "
+        });
+        self.sql
+            .push_str(&cond.replace('?', &format!("${}", self.params.len())));
+    }
+    fn text(&mut self, cond: &str, v: &Option<String>) {
+        if let Some(v) = v {
+            self.push(cond, Param::Text(v.clone()));
+        }
+    }
+    fn int(&mut self, cond: &str, v: Option<i64>) {
+        if let Some(v) = v {
+            self.push(cond, Param::Int(v));
+        }
+    }
+    async fn fetch(
+        self,
+        store: &Store,
+        head: &str,
+        tail: &str,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let sql = format!("{head}{}{tail}", self.sql);
+        // Only fixed column names and `$n` placeholders are formatted in.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for p in self.params {
+            q = match p {
+                Param::Text(s) => q.bind(s),
+                Param::Int(i) => q.bind(i),
+            };
+        }
+        q.fetch_all(store.pool()).await
+    }
+}
+
+const SESSION_COLUMNS: &str = "SELECT id, connection_id, node, user_name, auth_method, source, target, host, port, address, \
+     result, reason, started_at, ended_at, bytes_to_target, bytes_from_target, close_reason FROM forwards";
+
+fn session_row(r: &AnyRow) -> Result<SessionRow, sqlx::Error> {
+    let started: i64 = r.try_get("started_at")?;
+    let ended: Option<i64> = r.try_get("ended_at")?;
+    Ok(SessionRow {
+        id: r.try_get("id")?,
+        connection_id: r.try_get("connection_id")?,
+        node: r.try_get("node")?,
+        user: r.try_get("user_name")?,
+        auth_method: r.try_get("auth_method")?,
+        source: r.try_get("source")?,
+        target: r.try_get("target")?,
+        host: r.try_get("host")?,
+        port: r.try_get("port")?,
+        address: r.try_get("address")?,
+        result: r.try_get("result")?,
+        reason: r.try_get("reason")?,
+        started_at: rfc3339_micros(started),
+        ended_at: ended.map(rfc3339_micros),
+        duration_seconds: ended.map(|e| (e - started).max(0) as f64 / 1e6),
+        bytes_to_target: r.try_get("bytes_to_target")?,
+        bytes_from_target: r.try_get("bytes_from_target")?,
+        close_reason: r.try_get("close_reason")?,
+    })
+}
+
+/// Forwards, newest first.
+pub async fn sessions(store: &Store, f: &SessionFilter) -> Result<Vec<SessionRow>, sqlx::Error> {
+    let mut w = Where::default();
+    w.text("user_name = ?", &f.user);
+    w.text("target = ?", &f.target);
+    w.int("started_at >= ?", f.since);
+    w.int("started_at <= ?", f.until);
+    let tail = format!(
+        " ORDER BY started_at DESC, id DESC LIMIT {}",
+        f.limit.unwrap_or(1000).max(1)
+    );
+    w.fetch(store, SESSION_COLUMNS, &tail)
+        .await?
+        .iter()
+        .map(session_row)
+        .collect()
+}
+
+pub async fn session(store: &Store, id: i64) -> Result<Option<SessionRow>, sqlx::Error> {
+    let mut w = Where::default();
+    w.int("id = ?", Some(id));
+    w.fetch(store, SESSION_COLUMNS, "")
+        .await?
+        .first()
+        .map(session_row)
+        .transpose()
+}
+
+/// Events, oldest first (the order they happened).
+pub async fn events(store: &Store, f: &EventFilter) -> Result<Vec<EventRow>, sqlx::Error> {
+    let mut w = Where::default();
+    w.int("at >= ?", f.since);
+    w.int("at <= ?", f.until);
+    w.text("user_name = ?", &f.user);
+    w.text("kind = ?", &f.kind);
+    w.text("connection_id = ?", &f.connection_id);
+    // The newest `limit` events, shown oldest first.
+    let head = "SELECT id, at, kind, node, connection_id, user_name, source, reason, detail FROM audit_events";
+    let tail = format!(
+        " ORDER BY at DESC, id DESC LIMIT {}",
+        f.limit.unwrap_or(1000).max(1)
+    );
+    let mut rows = w
+        .fetch(store, head, &tail)
+        .await?
+        .iter()
+        .map(|r| {
+            let detail: String = r.try_get("detail")?;
+            Ok(EventRow {
+                id: r.try_get("id")?,
+                at: rfc3339_micros(r.try_get("at")?),
+                kind: r.try_get("kind")?,
+                node: r.try_get("node")?,
+                connection_id: r.try_get("connection_id")?,
+                user: r.try_get("user_name")?,
+                source: r.try_get("source")?,
+                reason: r.try_get("reason")?,
+                detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    rows.reverse();
+    Ok(rows)
+}

@@ -1,0 +1,221 @@
+//! Logins. Only this module makes an [`Identity`].
+//!
+//! Each check returns a typed [`AuthFailure`] whose snake_case name is the
+//! audit reason. The russh handler in `server::connection` only translates
+//! callbacks into these calls.
+
+pub mod certificate;
+mod identity;
+pub mod revocation;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use russh::keys::ssh_key::{Algorithm, Certificate, HashAlg, public::KeyData};
+
+pub use identity::{AuthMethod, Identity};
+
+use crate::config::{Config, UserMfa};
+
+/// Why a login attempt was refused. Stable names: audit reason, log field,
+/// metric label, test assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    /// The user is in `deny_users` (root by default).
+    UserDenied,
+    /// Empty, overlong or non-printable user name.
+    InvalidUserName,
+    PasswordRefused,
+    CertificateUntrustedCa,
+    /// A host certificate offered as a user certificate.
+    CertificateNotUser,
+    CertificatePrincipalMismatch,
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateBadSignature,
+    CertificateSourceAddress,
+    CertificateCriticalOption,
+    CertificateRevoked,
+    KeyRevoked,
+    /// A key nobody configured. Not a failure for brute-force counting:
+    /// clients offer every key they have.
+    UnknownKey,
+    /// `ssh-rsa` (SHA-1) signatures.
+    WeakAlgorithm,
+    /// The key belongs to a `[[users]]` entry that needs a TOTP step.
+    TotpRequired,
+    TooManyAttempts,
+}
+
+impl AuthFailure {
+    pub fn as_str(self) -> &'static str {
+        use AuthFailure::*;
+        match self {
+            UserDenied => "user_denied",
+            InvalidUserName => "invalid_user_name",
+            PasswordRefused => "password_refused",
+            CertificateUntrustedCa => "certificate_untrusted_ca",
+            CertificateNotUser => "certificate_not_user",
+            CertificatePrincipalMismatch => "certificate_principal_mismatch",
+            CertificateExpired => "certificate_expired",
+            CertificateNotYetValid => "certificate_not_yet_valid",
+            CertificateBadSignature => "certificate_bad_signature",
+            CertificateSourceAddress => "certificate_source_address",
+            CertificateCriticalOption => "certificate_critical_option",
+            CertificateRevoked => "certificate_revoked",
+            KeyRevoked => "key_revoked",
+            UnknownKey => "unknown_key",
+            WeakAlgorithm => "weak_algorithm",
+            TotpRequired => "totp_required",
+            TooManyAttempts => "too_many_attempts",
+        }
+    }
+
+    /// Does this refusal count towards `max_auth_tries` and brute-force
+    /// protection?
+    pub fn counts(self) -> bool {
+        !matches!(self, AuthFailure::UnknownKey)
+    }
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SHA256 fingerprint as OpenSSH prints it.
+pub fn fingerprint(key: &KeyData) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// The login checks of one connection, against the config that was in force
+/// when the connection arrived.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    cfg: Arc<Config>,
+    source: IpAddr,
+}
+
+impl Authenticator {
+    pub fn new(cfg: Arc<Config>, source: IpAddr) -> Self {
+        Authenticator { cfg, source }
+    }
+
+    /// Checks that come before any other: a sane name, not a denied user.
+    pub fn check_user(&self, user: &str) -> Result<(), AuthFailure> {
+        let sane = !user.is_empty()
+            && user.len() <= 64
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-@+".contains(c));
+        if !sane {
+            return Err(AuthFailure::InvalidUserName);
+        }
+        if self
+            .cfg
+            .auth
+            .deny_users
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(user))
+        {
+            return Err(AuthFailure::UserDenied);
+        }
+        Ok(())
+    }
+
+    /// A key offered before its signature: refuse what can be refused early.
+    pub fn offered(&self, user: &str, algorithm: &Algorithm) -> Result<(), AuthFailure> {
+        self.check_user(user)?;
+        if matches!(algorithm, Algorithm::Rsa { hash: None } | Algorithm::Dsa) {
+            return Err(AuthFailure::WeakAlgorithm);
+        }
+        Ok(())
+    }
+
+    /// A certificate whose key the client proved to hold.
+    pub fn certificate(
+        &self,
+        user: &str,
+        cert: &Certificate,
+        now: SystemTime,
+    ) -> Result<Identity, AuthFailure> {
+        self.check_user(user)?;
+        let policy = certificate::CertPolicy {
+            trusted_cas: &self.cfg.auth.trusted_cas,
+            revoked: &self.cfg.auth.revoked,
+        };
+        let login = certificate::check(cert, user, self.source, now, policy)?;
+        let mut id = Identity::new(
+            user.to_string(),
+            self.groups_of(user),
+            AuthMethod::Certificate,
+            fingerprint(cert.public_key()),
+        )
+        .with_detail(login.detail);
+        if let Some(at) = login.valid_before {
+            id = id.with_expiry(at);
+        }
+        if !login.may_forward {
+            id = id.without_forwarding();
+        }
+        Ok(id)
+    }
+
+    /// Classify a refusal russh made on its own (validity window, signature).
+    pub fn certificate_refused_early(
+        &self,
+        user: &str,
+        cert: &Certificate,
+        outside_validity: bool,
+        now: SystemTime,
+    ) -> AuthFailure {
+        if let Err(e) = self.check_user(user) {
+            return e;
+        }
+        if !outside_validity {
+            return AuthFailure::CertificateBadSignature;
+        }
+        let now_s = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if now_s < cert.valid_after() {
+            AuthFailure::CertificateNotYetValid
+        } else {
+            AuthFailure::CertificateExpired
+        }
+    }
+
+    /// A plain public key whose possession the client proved.
+    pub fn publickey(&self, user: &str, key: &KeyData) -> Result<Identity, AuthFailure> {
+        self.check_user(user)?;
+        if self.cfg.auth.revoked.is_key_revoked(key) {
+            return Err(AuthFailure::KeyRevoked);
+        }
+        let entry = self
+            .cfg
+            .user(user)
+            .filter(|u| u.keys.iter().any(|k| k == key))
+            .ok_or(AuthFailure::UnknownKey)?;
+        match entry.mfa {
+            UserMfa::None => Ok(Identity::new(
+                user.to_string(),
+                self.groups_of(user),
+                AuthMethod::Publickey,
+                fingerprint(key),
+            )),
+            UserMfa::Totp => Err(AuthFailure::TotpRequired),
+        }
+    }
+
+    /// Groups added by the `[[users]]` entry of this name.
+    fn groups_of(&self, user: &str) -> BTreeSet<String> {
+        self.cfg
+            .user(user)
+            .map(|u| u.groups.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}

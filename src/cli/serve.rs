@@ -1,0 +1,60 @@
+//! `portvakt serve`
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use tracing_subscriber::EnvFilter;
+
+use super::Outcome;
+use crate::config::{Config, LogFormat};
+
+pub fn run(path: &Path) -> Outcome {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Usage(e.to_string()),
+    };
+    init_logging(&cfg);
+    for w in &cfg.warnings {
+        tracing::warn!(problem = %w, "config warning");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    match rt.block_on(crate::server::run(cfg)) {
+        Ok(()) => Outcome::Ok,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "portvakt stopped on an error");
+            Outcome::Failed(format!("{e:#}"))
+        }
+    }
+}
+
+/// JSON lines to stderr (for Loki, Splunk, journald), or a readable format on
+/// a terminal.
+fn init_logging(cfg: &Config) {
+    let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = cfg
+        .log
+        .format
+        .unwrap_or(if std::io::stderr().is_terminal() {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+}

@@ -1,0 +1,207 @@
+//! The config file: loaded once into immutable values, validated with
+//! `file:line: message` errors, swapped whole on reload.
+
+mod schema;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use russh::keys::ssh_key::{Fingerprint, public::KeyData};
+
+use crate::auth::revocation::RevocationList;
+use crate::policy::Policy;
+
+/// Where `portvakt` looks when `--config` and `$PORTVAKT_CONFIG` are absent.
+pub const DEFAULT_PATH: &str = "/etc/portvakt/portvakt.toml";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no place in the file (unreadable file).
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A validated config. Immutable: a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub oidc: Option<OidcConfig>,
+    pub mfa: MfaConfig,
+    pub sessions: SessionsConfig,
+    pub lockout: LockoutConfig,
+    pub metrics: Option<MetricsConfig>,
+    pub users: HashMap<String, UserEntry>,
+    pub policy: Policy,
+    /// Things that work but deserve a second look (`check-config` prints them).
+    pub warnings: Vec<ConfigError>,
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate config text as if read from `path` (relative paths in it are
+    /// relative to `path`'s folder).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        validate::validate(path, text)
+    }
+
+    /// The `[[users]]` entry of this name.
+    pub fn user(&self, name: &str) -> Option<&UserEntry> {
+        self.users.get(name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub host_key_dir: PathBuf,
+    pub banner: Option<String>,
+    pub max_connections: usize,
+    pub max_unauthenticated: usize,
+    /// Concurrent unauthenticated connections from one source address.
+    pub max_unauthenticated_per_source: usize,
+    pub max_channels_per_connection: usize,
+    pub login_grace_time: Duration,
+    /// SSH keepalive probes so that dead clients are noticed.
+    pub keepalive_interval: Duration,
+    /// This node's name in the audit trail (defaults to the host name).
+    pub node_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub retention: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `None`: pretty on a terminal, else JSON.
+    pub format: Option<LogFormat>,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// SHA256 fingerprints of the trusted user CA keys.
+    pub trusted_cas: Vec<Fingerprint>,
+    pub revoked: RevocationList,
+    pub deny_users: Vec<String>,
+    pub max_auth_tries: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub scopes: Vec<String>,
+    pub username_claim: String,
+    pub groups_claim: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotpMode {
+    Required,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct MfaConfig {
+    pub totp: TotpMode,
+    pub trust_idp_amr: bool,
+    pub self_enroll: bool,
+    pub secret_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    pub grant_ttl: Duration,
+    pub max_duration: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LockoutConfig {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub ban: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserMfa {
+    Totp,
+    /// Service accounts: the key alone logs in.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserEntry {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub keys: Vec<KeyData>,
+    pub mfa: UserMfa,
+}

@@ -1,0 +1,141 @@
+//! The config file as written: serde types that keep source spans so that
+//! validation can point at `file:line`. Nothing here is trusted; `validate`
+//! turns it into [`super::Config`].
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Top level of the TOML file. Unknown keys are errors everywhere.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub database: RawDatabase,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub auth: RawAuth,
+    pub oidc: Option<Spanned<RawOidc>>,
+    #[serde(default)]
+    pub mfa: RawMfa,
+    #[serde(default)]
+    pub sessions: RawSessions,
+    #[serde(default)]
+    pub lockout: RawLockout,
+    pub metrics: Option<RawMetrics>,
+    #[serde(default)]
+    pub users: Vec<Spanned<RawUser>>,
+    #[serde(default)]
+    pub targets: Vec<Spanned<RawTarget>>,
+}
+
+pub type SString = Spanned<String>;
+pub type SInt = Spanned<i64>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<Vec<SString>>>,
+    pub host_key_dir: Option<SString>,
+    pub banner: Option<SString>,
+    pub max_connections: Option<SInt>,
+    pub max_unauthenticated: Option<SInt>,
+    pub max_unauthenticated_per_source: Option<SInt>,
+    pub max_channels_per_connection: Option<SInt>,
+    pub login_grace_time: Option<SString>,
+    pub keepalive_interval: Option<SString>,
+    pub node_name: Option<SString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: Option<SString>,
+    pub retention: Option<SString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<SString>,
+    pub level: Option<SString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub trusted_user_ca_keys: Option<Vec<SString>>,
+    pub revoked_keys: Option<SString>,
+    pub deny_users: Option<Vec<SString>>,
+    pub max_auth_tries: Option<SInt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub issuer: SString,
+    pub client_id: SString,
+    pub client_secret_file: Option<SString>,
+    pub scopes: Option<Vec<SString>>,
+    pub username_claim: Option<SString>,
+    pub groups_claim: Option<SString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMfa {
+    pub totp: Option<SString>,
+    pub trust_idp_amr: Option<bool>,
+    pub self_enroll: Option<bool>,
+    pub secret_key_file: Option<SString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessions {
+    pub grant_ttl: Option<SString>,
+    pub max_duration: Option<SString>,
+    pub idle_timeout: Option<SString>,
+    pub connect_timeout: Option<SString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLockout {
+    pub max_failures: Option<SInt>,
+    pub window: Option<SString>,
+    pub ban: Option<SString>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: SString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub name: SString,
+    #[serde(default)]
+    pub groups: Vec<SString>,
+    #[serde(default)]
+    pub keys: Vec<SString>,
+    pub mfa: Option<SString>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: SString,
+    pub host: Option<SString>,
+    pub port: Option<SInt>,
+    pub cidr: Option<SString>,
+    pub ports: Option<Spanned<Vec<SInt>>>,
+    #[serde(default)]
+    pub allow_users: Vec<SString>,
+    #[serde(default)]
+    pub allow_groups: Vec<SString>,
+}

@@ -1,0 +1,268 @@
+//! Config validation: every error names its file and line.
+
+use std::path::Path;
+
+use super::*;
+
+const CA: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test-ca\n";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl deploy@ci";
+
+/// Write `text` as portvakt.toml (plus a CA file) in a temp dir and load it.
+fn load(text: &str) -> (tempfile::TempDir, Result<Config, ConfigErrors>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("user_ca.pub"), CA).unwrap();
+    let path = dir.path().join("portvakt.toml");
+    std::fs::write(&path, text).unwrap();
+    let r = Config::load(&path);
+    (dir, r)
+}
+
+/// The `(line, message)` of each error.
+fn errors(text: &str) -> Vec<(usize, String)> {
+    match load(text).1 {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.0.into_iter().map(|e| (e.line, e.message)).collect(),
+    }
+}
+
+fn has_error(text: &str, line: usize, needle: &str) {
+    let errs = errors(text);
+    assert!(
+        errs.iter().any(|(l, m)| *l == line && m.contains(needle)),
+        "expected line {line} containing {needle:?}, got {errs:?}"
+    );
+}
+
+#[test]
+fn defaults_and_relative_paths() {
+    let (dir, cfg) = load(
+        r#"
+[server]
+host_key_dir = "keys"
+[database]
+url = "sqlite://./data/pv.db"
+[auth]
+trusted_user_ca_keys = ["user_ca.pub"]
+[[targets]]
+name = "db-1"
+allow_users = ["alice"]
+"#,
+    );
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.server.listen, vec!["127.0.0.1:2222".parse().unwrap()]);
+    assert_eq!(cfg.server.host_key_dir, dir.path().join("keys"));
+    assert_eq!(
+        cfg.database.url,
+        format!("sqlite://{}", dir.path().join("./data/pv.db").display())
+    );
+    assert_eq!(cfg.server.max_connections, 10_000);
+    assert_eq!(cfg.server.max_unauthenticated, 100);
+    assert_eq!(cfg.server.login_grace_time, Duration::from_secs(300));
+    assert_eq!(cfg.sessions.grant_ttl, Duration::from_secs(8 * 3600));
+    assert_eq!(cfg.sessions.max_duration, Duration::from_secs(12 * 3600));
+    assert_eq!(cfg.sessions.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(cfg.sessions.connect_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.auth.deny_users, vec!["root".to_string()]);
+    assert_eq!(cfg.auth.max_auth_tries, 6);
+    assert_eq!(cfg.auth.trusted_cas.len(), 1);
+    assert_eq!(cfg.mfa.totp, TotpMode::Required);
+    assert_eq!(cfg.lockout.max_failures, 5);
+    let t = &cfg.policy.targets()[0];
+    assert_eq!(
+        t.destination,
+        crate::policy::Destination::Host {
+            host: "db-1".into(),
+            port: 22
+        }
+    );
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/portvakt.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The example names files an installation has; give it some.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("user_ca.pub"), CA).unwrap();
+    std::fs::write(dir.path().join("revoked_keys"), "").unwrap();
+    std::fs::write(dir.path().join("oidc_secret"), "s3cret\n").unwrap();
+    let cfg = Config::parse(&dir.path().join("portvakt.toml"), &text).unwrap();
+    assert!(cfg.oidc.is_some());
+    assert!(cfg.policy.targets().len() >= 2);
+}
+
+#[test]
+fn syntax_and_unknown_keys_have_lines() {
+    has_error(
+        "[server]\nlisten = [\"127.0.0.1:2222\"]\nlisen = 1\n",
+        3,
+        "unknown field `lisen`",
+    );
+    has_error("[server]\n\n[nope]\nx = 1\n", 3, "unknown field `nope`");
+    has_error(
+        "[[targets]]\nname = \"a\"\nallow_users = [\"x\"]\ncolour = \"red\"\n",
+        4,
+        "unknown field `colour`",
+    );
+    has_error("[server\n", 1, "");
+    has_error("[server]\nmax_connections = \"many\"\n", 2, "invalid type");
+}
+
+#[test]
+fn bad_values_have_lines() {
+    has_error(
+        "[server]\nlisten = [\"0.0.0.0:2222\", \"nowhere\"]\n",
+        2,
+        "not an address",
+    );
+    has_error("[server]\nlisten = []\n", 2, "at least one");
+    has_error(
+        "[server]\nlogin_grace_time = \"5 parsecs\"\n",
+        2,
+        "bad duration",
+    );
+    has_error(
+        "[sessions]\n\nidle_timeout = \"0s\"\n",
+        3,
+        "longer than zero",
+    );
+    has_error("[auth]\nmax_auth_tries = 0\n", 2, "out of range");
+    has_error(
+        "[mfa]\ntotp = \"sometimes\"\n",
+        2,
+        "not one of required, off",
+    );
+    has_error("[log]\nformat = \"xml\"\n", 2, "not one of json, pretty");
+    has_error("[database]\nurl = \"mysql://x\"\n", 2, "neither sqlite");
+    has_error("[metrics]\nlisten = \"9102\"\n", 2, "not an address");
+}
+
+#[test]
+fn bad_targets_have_lines() {
+    has_error(
+        "[[targets]]\nname = \"lab\"\ncidr = \"10.20.0.0/33\"\nports = [22]\nallow_users = [\"a\"]\n",
+        3,
+        "not a CIDR",
+    );
+    has_error(
+        "[[targets]]\nname = \"lab\"\ncidr = \"10.20.0.5/24\"\nports = [22]\nallow_users = [\"a\"]\n",
+        3,
+        "did you mean 10.20.0.0/24",
+    );
+    has_error(
+        "[[targets]]\nname = \"db\"\nport = 70000\nallow_users = [\"a\"]\n",
+        3,
+        "70000 is not a port",
+    );
+    has_error(
+        "[[targets]]\nname = \"db\"\nport = 0\nallow_users = [\"a\"]\n",
+        3,
+        "0 is not a port",
+    );
+    has_error(
+        "[[targets]]\nname = \"lab\"\ncidr = \"10.0.0.0/8\"\nports = [22, -1]\nallow_users = [\"a\"]\n",
+        4,
+        "-1 is not a port",
+    );
+    has_error(
+        "[[targets]]\nname = \"db\"\nallow_users = [\"a\"]\n\n[[targets]]\nname = \"DB\"\nallow_users = [\"a\"]\n",
+        6,
+        "defined twice",
+    );
+    has_error(
+        "[[targets]]\nname = \"db\"\nhost = \"10.0.0.1\"\n",
+        2,
+        "nobody may use it",
+    );
+    has_error(
+        "[[targets]]\nname = \"10.0.0.1\"\nallow_users = [\"a\"]\n",
+        2,
+        "not a valid target name",
+    );
+    has_error(
+        "[[targets]]\nname = \"lab\"\nhost = \"x\"\ncidr = \"10.0.0.0/8\"\nports = [22]\nallow_users = [\"a\"]\n",
+        3,
+        "exclude each other",
+    );
+    has_error(
+        "[[targets]]\nname = \"lab\"\ncidr = \"10.0.0.0/8\"\nallow_users = [\"a\"]\n",
+        1,
+        "needs ports",
+    );
+    has_error(
+        "[[targets]]\nname = \"db\"\nports = [22]\nallow_users = [\"a\"]\n",
+        3,
+        "for cidr targets",
+    );
+}
+
+#[test]
+fn files_and_users() {
+    has_error(
+        "[auth]\ntrusted_user_ca_keys = [\"missing.pub\"]\n",
+        2,
+        "cannot read",
+    );
+    has_error(
+        "[auth]\n\nrevoked_keys = \"missing\"\n",
+        3,
+        "auth.revoked_keys",
+    );
+    has_error(
+        "[[users]]\nname = \"deploy\"\nkeys = [\"ssh-ed25519 garbage\"]\n",
+        3,
+        "not an OpenSSH public key",
+    );
+    has_error(
+        &format!("[[users]]\nname = \"a\"\nkeys = [\"{KEY}\"]\n[[users]]\nname = \"a\"\n"),
+        5,
+        "defined twice",
+    );
+    has_error("[[users]]\nname = \"a b\"\n", 2, "not a valid user name");
+    has_error(
+        "[[users]]\nname = \"a\"\nmfa = \"maybe\"\n",
+        3,
+        "not one of totp, none",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_line_order() {
+    let errs = errors(
+        "[server]\nlogin_grace_time = \"soon\"\n[[targets]]\nname = \"db\"\nport = 99999\n[[targets]]\nname = \"x\"\n",
+    );
+    let lines: Vec<usize> = errs.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, vec![2, 4, 5, 7], "{errs:?}");
+}
+
+#[test]
+fn root_is_always_denied_and_service_accounts_warn() {
+    let (_d, cfg) = load(&format!(
+        "[auth]\ndeny_users = [\"guest\"]\n[[users]]\nname = \"deploy\"\nkeys = [\"{KEY}\"]\nmfa = \"none\"\n"
+    ));
+    let cfg = cfg.unwrap();
+    assert!(cfg.auth.deny_users.contains(&"root".to_string()));
+    assert!(cfg.auth.deny_users.contains(&"guest".to_string()));
+    let warnings: Vec<&str> = cfg.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("root is always denied")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("service accounts")),
+        "{warnings:?}"
+    );
+    assert_eq!(cfg.user("deploy").unwrap().mfa, UserMfa::None);
+}
+
+#[test]
+fn display_is_file_colon_line() {
+    let e = ConfigError {
+        file: "/etc/portvakt/portvakt.toml".into(),
+        line: 7,
+        message: "bad".into(),
+    };
+    assert_eq!(e.to_string(), "/etc/portvakt/portvakt.toml:7: bad");
+}

@@ -1,0 +1,188 @@
+//! Carrying bytes for an [`Authorized`] forward: dial with a timeout, pump
+//! both ways with half-close and byte counters, stop on idle, deadline or
+//! cancellation.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::Authorized;
+
+/// Bytes read per step in each direction. One buffer per direction per
+/// forward, so this bounds a forward's memory while the other side is slow.
+const BUF: usize = 16 * 1024;
+
+/// Why dialling a target failed; the names are audit reasons.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("connect_refused")]
+    Refused,
+    #[error("connect_timeout")]
+    Timeout,
+    #[error("connect_failed")]
+    Failed(#[source] io::Error),
+}
+
+impl DialError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DialError::Refused => "connect_refused",
+            DialError::Timeout => "connect_timeout",
+            DialError::Failed(_) => "connect_failed",
+        }
+    }
+}
+
+/// Connect to the first address of `auth` that answers, within `timeout` in
+/// all. Only an [`Authorized`] can be dialled.
+pub async fn dial(
+    auth: &Authorized,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), DialError> {
+    let attempt = async {
+        let mut last = DialError::Refused;
+        for addr in auth.addrs() {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    // Interactive SSH traffic: do not let Nagle hold keystrokes.
+                    let _ = s.set_nodelay(true);
+                    return Ok((s, *addr));
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => last = DialError::Refused,
+                Err(e) => last = DialError::Failed(e),
+            }
+        }
+        Err(last)
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(DialError::Timeout))
+}
+
+/// Byte counts of one forward, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub to_target: AtomicU64,
+    pub from_target: AtomicU64,
+}
+
+/// When a pump must stop even though both sides are still open.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// No byte in either direction for this long.
+    pub idle_timeout: Duration,
+    /// The connection's end (certificate expiry, `max_duration`), with the
+    /// reason to record when it is reached.
+    pub deadline: Option<(Instant, &'static str)>,
+}
+
+/// Why a pump ended; the names are audit close reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Both sides finished (EOF both ways) or one side closed.
+    Closed,
+    IdleTimeout,
+    /// The deadline of [`Limits`] was reached.
+    Deadline(&'static str),
+    /// The connection ended or the server is shutting down.
+    Cancelled(&'static str),
+    /// A read or write failed (reset by a peer, for instance).
+    Error(String),
+}
+
+impl End {
+    pub fn reason(&self) -> &str {
+        match self {
+            End::Closed => "closed",
+            End::IdleTimeout => "idle_timeout",
+            End::Deadline(r) | End::Cancelled(r) => r,
+            End::Error(_) => "error",
+        }
+    }
+}
+
+/// Copy bytes between the client's channel and the target until both sides
+/// are done, the forward is idle for too long, the deadline passes, or
+/// `cancel` fires (with its reason in `cancel_reason`).
+pub async fn pump<C>(
+    client: C,
+    target: TcpStream,
+    limits: &Limits,
+    cancel: &CancellationToken,
+    cancel_reason: impl Fn() -> &'static str,
+    counters: &Counters,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Send,
+{
+    let start = Instant::now();
+    // Milliseconds since `start` of the last byte moved, either way.
+    let activity = Arc::new(AtomicU64::new(0));
+    let (client_r, client_w) = tokio::io::split(client);
+    let (target_r, target_w) = target.into_split();
+    let up = copy(client_r, target_w, &counters.to_target, &activity, start);
+    let down = copy(target_r, client_w, &counters.from_target, &activity, start);
+    let both = async { tokio::try_join!(up, down) };
+    let deadline = async {
+        match limits.deadline {
+            Some((at, reason)) => {
+                tokio::time::sleep_until(at).await;
+                reason
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = both => match r {
+            Ok(_) => End::Closed,
+            Err(e) => End::Error(e.to_string()),
+        },
+        () = idle(limits.idle_timeout, &activity, start) => End::IdleTimeout,
+        reason = deadline => End::Deadline(reason),
+        () = cancel.cancelled() => End::Cancelled(cancel_reason()),
+    }
+}
+
+/// One direction: read, write, count; on EOF pass the EOF on (half-close).
+async fn copy<R, W>(
+    mut r: R,
+    mut w: W,
+    counter: &AtomicU64,
+    activity: &AtomicU64,
+    start: Instant,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Resolves once no byte moved for `timeout`.
+async fn idle(timeout: Duration, activity: &AtomicU64, start: Instant) {
+    loop {
+        let last = start + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let due = last + timeout;
+        if Instant::now() >= due {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
+    }
+}

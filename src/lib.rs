@@ -1,0 +1,18 @@
+//! portvakt: an SSH bastion (jump host).
+//!
+//! The modules follow the data flow (see DESIGN.md §2): `server` accepts and
+//! drives connections, `auth` makes an [`auth::Identity`], `policy` makes an
+//! [`policy::Authorized`], `forward` carries bytes for it, and `audit` records
+//! all of it in the `store`.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod forward;
+pub mod policy;
+pub mod server;
+pub mod store;

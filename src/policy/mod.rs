@@ -1,0 +1,216 @@
+//! The allow-list: which identity may reach which `host:port`.
+//!
+//! [`decide`] is the only way to obtain an [`Authorized`], and
+//! `forward` dials nothing else. It is a function of the policy, the identity
+//! and the request, plus the resolver it is given, and fails closed.
+
+mod target;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+pub use target::{Destination, Target, canonical_ip};
+
+use crate::auth::Identity;
+
+/// The validated `[[targets]]` of one config.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    targets: Vec<Target>,
+    /// Lower-cased name -> index into `targets`, for named targets.
+    by_name: HashMap<String, usize>,
+}
+
+impl Policy {
+    /// Build from validated targets; names must be unique case-insensitively
+    /// (config validation guarantees it).
+    pub fn new(targets: Vec<Target>) -> Self {
+        let by_name = targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(t.destination, Destination::Host { .. }))
+            .map(|(i, t)| (t.name.to_ascii_lowercase(), i))
+            .collect();
+        Policy { targets, by_name }
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Targets the identity may use, for the text shown on `ssh user@bastion`.
+    pub fn targets_for<'a>(&'a self, id: &'a Identity) -> impl Iterator<Item = &'a Target> + 'a {
+        self.targets
+            .iter()
+            .filter(move |t| t.allows(id.user(), id.groups()))
+    }
+
+    fn named(&self, host: &str) -> Option<&Target> {
+        let t = &self.targets[*self.by_name.get(&host.to_ascii_lowercase())?];
+        t.has_name(host).then_some(t)
+    }
+}
+
+/// Why a forward request was refused. The snake_case name is the audit
+/// reason, the log field and the metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("unknown_target")]
+    UnknownTarget,
+    #[error("address_not_allowed")]
+    AddressNotAllowed,
+    #[error("port_not_allowed")]
+    PortNotAllowed,
+    #[error("user_not_allowed")]
+    UserNotAllowed,
+    /// The target is allowed but its host name does not resolve.
+    #[error("resolve_failed")]
+    ResolveFailed,
+}
+
+impl Refusal {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::UnknownTarget => "unknown_target",
+            Refusal::AddressNotAllowed => "address_not_allowed",
+            Refusal::PortNotAllowed => "port_not_allowed",
+            Refusal::UserNotAllowed => "user_not_allowed",
+            Refusal::ResolveFailed => "resolve_failed",
+        }
+    }
+
+    /// `denied` for policy refusals, `failed` when the request was allowed
+    /// but could not be carried out.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Refusal::ResolveFailed => "failed",
+            _ => "denied",
+        }
+    }
+}
+
+/// A forward the policy allowed: the target and the exact addresses that were
+/// checked, which are the addresses `forward` dials. Only [`decide`] makes one.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    target: String,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Authorized {
+    /// The target's name as configured.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+    /// Addresses to try, in order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+/// Resolves host names of named targets. Passed in so that tests control it.
+pub trait Resolver: Sync {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
+}
+
+/// The system resolver (getaddrinfo on tokio's blocking pool).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+}
+
+/// A request as typed by the client, for messages and the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub host: &'a str,
+    /// As sent on the wire (u32): out-of-range values are refused, not truncated.
+    pub port: u32,
+}
+
+impl fmt::Display for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Decide whether `id` may open a forward to `req`. Deny by default: only a
+/// target that matches exactly (DESIGN.md §4 "Matching rules") and allows the
+/// user or one of their groups yields an [`Authorized`].
+pub async fn decide<R: Resolver>(
+    policy: &Policy,
+    id: &Identity,
+    req: &Request<'_>,
+    resolver: &R,
+) -> Result<Authorized, Refusal> {
+    let port = u16::try_from(req.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(Refusal::PortNotAllowed);
+
+    if let Some(ip) = canonical_ip(req.host) {
+        let containing: Vec<&Target> = policy.targets.iter().filter(|t| t.contains(ip)).collect();
+        if containing.is_empty() {
+            return Err(Refusal::AddressNotAllowed);
+        }
+        let allowed: Vec<&Target> = containing
+            .into_iter()
+            .filter(|t| t.allows(id.user(), id.groups()))
+            .collect();
+        if allowed.is_empty() {
+            return Err(Refusal::UserNotAllowed);
+        }
+        let port = port?;
+        let target = allowed
+            .into_iter()
+            .find(|t| t.allows_port(port))
+            .ok_or(Refusal::PortNotAllowed)?;
+        return Ok(Authorized {
+            target: target.name.clone(),
+            addrs: vec![SocketAddr::new(ip, port)],
+        });
+    }
+
+    let target = policy.named(req.host).ok_or(Refusal::UnknownTarget)?;
+    if !target.allows(id.user(), id.groups()) {
+        return Err(Refusal::UserNotAllowed);
+    }
+    let port = port?;
+    if !target.allows_port(port) {
+        return Err(Refusal::PortNotAllowed);
+    }
+    let Destination::Host { host, port: dport } = &target.destination else {
+        return Err(Refusal::UnknownTarget);
+    };
+    let addrs = match canonical_ip(host) {
+        Some(ip) => vec![SocketAddr::new(ip, *dport)],
+        None => resolver
+            .resolve(host, *dport)
+            .await
+            .map_err(|_| Refusal::ResolveFailed)?,
+    };
+    if addrs.is_empty() {
+        return Err(Refusal::ResolveFailed);
+    }
+    Ok(Authorized {
+        target: target.name.clone(),
+        addrs,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,656 @@
+//! One SSH connection: its shared state ([`ConnCtx`]) and the russh
+//! [`Handler`] that turns callbacks into calls on `auth`, `policy` and
+//! `forward`. No decision is made here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use russh::keys::ssh_key::Certificate;
+use russh::server::{
+    Auth, CertificateRefusal, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session,
+    VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::task::TaskTracker;
+
+use super::ServerState;
+use super::channel::{self, Refused};
+use crate::audit::{Event, EventKind};
+use crate::auth::{AuthFailure, Authenticator, Identity, fingerprint};
+use crate::config::Config;
+
+/// How long a closing connection waits for its forwards to record their end.
+const FINISH_WAIT: Duration = Duration::from_secs(10);
+
+/// State of one connection shared by its handler, its forward tasks and the
+/// task that drives it.
+#[derive(Debug)]
+pub struct ConnCtx {
+    id: String,
+    source: SocketAddr,
+    /// The address the client connected to (shown in the `ssh -J` hint).
+    local: SocketAddr,
+    opened: Instant,
+    /// Fires when the connection must end; every forward task listens.
+    cancel: CancellationToken,
+    /// The first reason given for ending, which is the one recorded.
+    reason: OnceLock<&'static str>,
+    identity: OnceLock<Identity>,
+    /// When the login stops being valid, and the reason to record then.
+    deadline: OnceLock<(Instant, &'static str)>,
+    /// Flips to true on login (wakes the driving task to arm the deadline).
+    authenticated: watch::Sender<bool>,
+    /// Forward tasks; waited for so their close rows are written.
+    tasks: TaskTracker,
+    /// Open (or opening) forwards; an idle connection has none.
+    forwards: AtomicUsize,
+    /// Milliseconds after `opened` of the last channel activity.
+    last_activity: AtomicU64,
+    /// The client's SSH version string, known after login.
+    client_version: OnceLock<String>,
+}
+
+impl ConnCtx {
+    pub fn new(source: SocketAddr, local: SocketAddr) -> Self {
+        ConnCtx {
+            id: uuid::Uuid::now_v7().to_string(),
+            source,
+            local,
+            opened: Instant::now(),
+            cancel: CancellationToken::new(),
+            reason: OnceLock::new(),
+            identity: OnceLock::new(),
+            deadline: OnceLock::new(),
+            authenticated: watch::Sender::new(false),
+            tasks: TaskTracker::new(),
+            forwards: AtomicUsize::new(0),
+            last_activity: AtomicU64::new(0),
+            client_version: OnceLock::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    pub fn source(&self) -> SocketAddr {
+        self.source
+    }
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// End the connection (first reason wins) and every forward with it.
+    pub fn close(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.cancel.cancel();
+    }
+    pub fn is_closing(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+    pub fn closing(&self) -> WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+    pub fn close_reason(&self) -> &'static str {
+        self.reason.get().copied().unwrap_or("connection_closed")
+    }
+    /// The close reason of a forward that ends because its connection does.
+    pub fn forward_close_reason(&self) -> &'static str {
+        match self.close_reason() {
+            "client_closed" | "protocol_error" | "keepalive_timeout" | "too_many_attempts" => {
+                "connection_closed"
+            }
+            other => other,
+        }
+    }
+
+    pub fn client_version(&self) -> Option<&str> {
+        self.client_version.get().map(String::as_str)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.authenticated.subscribe()
+    }
+    pub fn is_authenticated(&self) -> bool {
+        self.identity.get().is_some()
+    }
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.get()
+    }
+    pub fn deadline(&self) -> Option<(Instant, &'static str)> {
+        self.deadline.get().copied()
+    }
+
+    fn authenticated(&self, id: Identity, max_duration: Duration) {
+        let cap = self.opened + max_duration;
+        let expiry = id.expires_at().map(|at| {
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            Instant::now() + left
+        });
+        let deadline = match expiry {
+            Some(at) if at <= cap => (at, expiry_reason(&id)),
+            _ => (cap, "max_duration"),
+        };
+        let _ = self.deadline.set(deadline);
+        let _ = self.identity.set(id);
+        self.authenticated.send_replace(true);
+    }
+
+    /// Run a task that belongs to this connection.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(fut);
+    }
+
+    /// Wait (bounded) for the connection's tasks after `close`.
+    pub async fn finish(&self) {
+        self.tasks.close();
+        if tokio::time::timeout(FINISH_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(connection_id = %self.id, "forward tasks did not finish in time");
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_activity
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    pub fn forward_started(&self) -> usize {
+        self.touch();
+        self.forwards.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    pub fn forward_ended(&self) {
+        self.touch();
+        self.forwards.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// When the connection counts as idle: `None` while a forward is open.
+    pub fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        (self.forwards.load(Ordering::Relaxed) == 0).then(|| {
+            self.opened + Duration::from_millis(self.last_activity.load(Ordering::Relaxed)) + idle
+        })
+    }
+}
+
+fn expiry_reason(id: &Identity) -> &'static str {
+    match id.method() {
+        crate::auth::AuthMethod::Certificate => "certificate_expired",
+        _ => "grant_expired",
+    }
+}
+
+/// The russh handler of one connection.
+pub struct Connection {
+    state: Arc<ServerState>,
+    cfg: Arc<Config>,
+    ctx: Arc<ConnCtx>,
+    auth: Authenticator,
+    /// Held while logging in (`max_unauthenticated`), dropped on login.
+    login_permit: Option<OwnedSemaphorePermit>,
+    /// Refused login attempts so far (not counting the "none" probe).
+    tries: usize,
+    /// Session channels (the text shown on `ssh user@bastion`).
+    sessions: channel::Sessions,
+}
+
+impl Connection {
+    pub fn new(
+        state: Arc<ServerState>,
+        cfg: Arc<Config>,
+        ctx: Arc<ConnCtx>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let auth = Authenticator::new(cfg.clone(), ctx.source().ip());
+        Connection {
+            state,
+            cfg,
+            ctx,
+            auth,
+            login_permit: Some(permit),
+            tries: 0,
+            sessions: channel::Sessions::default(),
+        }
+    }
+
+    fn event(&self, kind: EventKind) -> Event {
+        Event::new(kind).connection(self.ctx.id(), self.ctx.source())
+    }
+
+    /// Audit a refused attempt; end the connection after `max_auth_tries`.
+    fn refuse(
+        &mut self,
+        user: &str,
+        method: &str,
+        failure: AuthFailure,
+        key: Option<String>,
+    ) -> Auth {
+        let mut ev = self
+            .event(EventKind::AuthFailure)
+            .user(user)
+            .reason(failure.as_str())
+            .detail("method", method)
+            .detail("counts", failure.counts());
+        if let Some(fp) = key {
+            ev = ev.detail("key_fingerprint", fp);
+        }
+        self.state.audit.emit(ev);
+        self.tries += 1;
+        if self.tries >= self.cfg.auth.max_auth_tries && !self.ctx.is_closing() {
+            self.state.audit.emit(
+                self.event(EventKind::AuthFailure)
+                    .user(user)
+                    .reason(AuthFailure::TooManyAttempts.as_str())
+                    .detail("tries", self.tries),
+            );
+            self.ctx.close("too_many_attempts");
+        }
+        Auth::reject()
+    }
+
+    fn accept(&mut self, id: Identity) -> Auth {
+        let ev = self
+            .event(EventKind::AuthSuccess)
+            .detail("key_fingerprint", id.key_fingerprint())
+            .detail("detail", id.detail());
+        self.state.audit.login(
+            self.ctx.id(),
+            self.ctx.source(),
+            ev,
+            id.user(),
+            id.method().as_str(),
+        );
+        self.ctx.authenticated(id, self.cfg.sessions.max_duration);
+        Auth::Accept
+    }
+
+    /// Once closing (too many attempts), refuse without further ado.
+    fn closing(&self) -> bool {
+        self.ctx.is_closing()
+    }
+}
+
+impl Handler for Connection {
+    type Error = russh::Error;
+
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok(self
+            .cfg
+            .server
+            .banner
+            .as_ref()
+            .map(|b| format!("{}\r\n", b.trim_end())))
+    }
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        // Every client starts with "none" to learn the methods; only a denied
+        // user name is worth recording here.
+        match self.auth.check_user(user) {
+            Err(e) if !self.closing() => Ok(self.refuse(user, "none", e, None)),
+            _ => Ok(Auth::reject()),
+        }
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        if self.closing() {
+            return Ok(Auth::reject());
+        }
+        let failure = self
+            .auth
+            .check_user(user)
+            .err()
+            .unwrap_or(AuthFailure::PasswordRefused);
+        Ok(self.refuse(user, "password", failure, None))
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.closing() {
+            return Ok(Auth::reject());
+        }
+        // Refuse at the probe what can never log in, before the client signs
+        // (sshd does the same); the checks run again after the signature.
+        let key = offer.public_key.key_data();
+        let (method, checked) = match offer.certificate {
+            Some(cert) => (
+                "certificate",
+                self.auth.offered(user, offer.algorithm).and_then(|()| {
+                    self.auth
+                        .certificate(user, cert, SystemTime::now())
+                        .map(drop)
+                }),
+            ),
+            None => (
+                "publickey",
+                self.auth
+                    .offered(user, offer.algorithm)
+                    .and_then(|()| self.auth.publickey(user, key).map(drop)),
+            ),
+        };
+        match checked {
+            Ok(()) => Ok(Auth::Accept),
+            Err(e) => Ok(self.refuse(user, method, e, Some(fingerprint(key)))),
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.closing() {
+            return Ok(Auth::reject());
+        }
+        let key = key.public_key.key_data();
+        match self.auth.publickey(user, key) {
+            Ok(id) => Ok(self.accept(id)),
+            Err(e) => Ok(self.refuse(user, "publickey", e, Some(fingerprint(key)))),
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        if self.closing() {
+            return Ok(Auth::reject());
+        }
+        match self.auth.certificate(user, cert, SystemTime::now()) {
+            Ok(id) => Ok(self.accept(id)),
+            Err(e) => Ok(self.refuse(user, "certificate", e, Some(fingerprint(cert.public_key())))),
+        }
+    }
+
+    async fn auth_certificate_refused(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+        reason: CertificateRefusal,
+    ) -> Result<(), Self::Error> {
+        if !self.closing() {
+            let outside = reason == CertificateRefusal::OutsideValidity;
+            let failure =
+                self.auth
+                    .certificate_refused_early(user, cert, outside, SystemTime::now());
+            self.refuse(
+                user,
+                "certificate",
+                failure,
+                Some(fingerprint(cert.public_key())),
+            );
+        }
+        Ok(())
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        // No longer counts against max_unauthenticated.
+        self.login_permit = None;
+        let version = String::from_utf8_lossy(session.remote_sshid());
+        let _ = self
+            .ctx
+            .client_version
+            .set(version.chars().take(200).collect());
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.ctx.is_authenticated() && self.sessions.open(channel.id()) {
+            reply.accept().await;
+        }
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Accepted so that the text shows without a warning; no shell follows.
+        self.sessions.pty(channel);
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.session_text(channel, Refused::Shell, None, session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned();
+        self.session_text(channel, Refused::Exec, Some(command), session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(Refused::Subsystem, Some(name));
+        session.channel_failure(channel)?;
+        session.close(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(Refused::X11, None);
+        session.channel_failure(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(Refused::AgentForward, None);
+        Ok(false)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.sessions.close(channel);
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        _reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(Refused::X11, None);
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        _reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(Refused::RemoteForward, Some(&format!("{host}:{port}")));
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        _reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refused(Refused::Streamlocal, Some(socket_path));
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(Refused::RemoteForward, Some(&format!("{address}:{port}")));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refused(Refused::Streamlocal, Some(socket_path));
+        Ok(false)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(identity) = self.ctx.identity().cloned() else {
+            return Ok(());
+        };
+        if self.ctx.is_closing() {
+            return Ok(());
+        }
+        if self.ctx.forward_started() > self.cfg.server.max_channels_per_connection {
+            self.ctx.forward_ended();
+            self.refused(Refused::TooManyChannels, Some(&format!("{host}:{port}")));
+            reply
+                .reject(russh::ChannelOpenFailure::Other {
+                    code: 4,
+                    reason: format!(
+                        "portvakt: at most {} forwards per connection",
+                        self.cfg.server.max_channels_per_connection
+                    ),
+                })
+                .await;
+            return Ok(());
+        }
+        // Decide, audit, dial and pump off the session loop: a dead target
+        // must not hold up this connection's other channels.
+        let job = channel::ForwardJob {
+            audit: self.state.audit.clone(),
+            cfg: self.cfg.clone(),
+            ctx: self.ctx.clone(),
+            identity,
+            host: host.to_string(),
+            port,
+            channel,
+            reply,
+        };
+        let ctx = self.ctx.clone();
+        self.ctx.spawn(async move {
+            channel::forward(job).await;
+            ctx.forward_ended();
+        });
+        Ok(())
+    }
+}
+
+impl Connection {
+    fn refused(&self, what: Refused, detail: Option<&str>) {
+        let mut ev = self.event(EventKind::ChannelRefused).reason(what.as_str());
+        if let Some(id) = self.ctx.identity() {
+            ev = ev.user(id.user());
+        }
+        if let Some(d) = detail {
+            ev = ev.detail("request", d);
+        }
+        self.state.audit.emit(ev);
+    }
+
+    /// `ssh user@bastion [command]`: who you are and how to jump, then
+    /// exit status 1 and close. There is no shell.
+    fn session_text(
+        &mut self,
+        channel: ChannelId,
+        what: Refused,
+        command: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        self.refused(what, command.as_deref());
+        let Some(id) = self.ctx.identity() else {
+            return session.channel_failure(channel);
+        };
+        let text = super::session_text::render(
+            id,
+            &self.cfg,
+            self.ctx.local(),
+            self.sessions.has_pty(channel),
+        );
+        session.channel_success(channel)?;
+        session.extended_data(channel, 1, text.into_bytes())?;
+        session.exit_status_request(channel, 1)?;
+        session.eof(channel)?;
+        session.close(channel)
+    }
+}

@@ -1,0 +1,275 @@
+//! Accept loop, connection limits, login grace time, connection deadlines,
+//! signals and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use russh::Disconnect;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{ConnCtx, Connection};
+use super::{ServerState, hostkey, ssh_config};
+use crate::audit::{Audit, Event, EventKind};
+use crate::config::Config;
+use crate::store::Store;
+
+/// How long a stopping server lets forwards finish before closing them.
+const DRAIN: Duration = Duration::from_secs(20);
+/// How long to wait for a connection to go after it was told to.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Run the bastion until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let (host_key, created) = hostkey::load_or_create(&cfg.server.host_key_dir)?;
+    tracing::info!(
+        fingerprint = %hostkey::fingerprint(&host_key),
+        path = %cfg.server.host_key_dir.join(hostkey::FILE_NAME).display(),
+        created,
+        "host key"
+    );
+    let store = Store::open(&cfg.database.url)
+        .await
+        .context("cannot open the audit database")?;
+    let interrupted = crate::audit::mark_interrupted(&store, &cfg.server.node_name).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            forwards = interrupted,
+            "forwards left open by an earlier run marked interrupted"
+        );
+    }
+    let (audit, writer) = Audit::start(store.clone(), cfg.server.node_name.clone());
+
+    let mut listeners = Vec::new();
+    for addr in &cfg.server.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(l);
+    }
+    let state = Arc::new(ServerState {
+        ssh: Arc::new(ssh_config(&cfg, host_key)),
+        connections: Arc::new(Semaphore::new(cfg.server.max_connections)),
+        unauthenticated: Arc::new(Semaphore::new(cfg.server.max_unauthenticated)),
+        config: ArcSwap::from_pointee(cfg),
+        audit,
+        shutdown: CancellationToken::new(),
+    });
+    let terminate = CancellationToken::new();
+    for l in listeners {
+        let addr = l.local_addr()?;
+        tracing::info!(%addr, "listening");
+        tokio::spawn(accept_loop(state.clone(), l, terminate.clone()));
+    }
+
+    wait_for_stop(&state).await?;
+    tracing::info!("stopping: no new connections; letting forwards drain");
+    state.shutdown.cancel();
+    let max = state.config.load().server.max_connections as u32;
+    let all_closed = state.connections.clone().acquire_many_owned(max);
+    if tokio::time::timeout(DRAIN, all_closed).await.is_err() {
+        tracing::info!("drain time over; closing the remaining connections");
+        terminate.cancel();
+        let all_closed = state.connections.clone().acquire_many_owned(max);
+        let _ = tokio::time::timeout(CLOSE_WAIT * 3, all_closed).await;
+    }
+    let store = state.audit.store().clone();
+    drop(state);
+    // The writer ends once the last Audit clone is gone and its queue is written.
+    let _ = tokio::time::timeout(CLOSE_WAIT, writer).await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Wait for SIGTERM/SIGINT; reload the config on SIGHUP meanwhile.
+async fn wait_for_stop(state: &ServerState) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(state),
+        }
+    }
+}
+
+/// Read the config file again; keep the old one if the new one is broken.
+fn reload(state: &ServerState) {
+    let old = state.config.load_full();
+    let ev = Event::new(EventKind::ConfigReload).detail("path", old.path.display().to_string());
+    match Config::load(&old.path) {
+        Ok(new) => {
+            state.config.store(Arc::new(new));
+            tracing::info!("config reloaded");
+            state.audit.emit(ev.detail("result", "applied"));
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(problem = %e, "config reload rejected");
+            }
+            state.audit.emit(
+                ev.reason("invalid_config")
+                    .detail("result", "rejected")
+                    .detail("errors", errors.to_string()),
+            );
+        }
+    }
+}
+
+async fn accept_loop(state: Arc<ServerState>, listener: TcpListener, terminate: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = state.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(conn_permit) = state.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, reason = "max_connections", "connection refused");
+            continue;
+        };
+        let Ok(login_permit) = state.unauthenticated.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, reason = "max_unauthenticated", "connection refused");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve(
+            state.clone(),
+            stream,
+            peer,
+            conn_permit,
+            login_permit,
+            terminate.clone(),
+        ));
+    }
+}
+
+/// One connection from accept to the last audit row.
+async fn serve(
+    state: Arc<ServerState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _conn_permit: OwnedSemaphorePermit,
+    login_permit: OwnedSemaphorePermit,
+    terminate: CancellationToken,
+) {
+    let cfg = state.config.load_full();
+    let local = stream.local_addr().unwrap_or(peer);
+    let ctx = Arc::new(ConnCtx::new(peer, local));
+    let audit = state.audit.clone();
+    audit.connection_open(ctx.id(), peer);
+    let grace_end = ctx.opened() + cfg.server.login_grace_time;
+    let handler = Connection::new(state.clone(), cfg.clone(), ctx.clone(), login_permit);
+
+    let started = tokio::time::timeout_at(
+        grace_end,
+        russh::server::run_stream(state.ssh.clone(), stream, handler),
+    )
+    .await;
+    let session = match started {
+        Err(_) => {
+            ctx.close("login_timeout");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "SSH handshake failed");
+            ctx.close("protocol_error");
+            None
+        }
+        Ok(Ok(s)) => Some(s),
+    };
+    if let Some(session) = session {
+        let handle = session.handle();
+        tokio::pin!(session);
+        let mut auth_rx = ctx.subscribe();
+        // Once told to go, the client has CLOSE_WAIT to leave.
+        let mut told: Option<Instant> = None;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let open = !ctx.is_closing();
+            let idle_at = ctx.idle_deadline(cfg.sessions.idle_timeout);
+            tokio::select! {
+                r = &mut session => {
+                    match r {
+                        Ok(()) => ctx.close("client_closed"),
+                        // Clients often just close the socket after their last channel.
+                        Err(russh::Error::IO(e)) if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                        ) => ctx.close("client_closed"),
+                        Err(russh::Error::KeepaliveTimeout) | Err(russh::Error::InactivityTimeout) => ctx.close("keepalive_timeout"),
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "connection error");
+                            ctx.close("protocol_error");
+                        }
+                    }
+                    break;
+                }
+                () = sleep_until(grace_end), if open && !ctx.is_authenticated() => ctx.close("login_timeout"),
+                Ok(()) = auth_rx.changed() => deadline = ctx.deadline().map(|(at, _)| at),
+                () = sleep_until(deadline.unwrap_or(grace_end)), if open && deadline.is_some() => {
+                    ctx.close(ctx.deadline().map_or("max_duration", |(_, r)| r));
+                }
+                () = sleep_until(idle_at.unwrap_or(grace_end)), if open && idle_at.is_some() && ctx.is_authenticated() => {
+                    // Re-checked: a forward may have moved bytes meanwhile.
+                    if ctx.idle_deadline(cfg.sessions.idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                        ctx.close("idle_timeout");
+                    }
+                }
+                () = terminate.cancelled(), if open => ctx.close("shutdown"),
+                () = ctx.closing(), if told.is_none() => {
+                    told = Some(Instant::now() + CLOSE_WAIT);
+                    let message = disconnect_message(ctx.close_reason());
+                    let handle = handle.clone();
+                    // Not awaited here: the session loop must keep running to send it.
+                    tokio::spawn(async move {
+                        let _ = handle.disconnect(Disconnect::ByApplication, message.into(), "en".into()).await;
+                    });
+                }
+                () = sleep_until(told.unwrap_or(grace_end)), if told.is_some() => break,
+            }
+        }
+    }
+    // Forwards of this connection end now and write their close rows.
+    ctx.close("connection_closed");
+    ctx.finish().await;
+    audit.connection_close(
+        ctx.id(),
+        peer,
+        ctx.identity().map(|i| i.user()),
+        ctx.close_reason(),
+        ctx.opened().elapsed(),
+        ctx.client_version(),
+    );
+}
+
+/// What the client is told when portvakt ends its connection.
+fn disconnect_message(reason: &str) -> &'static str {
+    match reason {
+        "login_timeout" => "portvakt: login took too long",
+        "certificate_expired" => "portvakt: your certificate expired",
+        "grant_expired" => "portvakt: your login grant expired; log in again",
+        "grant_revoked" => "portvakt: your login grant was revoked",
+        "max_duration" => "portvakt: maximum connection time reached",
+        "idle_timeout" => "portvakt: connection idle for too long",
+        "too_many_attempts" => "portvakt: too many authentication attempts",
+        "shutdown" => "portvakt: the bastion is restarting",
+        _ => "portvakt: connection closed",
+    }
+}

@@ -1,0 +1,119 @@
+//! The SSH side: listener (accept loop, limits, shutdown), one russh handler
+//! per connection, and the channel logic behind it.
+
+mod channel;
+mod connection;
+pub mod hostkey;
+mod listener;
+mod session_text;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use russh::keys::PrivateKey;
+use russh::keys::ssh_key::{Algorithm, EcdsaCurve, HashAlg};
+use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, compression, kex, mac};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use listener::run;
+
+use crate::audit::Audit;
+use crate::config::Config;
+
+/// What every connection of this server shares.
+#[derive(Debug)]
+pub struct ServerState {
+    /// The config in force; swapped whole on reload, read once per connection.
+    pub config: ArcSwap<Config>,
+    pub audit: Audit,
+    /// russh settings (host key, algorithms, windows); fixed for the process.
+    pub ssh: Arc<russh::server::Config>,
+    /// Fires when the server stops accepting and drains.
+    pub shutdown: CancellationToken,
+    /// `max_connections`: a permit per open connection.
+    pub connections: Arc<Semaphore>,
+    /// `max_unauthenticated`: a permit per connection still logging in.
+    pub unauthenticated: Arc<Semaphore>,
+}
+
+/// Key exchanges: post-quantum hybrid first, then curve25519; the two
+/// `*-s` names announce extension negotiation and strict KEX (Terrapin).
+const KEX: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::CURVE25519,
+    kex::CURVE25519_PRE_RFC_8731,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+/// AEAD ciphers first; CTR only with the encrypt-then-MAC MACs below. No CBC.
+const CIPHERS: &[cipher::Name] = &[
+    cipher::CHACHA20_POLY1305,
+    cipher::AES_256_GCM,
+    cipher::AES_128_GCM,
+    cipher::AES_256_CTR,
+    cipher::AES_128_CTR,
+];
+/// Encrypt-then-MAC with SHA-2 only.
+const MACS: &[mac::Name] = &[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM];
+/// No compression at all (none before authentication, as asked, and none
+/// after: forwarded SSH is already encrypted and incompressible).
+const COMPRESSION: &[compression::Name] = &[compression::NONE];
+/// Host key and client key algorithms; `ssh-rsa` (SHA-1) is left out.
+const KEYS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
+
+/// russh's server settings for this config and host key.
+pub fn ssh_config(cfg: &Config, host_key: PrivateKey) -> russh::server::Config {
+    let mut methods = vec![MethodKind::PublicKey];
+    if cfg.oidc.is_some() {
+        methods.push(MethodKind::KeyboardInteractive);
+    }
+    russh::server::Config {
+        server_id: SshId::Standard(Cow::Borrowed("SSH-2.0-portvakt")),
+        methods: MethodSet::from(&methods[..]),
+        // Every refusal takes the same short time, so its timing tells
+        // nothing (sshd waits 5-9 ms); brute force is the lockout's job.
+        // The "none" probe every client starts with costs nothing.
+        auth_rejection_time: Duration::from_millis(10),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        preferred: Preferred {
+            kex: Cow::Borrowed(KEX),
+            key: Cow::Borrowed(KEYS),
+            host_key_certificates: Cow::Borrowed(&[]),
+            cipher: Cow::Borrowed(CIPHERS),
+            mac: Cow::Borrowed(MACS),
+            compression: Cow::Borrowed(COMPRESSION),
+        },
+        // portvakt counts attempts itself (auth::AuthFailure::TooManyAttempts,
+        // audited); this is only a backstop.
+        max_auth_attempts: cfg.auth.max_auth_tries * 4 + 10,
+        // portvakt's own idle timeout ends idle connections (russh's timer is
+        // reset by keepalive replies) and keepalives find dead peers; this is
+        // a backstop, also for a peer that never closes after a disconnect.
+        inactivity_timeout: Some(cfg.sessions.idle_timeout + Duration::from_secs(60)),
+        keepalive_interval: Some(cfg.server.keepalive_interval),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    }
+}

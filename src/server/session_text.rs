@@ -1,0 +1,80 @@
+//! The text shown on `ssh user@bastion`: who you are, until when, where you
+//! may go and how to get there. There is no shell.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use crate::auth::Identity;
+use crate::clock::rfc3339;
+use crate::config::Config;
+use crate::policy::Destination;
+
+pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> String {
+    let mut t = String::new();
+    let groups: Vec<&str> = id.groups().collect();
+    let _ = writeln!(
+        t,
+        "portvakt: this bastion has no shell; it only forwards to allowed targets."
+    );
+    let _ = write!(t, "You are {} (login: {}", id.user(), id.method());
+    if !groups.is_empty() {
+        let _ = write!(t, "; groups: {}", groups.join(", "));
+    }
+    let _ = writeln!(t, ").");
+    match id.expires_at() {
+        Some(at) => {
+            let what = match id.method() {
+                crate::auth::AuthMethod::Certificate => "Your certificate",
+                _ => "Your login grant",
+            };
+            let _ = writeln!(t, "{what} is valid until {}.", rfc3339(at));
+        }
+        None => {
+            let _ = writeln!(t, "Your login has no expiry of its own.");
+        }
+    }
+    let bastion = match (local.ip().is_unspecified(), local.port()) {
+        (true, p) => format!("{}@BASTION:{p}", id.user()),
+        (false, 22) => format!("{}@{}", id.user(), host_of(local)),
+        (false, p) => format!("{}@{}:{p}", id.user(), host_of(local)),
+    };
+    let mine: Vec<_> = cfg.policy.targets_for(id).collect();
+    if mine.is_empty() {
+        let _ = writeln!(t, "No target is allowed for you; ask the bastion's admins.");
+    } else {
+        let _ = writeln!(t, "Targets you may use:");
+        for target in &mine {
+            match &target.destination {
+                Destination::Host { port, .. } => {
+                    let _ = writeln!(t, "  {:<20} port {port}", target.name);
+                }
+                Destination::Cidr { net, ports } => {
+                    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                    let _ = writeln!(
+                        t,
+                        "  {:<20} any address in {net}, ports {}",
+                        target.name,
+                        ports.join(", ")
+                    );
+                }
+            }
+        }
+        let example = mine
+            .iter()
+            .find(|t| matches!(t.destination, Destination::Host { .. }))
+            .map_or("TARGET", |t| t.name.as_str());
+        let _ = writeln!(t, "Connect with:");
+        let _ = writeln!(t, "  ssh -J {bastion} USER@{example}");
+        let _ = writeln!(t, "or put this in ~/.ssh/config and run `ssh {example}`:");
+        let _ = writeln!(t, "  Host {example}");
+        let _ = writeln!(t, "    ProxyJump {bastion}");
+    }
+    if pty { t.replace('\n', "\r\n") } else { t }
+}
+
+fn host_of(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        SocketAddr::V4(a) => a.ip().to_string(),
+    }
+}
