@@ -9,6 +9,8 @@
 
 mod events;
 pub mod query;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -59,6 +59,9 @@ pub struct Identity {
     /// A short description for the audit trail (certificate key id and
     /// serial, grant id, ...).
     detail: String,
+    /// The login grant this connection rides on (revoking it ends the
+    /// connection).
+    grant_id: Option<i64>,
 }
 
 impl Identity {
@@ -76,7 +79,13 @@ impl Identity {
             key_fingerprint,
             may_forward: true,
             detail: String::new(),
+            grant_id: None,
         }
+    }
+
+    pub(in crate::auth) fn with_grant(mut self, id: i64) -> Self {
+        self.grant_id = Some(id);
+        self
     }
 
     pub(in crate::auth) fn with_expiry(mut self, at: SystemTime) -> Self {
@@ -125,5 +134,8 @@ impl Identity {
     }
     pub fn detail(&self) -> &str {
         &self.detail
+    }
+    pub fn grant_id(&self) -> Option<i64> {
+        self.grant_id
     }
 }

@@ -5,8 +5,12 @@
 //! callbacks into these calls.
 
 pub mod certificate;
+pub mod grants;
 mod identity;
+pub mod interactive;
+pub mod oidc;
 pub mod revocation;
+pub mod totp;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -18,6 +22,35 @@ use russh::keys::ssh_key::{Algorithm, Certificate, HashAlg, public::KeyData};
 pub use identity::{AuthMethod, Identity};
 
 use crate::config::{Config, UserMfa};
+use crate::store::Store;
+
+/// What logins need beyond the config; one per server, shared.
+#[derive(Debug)]
+pub struct Services {
+    pub store: Store,
+    pub totp: totp::Totp,
+    /// `None` without `[oidc]`.
+    pub idp: Option<Arc<oidc::Idp>>,
+    /// This node's name (recorded on grants).
+    pub node: String,
+}
+
+/// What a verified plain key leads to.
+#[derive(Debug)]
+pub enum KeyOutcome {
+    /// Logged in (service account, or a valid grant for this key).
+    Accept(Identity),
+    /// The key is proven; keyboard-interactive must follow (TOTP for a
+    /// `[[users]]` key, IdP login otherwise).
+    SecondStep {
+        fingerprint: String,
+        totp_user: bool,
+    },
+    Reject(AuthFailure),
+}
+
+/// A grant lookup may wait this long for the database.
+const GRANT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a login attempt was refused. Stable names: audit reason, log field,
 /// metric label, test assertion.
@@ -47,6 +80,24 @@ pub enum AuthFailure {
     /// The key belongs to a `[[users]]` entry that needs a TOTP step.
     TotpRequired,
     TooManyAttempts,
+    /// Keyboard-interactive asked for, but there is nothing to ask (no IdP,
+    /// no TOTP user).
+    InteractiveUnavailable,
+    IdpUnreachable,
+    IdpMisconfigured,
+    IdpAccessDenied,
+    IdpCodeExpired,
+    IdpError,
+    IdpTokenInvalid,
+    /// The IdP's user name differs from the SSH user name.
+    IdpUserMismatch,
+    /// This connection already started the most device flows it may.
+    IdpFlowLimit,
+    TotpInvalid,
+    TotpReplayed,
+    TotpNotEnrolled,
+    /// The database did not answer: logins that need it fail closed.
+    DatabaseUnavailable,
 }
 
 impl AuthFailure {
@@ -70,13 +121,47 @@ impl AuthFailure {
             WeakAlgorithm => "weak_algorithm",
             TotpRequired => "totp_required",
             TooManyAttempts => "too_many_attempts",
+            InteractiveUnavailable => "interactive_unavailable",
+            IdpUnreachable => "idp_unreachable",
+            IdpMisconfigured => "idp_misconfigured",
+            IdpAccessDenied => "idp_access_denied",
+            IdpCodeExpired => "idp_code_expired",
+            IdpError => "idp_error",
+            IdpTokenInvalid => "idp_token_invalid",
+            IdpUserMismatch => "idp_user_mismatch",
+            IdpFlowLimit => "idp_flow_limit",
+            TotpInvalid => "totp_invalid",
+            TotpReplayed => "totp_replayed",
+            TotpNotEnrolled => "totp_not_enrolled",
+            DatabaseUnavailable => "database_unavailable",
         }
     }
 
-    /// Does this refusal count towards `max_auth_tries` and brute-force
-    /// protection?
+    /// Does this refusal count towards brute-force protection? Unknown keys
+    /// do not (clients offer every key they have), nor do failures that are
+    /// not the user's doing.
     pub fn counts(self) -> bool {
-        !matches!(self, AuthFailure::UnknownKey)
+        !matches!(
+            self,
+            AuthFailure::UnknownKey
+                | AuthFailure::IdpUnreachable
+                | AuthFailure::IdpMisconfigured
+                | AuthFailure::IdpError
+                | AuthFailure::DatabaseUnavailable
+                | AuthFailure::InteractiveUnavailable
+        )
+    }
+
+    pub fn from_oidc(e: &oidc::OidcError) -> Self {
+        use oidc::OidcError::*;
+        match e {
+            Unreachable(_) => AuthFailure::IdpUnreachable,
+            Misconfigured(_) => AuthFailure::IdpMisconfigured,
+            Denied => AuthFailure::IdpAccessDenied,
+            Expired => AuthFailure::IdpCodeExpired,
+            Refused(_) => AuthFailure::IdpError,
+            TokenInvalid(_) => AuthFailure::IdpTokenInvalid,
+        }
     }
 }
 
@@ -97,11 +182,73 @@ pub fn fingerprint(key: &KeyData) -> String {
 pub struct Authenticator {
     cfg: Arc<Config>,
     source: IpAddr,
+    svc: Option<Arc<Services>>,
 }
 
 impl Authenticator {
     pub fn new(cfg: Arc<Config>, source: IpAddr) -> Self {
-        Authenticator { cfg, source }
+        Authenticator {
+            cfg,
+            source,
+            svc: None,
+        }
+    }
+
+    /// With the database and IdP: grants, TOTP, IdP logins.
+    pub fn with_services(mut self, svc: Arc<Services>) -> Self {
+        self.svc = Some(svc);
+        self
+    }
+
+    /// May a plain key (not yet proven) lead anywhere? Refusing early saves
+    /// the client a signature, as sshd does.
+    pub fn offered_key(&self, user: &str, key: &KeyData) -> Result<(), AuthFailure> {
+        match self.publickey(user, key) {
+            Ok(_) | Err(AuthFailure::TotpRequired) => Ok(()),
+            Err(AuthFailure::UnknownKey) if self.idp_enabled() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn idp_enabled(&self) -> bool {
+        self.svc.as_ref().is_some_and(|s| s.idp.is_some())
+    }
+
+    /// A plain key whose possession the client proved: a service account
+    /// logs in, a valid grant logs in, anyone else goes on to
+    /// keyboard-interactive with this key as first factor.
+    pub async fn key_login(&self, user: &str, key: &KeyData) -> KeyOutcome {
+        let totp_user = match self.publickey(user, key) {
+            Ok(id) => return KeyOutcome::Accept(id),
+            Err(AuthFailure::TotpRequired) => true,
+            Err(AuthFailure::UnknownKey) if self.idp_enabled() => false,
+            Err(e) => return KeyOutcome::Reject(e),
+        };
+        let Some(svc) = &self.svc else {
+            return KeyOutcome::Reject(AuthFailure::TotpRequired);
+        };
+        let fp = fingerprint(key);
+        match tokio::time::timeout(GRANT_WAIT, grants::find_valid(&svc.store, user, &fp)).await {
+            Ok(Ok(Some(g))) => {
+                let mut groups = self.groups_of(user);
+                groups.extend(g.groups.iter().cloned());
+                KeyOutcome::Accept(
+                    Identity::new(user.to_string(), groups, AuthMethod::Grant, fp)
+                        .with_expiry(g.expires())
+                        .with_grant(g.id)
+                        .with_detail(format!("grant {} ({})", g.id, g.method)),
+                )
+            }
+            Ok(Ok(None)) => KeyOutcome::SecondStep {
+                fingerprint: fp,
+                totp_user,
+            },
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "grant lookup failed");
+                KeyOutcome::Reject(AuthFailure::DatabaseUnavailable)
+            }
+            Err(_) => KeyOutcome::Reject(AuthFailure::DatabaseUnavailable),
+        }
     }
 
     /// Checks that come before any other: a sane name, not a denied user.
@@ -219,3 +366,6 @@ impl Authenticator {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests;

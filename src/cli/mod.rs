@@ -4,8 +4,10 @@
 
 mod audit;
 mod check_config;
+mod grants;
 mod serve;
 mod sessions;
+mod totp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,12 @@ enum Command {
     /// Audit events: logins, connections, forwards, refusals.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Login grants (time-limited logins bound to an SSH key).
+    #[command(subcommand)]
+    Grants(grants::GrantsCmd),
+    /// TOTP secrets of users.
+    #[command(subcommand)]
+    Totp(totp::TotpCmd),
 }
 
 /// What a command ends with.
@@ -62,6 +70,12 @@ pub fn main() -> ExitCode {
         }),
         Command::Audit(cmd) => with_store(&cli.config, async |cfg, store| {
             audit::run(cmd, cfg, store).await
+        }),
+        Command::Grants(cmd) => with_store(&cli.config, async |cfg, store| {
+            grants::run(cmd, cfg, store).await
+        }),
+        Command::Totp(cmd) => with_store(&cli.config, async |cfg, store| {
+            totp::run(cmd, cfg, store).await
         }),
     };
     match outcome {

@@ -2,6 +2,7 @@
 //! [`Handler`] that turns callbacks into calls on `auth`, `policy` and
 //! `forward`. No decision is made here.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -9,10 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use russh::keys::ssh_key::Certificate;
 use russh::server::{
-    Auth, CertificateRefusal, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session,
+    Auth, CertificateRefusal, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Response, Session,
     VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId};
+use russh::{MethodKind, MethodSet};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -21,7 +23,8 @@ use tokio_util::task::TaskTracker;
 use super::ServerState;
 use super::channel::{self, Refused};
 use crate::audit::{Event, EventKind};
-use crate::auth::{AuthFailure, Authenticator, Identity, fingerprint};
+use crate::auth::interactive::{Interactive, Step};
+use crate::auth::{AuthFailure, Authenticator, Identity, KeyOutcome, fingerprint};
 use crate::config::Config;
 
 /// How long a closing connection waits for its forwards to record their end.
@@ -53,6 +56,11 @@ pub struct ConnCtx {
     last_activity: AtomicU64,
     /// The client's SSH version string, known after login.
     client_version: OnceLock<String>,
+    /// The last user name a login attempt was made for (for the audit of a
+    /// connection that never logged in).
+    attempted: std::sync::Mutex<Option<String>>,
+    /// A login attempt was refused (and audited) on this connection.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl ConnCtx {
@@ -71,6 +79,8 @@ impl ConnCtx {
             forwards: AtomicUsize::new(0),
             last_activity: AtomicU64::new(0),
             client_version: OnceLock::new(),
+            attempted: std::sync::Mutex::new(None),
+            refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -111,6 +121,31 @@ impl ConnCtx {
                 "connection_closed"
             }
             other => other,
+        }
+    }
+
+    /// Note a login attempt for `user`.
+    pub fn attempt(&self, user: &str) {
+        if let Ok(mut a) = self.attempted.lock()
+            && a.as_deref() != Some(user)
+        {
+            *a = Some(user.chars().take(64).collect());
+        }
+    }
+
+    /// Did the client give up on a login without any refusal audited (left
+    /// at a prompt, or without a usable key)?
+    pub fn login_abandoned(&self) -> bool {
+        !self.is_authenticated()
+            && !self.refused.load(Ordering::Relaxed)
+            && self.attempted.lock().map(|a| a.is_some()).unwrap_or(false)
+    }
+
+    /// Who the connection is, or tried to be.
+    pub fn user_name(&self) -> Option<String> {
+        match self.identity() {
+            Some(id) => Some(id.user().to_string()),
+            None => self.attempted.lock().ok().and_then(|a| a.clone()),
         }
     }
 
@@ -206,6 +241,8 @@ pub struct Connection {
     tries: usize,
     /// Session channels (the text shown on `ssh user@bastion`).
     sessions: channel::Sessions,
+    /// IdP device flow, TOTP and grant creation.
+    interactive: Interactive,
 }
 
 impl Connection {
@@ -215,8 +252,15 @@ impl Connection {
         ctx: Arc<ConnCtx>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
-        let auth = Authenticator::new(cfg.clone(), ctx.source().ip());
+        let auth = Authenticator::new(cfg.clone(), ctx.source().ip())
+            .with_services(state.services.clone());
+        let interactive = Interactive::new(
+            cfg.clone(),
+            state.services.clone(),
+            ctx.source().to_string(),
+        );
         Connection {
+            interactive,
             state,
             cfg,
             ctx,
@@ -249,6 +293,7 @@ impl Connection {
             ev = ev.detail("key_fingerprint", fp);
         }
         self.state.audit.emit(ev);
+        self.ctx.refused.store(true, Ordering::Relaxed);
         self.tries += 1;
         if self.tries >= self.cfg.auth.max_auth_tries && !self.ctx.is_closing() {
             self.state.audit.emit(
@@ -263,10 +308,14 @@ impl Connection {
     }
 
     fn accept(&mut self, id: Identity) -> Auth {
-        let ev = self
+        let mut ev = self
             .event(EventKind::AuthSuccess)
             .detail("key_fingerprint", id.key_fingerprint())
             .detail("detail", id.detail());
+        if let Some(g) = id.grant_id() {
+            ev = ev.detail("grant_id", g);
+            self.state.grant_watch.register(g, &self.ctx);
+        }
         self.state.audit.login(
             self.ctx.id(),
             self.ctx.source(),
@@ -297,6 +346,7 @@ impl Handler for Connection {
     }
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.ctx.attempt(user);
         // Every client starts with "none" to learn the methods; only a denied
         // user name is worth recording here.
         match self.auth.check_user(user) {
@@ -306,6 +356,7 @@ impl Handler for Connection {
     }
 
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.ctx.attempt(user);
         if self.closing() {
             return Ok(Auth::reject());
         }
@@ -322,6 +373,7 @@ impl Handler for Connection {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.ctx.attempt(user);
         if self.closing() {
             return Ok(Auth::reject());
         }
@@ -337,12 +389,19 @@ impl Handler for Connection {
                         .map(drop)
                 }),
             ),
-            None => (
-                "publickey",
-                self.auth
-                    .offered(user, offer.algorithm)
-                    .and_then(|()| self.auth.publickey(user, key).map(drop)),
-            ),
+            None => {
+                // Offered again after the partial success it earned: let the
+                // client move on to its certificate or keyboard-interactive.
+                if self.interactive.is_proven(user, &fingerprint(key)) {
+                    return Ok(Auth::reject());
+                }
+                (
+                    "publickey",
+                    self.auth
+                        .offered(user, offer.algorithm)
+                        .and_then(|()| self.auth.offered_key(user, key)),
+                )
+            }
         };
         match checked {
             Ok(()) => Ok(Auth::Accept),
@@ -355,14 +414,85 @@ impl Handler for Connection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.ctx.attempt(user);
         if self.closing() {
             return Ok(Auth::reject());
         }
         let key = key.public_key.key_data();
-        match self.auth.publickey(user, key) {
-            Ok(id) => Ok(self.accept(id)),
-            Err(e) => Ok(self.refuse(user, "publickey", e, Some(fingerprint(key)))),
+        match self.auth.key_login(user, key).await {
+            KeyOutcome::Accept(id) => Ok(self.accept(id)),
+            KeyOutcome::SecondStep {
+                fingerprint,
+                totp_user,
+            } => {
+                self.interactive.key_proven(user, fingerprint, totp_user);
+                // publickey stays listed so that a certificate offered after
+                // this key still gets its turn (OpenSSH retries its keys
+                // after a partial success).
+                Ok(Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(
+                        &[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..],
+                    )),
+                    partial_success: true,
+                })
+            }
+            KeyOutcome::Reject(e) => Ok(self.refuse(user, "publickey", e, Some(fingerprint(key)))),
         }
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.ctx.attempt(user);
+        if self.closing() {
+            return Ok(Auth::reject());
+        }
+        if let Err(e) = self.auth.check_user(user) {
+            return Ok(self.refuse(user, "keyboard-interactive", e, None));
+        }
+        let step = match response {
+            None => self.interactive.start(user).await,
+            Some(answers) => {
+                // A prompt has one answer; extra ones are ignored, not stored.
+                let answers = answers
+                    .take(4)
+                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(256)]).into_owned())
+                    .collect();
+                self.interactive.respond(user, answers).await
+            }
+        };
+        Ok(match step {
+            Step::Prompt {
+                instructions,
+                prompts,
+            } => Auth::Partial {
+                name: Cow::Borrowed("portvakt"),
+                instructions: Cow::Owned(instructions),
+                prompts: Cow::Owned(
+                    prompts
+                        .into_iter()
+                        .map(|(text, echo)| (Cow::Owned(text), echo))
+                        .collect(),
+                ),
+            },
+            Step::Accept { identity, grant } => {
+                if let Some(g) = grant {
+                    self.state.audit.emit(
+                        self.event(EventKind::GrantCreate)
+                            .user(g.user.clone())
+                            .detail("grant_id", g.id)
+                            .detail("key_fingerprint", g.key_fingerprint.clone())
+                            .detail("method", g.method.clone())
+                            .detail("expires_at", crate::clock::rfc3339(g.expires())),
+                    );
+                }
+                self.accept(*identity)
+            }
+            Step::Reject(f) => self.refuse(user, "keyboard-interactive", f, None),
+        })
     }
 
     async fn auth_openssh_certificate(
@@ -370,6 +500,7 @@ impl Handler for Connection {
         user: &str,
         cert: &Certificate,
     ) -> Result<Auth, Self::Error> {
+        self.ctx.attempt(user);
         if self.closing() {
             return Ok(Auth::reject());
         }
@@ -385,6 +516,7 @@ impl Handler for Connection {
         cert: &Certificate,
         reason: CertificateRefusal,
     ) -> Result<(), Self::Error> {
+        self.ctx.attempt(user);
         if !self.closing() {
             let outside = reason == CertificateRefusal::OutsideValidity;
             let failure =
@@ -454,6 +586,9 @@ impl Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned();
+        if command.trim() == "logout" {
+            return self.logout(channel, session);
+        }
         self.session_text(channel, Refused::Exec, Some(command), session)
     }
 
@@ -626,6 +761,56 @@ impl Connection {
             ev = ev.detail("request", d);
         }
         self.state.audit.emit(ev);
+    }
+
+    /// `ssh user@bastion logout`: revoke this login's grant, so the next
+    /// connection asks for a full login again.
+    fn logout(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), russh::Error> {
+        let Some(id) = self.ctx.identity() else {
+            return session.channel_failure(channel);
+        };
+        session.channel_success(channel)?;
+        let Some(grant) = id.grant_id() else {
+            let text =
+                "portvakt: this login has no grant to revoke (a certificate login needs none).\n";
+            session.extended_data(channel, 1, text.as_bytes().to_vec())?;
+            session.exit_status_request(channel, 1)?;
+            session.eof(channel)?;
+            return session.close(channel);
+        };
+        let handle = session.handle();
+        let store = self.state.services.store.clone();
+        let audit = self.state.audit.clone();
+        let watch = self.state.grant_watch.clone();
+        let ctx = self.ctx.clone();
+        let ev = self
+            .event(EventKind::GrantRevoke)
+            .user(id.user())
+            .reason("logout")
+            .detail("grant_id", grant);
+        self.ctx.spawn(async move {
+            let (text, status) = match crate::auth::grants::revoke(&store, Some(grant), None, "logout").await {
+                Ok(revoked) if !revoked.is_empty() => {
+                    audit.emit(ev);
+                    ("portvakt: your login grant is revoked; the next connection asks you to log in again.\n", 0)
+                }
+                Ok(_) => ("portvakt: your login grant had already ended.\n", 0),
+                Err(e) => {
+                    tracing::error!(error = %e, "logout: cannot revoke grant");
+                    ("portvakt: cannot revoke your grant right now; try again.\n", 1)
+                }
+            };
+            let _ = handle.data(channel, text.as_bytes().to_vec()).await;
+            let _ = handle.exit_status_request(channel, status).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+            // Every other connection riding on the grant ends now; this one
+            // gets a moment to let its client leave by itself.
+            watch.revoked_except(grant, &ctx);
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            ctx.close("grant_revoked");
+        });
+        Ok(())
     }
 
     /// `ssh user@bastion [command]`: who you are and how to jump, then

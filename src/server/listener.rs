@@ -15,8 +15,12 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{ConnCtx, Connection};
+use super::grant_watch::GrantWatch;
 use super::{ServerState, hostkey, ssh_config};
 use crate::audit::{Audit, Event, EventKind};
+use crate::auth::Services;
+use crate::auth::oidc::Idp;
+use crate::auth::totp::Totp;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -45,6 +49,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let (audit, writer) = Audit::start(store.clone(), cfg.server.node_name.clone());
+    let idp = match &cfg.oidc {
+        Some(o) => Some(Arc::new(Idp::new(o.clone())?)),
+        None => None,
+    };
+    if let Some(idp) = &idp {
+        // Discover now so that a broken [oidc] shows at start; logins retry.
+        if !idp.ready().await {
+            tracing::warn!(issuer = %idp.config().issuer, "identity provider not reachable yet; IdP logins will retry");
+        }
+    }
+    let services = Arc::new(Services {
+        totp: Totp::open(store.clone(), &cfg.mfa.secret_key_file)?,
+        store: store.clone(),
+        idp,
+        node: cfg.server.node_name.clone(),
+    });
+    let grant_watch = Arc::new(GrantWatch::default());
 
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
@@ -60,7 +81,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         config: ArcSwap::from_pointee(cfg),
         audit,
         shutdown: CancellationToken::new(),
+        services,
+        grant_watch: grant_watch.clone(),
     });
+    let watch_stop = CancellationToken::new();
+    tokio::spawn(grant_watch.run(store.clone(), watch_stop.clone()));
     let terminate = CancellationToken::new();
     for l in listeners {
         let addr = l.local_addr()?;
@@ -79,6 +104,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let all_closed = state.connections.clone().acquire_many_owned(max);
         let _ = tokio::time::timeout(CLOSE_WAIT * 3, all_closed).await;
     }
+    watch_stop.cancel();
     let store = state.audit.store().clone();
     drop(state);
     // The writer ends once the last Audit clone is gone and its queue is written.
@@ -249,10 +275,20 @@ async fn serve(
     // Forwards of this connection end now and write their close rows.
     ctx.close("connection_closed");
     ctx.finish().await;
+    if ctx.login_abandoned() {
+        let mut ev = Event::new(EventKind::AuthFailure)
+            .connection(ctx.id(), peer)
+            .reason("login_incomplete")
+            .detail("counts", false);
+        if let Some(u) = ctx.user_name() {
+            ev = ev.user(u);
+        }
+        audit.emit(ev);
+    }
     audit.connection_close(
         ctx.id(),
         peer,
-        ctx.identity().map(|i| i.user()),
+        ctx.user_name().as_deref(),
         ctx.close_reason(),
         ctx.opened().elapsed(),
         ctx.client_version(),

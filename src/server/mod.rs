@@ -3,6 +3,7 @@
 
 mod channel;
 mod connection;
+mod grant_watch;
 pub mod hostkey;
 mod listener;
 mod session_text;
@@ -21,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub use listener::run;
 
 use crate::audit::Audit;
-use crate::config::Config;
+use crate::auth::Services;
+use crate::config::{Config, UserMfa};
 
 /// What every connection of this server shares.
 #[derive(Debug)]
@@ -37,6 +39,10 @@ pub struct ServerState {
     pub connections: Arc<Semaphore>,
     /// `max_unauthenticated`: a permit per connection still logging in.
     pub unauthenticated: Arc<Semaphore>,
+    /// Database, TOTP and IdP for logins.
+    pub services: Arc<Services>,
+    /// Connections by login grant, to end them when it is revoked.
+    pub grant_watch: Arc<grant_watch::GrantWatch>,
 }
 
 /// Key exchanges: post-quantum hybrid first, then curve25519; the two
@@ -84,7 +90,12 @@ const KEYS: &[Algorithm] = &[
 /// russh's server settings for this config and host key.
 pub fn ssh_config(cfg: &Config, host_key: PrivateKey) -> russh::server::Config {
     let mut methods = vec![MethodKind::PublicKey];
-    if cfg.oidc.is_some() {
+    if cfg.oidc.is_some()
+        || cfg
+            .users
+            .values()
+            .any(|u| u.mfa == UserMfa::Totp && !u.keys.is_empty())
+    {
         methods.push(MethodKind::KeyboardInteractive);
     }
     russh::server::Config {
