@@ -8,6 +8,7 @@ pub mod certificate;
 pub mod grants;
 mod identity;
 pub mod interactive;
+pub mod lockout;
 pub mod oidc;
 pub mod revocation;
 pub mod totp;
@@ -33,6 +34,8 @@ pub struct Services {
     pub idp: Option<Arc<oidc::Idp>>,
     /// This node's name (recorded on grants).
     pub node: String,
+    /// Brute-force protection.
+    pub lockout: Arc<lockout::Lockout>,
 }
 
 /// What a verified plain key leads to.

@@ -5,6 +5,7 @@
 mod audit;
 mod check_config;
 mod grants;
+mod lockout;
 mod serve;
 mod sessions;
 mod totp;
@@ -49,6 +50,9 @@ enum Command {
     /// TOTP secrets of users.
     #[command(subcommand)]
     Totp(totp::TotpCmd),
+    /// Brute-force bans of source addresses.
+    #[command(subcommand)]
+    Lockout(lockout::LockoutCmd),
 }
 
 /// What a command ends with.
@@ -76,6 +80,9 @@ pub fn main() -> ExitCode {
         }),
         Command::Totp(cmd) => with_store(&cli.config, async |cfg, store| {
             totp::run(cmd, cfg, store).await
+        }),
+        Command::Lockout(cmd) => with_store(&cli.config, async |cfg, store| {
+            lockout::run(cmd, cfg, store).await
         }),
     };
     match outcome {

@@ -15,13 +15,14 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId};
 use russh::{MethodKind, MethodSet};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use super::ServerState;
 use super::channel::{self, Refused};
+use super::limits::LoginSlot;
 use crate::audit::{Event, EventKind};
 use crate::auth::interactive::{Interactive, Step};
 use crate::auth::{AuthFailure, Authenticator, Identity, KeyOutcome, fingerprint};
@@ -236,7 +237,7 @@ pub struct Connection {
     ctx: Arc<ConnCtx>,
     auth: Authenticator,
     /// Held while logging in (`max_unauthenticated`), dropped on login.
-    login_permit: Option<OwnedSemaphorePermit>,
+    login_permit: Option<LoginSlot>,
     /// Refused login attempts so far (not counting the "none" probe).
     tries: usize,
     /// Session channels (the text shown on `ssh user@bastion`).
@@ -250,7 +251,7 @@ impl Connection {
         state: Arc<ServerState>,
         cfg: Arc<Config>,
         ctx: Arc<ConnCtx>,
-        permit: OwnedSemaphorePermit,
+        permit: LoginSlot,
     ) -> Self {
         let auth = Authenticator::new(cfg.clone(), ctx.source().ip())
             .with_services(state.services.clone());
@@ -294,6 +295,9 @@ impl Connection {
         }
         self.state.audit.emit(ev);
         self.ctx.refused.store(true, Ordering::Relaxed);
+        if failure.counts() {
+            self.count_failure(user, failure);
+        }
         self.tries += 1;
         if self.tries >= self.cfg.auth.max_auth_tries && !self.ctx.is_closing() {
             self.state.audit.emit(
@@ -305,6 +309,49 @@ impl Connection {
             self.ctx.close("too_many_attempts");
         }
         Auth::reject()
+    }
+
+    /// Brute-force accounting, off the session loop; a ban it causes ends
+    /// this connection too.
+    fn count_failure(&self, user: &str, failure: AuthFailure) {
+        let lockout = self.state.services.lockout.clone();
+        let audit = self.state.audit.clone();
+        let ctx = self.ctx.clone();
+        let cfg = self.cfg.lockout.clone();
+        let user = user.to_string();
+        self.ctx.spawn(async move {
+            match lockout
+                .record_failure(ctx.source().ip(), Some(&user), failure.as_str(), &cfg)
+                .await
+            {
+                Ok(Some(ban)) => {
+                    audit.emit(
+                        Event::new(EventKind::LockoutBan)
+                            .connection(ctx.id(), ctx.source())
+                            .user(user)
+                            .reason("too_many_failures")
+                            .detail("banned", ban.source)
+                            .detail("failures", ban.failures)
+                            .detail("until", crate::clock::rfc3339_micros(ban.until)),
+                    );
+                    ctx.close("banned");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot record a login failure"),
+            }
+        });
+    }
+
+    /// A user name under attack waits before each attempt is checked.
+    async fn slow_down(&self, user: &str) {
+        let delay = self
+            .state
+            .services
+            .lockout
+            .user_delay(user, &self.cfg.lockout);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     fn accept(&mut self, id: Identity) -> Auth {
@@ -415,6 +462,7 @@ impl Handler for Connection {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.ctx.attempt(user);
+        self.slow_down(user).await;
         if self.closing() {
             return Ok(Auth::reject());
         }
@@ -456,6 +504,7 @@ impl Handler for Connection {
         let step = match response {
             None => self.interactive.start(user).await,
             Some(answers) => {
+                self.slow_down(user).await;
                 // A prompt has one answer; extra ones are ignored, not stored.
                 let answers = answers
                     .take(4)
@@ -501,6 +550,7 @@ impl Handler for Connection {
         cert: &Certificate,
     ) -> Result<Auth, Self::Error> {
         self.ctx.attempt(user);
+        self.slow_down(user).await;
         if self.closing() {
             return Ok(Auth::reject());
         }

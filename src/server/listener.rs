@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{ConnCtx, Connection};
 use super::grant_watch::GrantWatch;
+use super::limits::{self, LoginSlot};
 use super::{ServerState, hostkey, ssh_config};
 use crate::audit::{Audit, Event, EventKind};
 use crate::auth::Services;
+use crate::auth::lockout::Lockout;
 use crate::auth::oidc::Idp;
 use crate::auth::totp::Totp;
 use crate::config::Config;
@@ -59,7 +61,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!(issuer = %idp.config().issuer, "identity provider not reachable yet; IdP logins will retry");
         }
     }
+    let lockout = Arc::new(Lockout::new(store.clone(), cfg.server.node_name.clone()));
+    lockout.refresh(&cfg.lockout).await?;
     let services = Arc::new(Services {
+        lockout: lockout.clone(),
         totp: Totp::open(store.clone(), &cfg.mfa.secret_key_file)?,
         store: store.clone(),
         idp,
@@ -78,6 +83,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ssh: Arc::new(ssh_config(&cfg, host_key)),
         connections: Arc::new(Semaphore::new(cfg.server.max_connections)),
         unauthenticated: Arc::new(Semaphore::new(cfg.server.max_unauthenticated)),
+        unauthenticated_per_source: Arc::default(),
         config: ArcSwap::from_pointee(cfg),
         audit,
         shutdown: CancellationToken::new(),
@@ -86,6 +92,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let watch_stop = CancellationToken::new();
     tokio::spawn(grant_watch.run(store.clone(), watch_stop.clone()));
+    let st = state.clone();
+    tokio::spawn(lockout.run(move || st.config.load().lockout.clone(), watch_stop.clone()));
     let terminate = CancellationToken::new();
     for l in listeners {
         let addr = l.local_addr()?;
@@ -166,13 +174,27 @@ async fn accept_loop(state: Arc<ServerState>, listener: TcpListener, terminate: 
                 continue;
             }
         };
+        // Banned sources are closed before the SSH handshake.
+        if state.services.lockout.is_banned(peer.ip()) {
+            tracing::debug!(%peer, reason = "banned", "connection refused");
+            continue;
+        }
         let Ok(conn_permit) = state.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, reason = "max_connections", "connection refused");
             continue;
         };
-        let Ok(login_permit) = state.unauthenticated.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, reason = "max_unauthenticated", "connection refused");
-            continue;
+        let per_source = state.config.load().server.max_unauthenticated_per_source;
+        let login_permit = match limits::admit(
+            &state.unauthenticated,
+            &state.unauthenticated_per_source,
+            peer.ip(),
+            per_source,
+        ) {
+            Ok(slot) => slot,
+            Err(full) => {
+                tracing::warn!(%peer, reason = full.as_str(), "connection refused");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve(
@@ -192,7 +214,7 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     _conn_permit: OwnedSemaphorePermit,
-    login_permit: OwnedSemaphorePermit,
+    login_permit: LoginSlot,
     terminate: CancellationToken,
 ) {
     let cfg = state.config.load_full();
@@ -305,6 +327,7 @@ fn disconnect_message(reason: &str) -> &'static str {
         "max_duration" => "portvakt: maximum connection time reached",
         "idle_timeout" => "portvakt: connection idle for too long",
         "too_many_attempts" => "portvakt: too many authentication attempts",
+        "banned" => "portvakt: too many failed logins from your address; try again later",
         "shutdown" => "portvakt: the bastion is restarting",
         _ => "portvakt: connection closed",
     }

@@ -5,6 +5,7 @@ mod channel;
 mod connection;
 mod grant_watch;
 pub mod hostkey;
+mod limits;
 mod listener;
 mod session_text;
 
@@ -39,6 +40,8 @@ pub struct ServerState {
     pub connections: Arc<Semaphore>,
     /// `max_unauthenticated`: a permit per connection still logging in.
     pub unauthenticated: Arc<Semaphore>,
+    /// `max_unauthenticated_per_source`.
+    pub unauthenticated_per_source: Arc<limits::PerSource>,
     /// Database, TOTP and IdP for logins.
     pub services: Arc<Services>,
     /// Connections by login grant, to end them when it is revoked.
