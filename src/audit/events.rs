@@ -70,18 +70,18 @@ impl Event {
     }
 
     pub fn connection(mut self, id: &str, source: SocketAddr) -> Self {
-        self.connection_id = Some(id.to_string());
+        self.connection_id = Some(clean(id));
         self.source = Some(source.to_string());
         self
     }
 
     pub fn user(mut self, user: impl Into<String>) -> Self {
-        self.user = Some(user.into());
+        self.user = Some(clean(&user.into()));
         self
     }
 
     pub fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(reason.into());
+        self.reason = Some(clean(&reason.into()));
         self
     }
 
@@ -89,4 +89,14 @@ impl Event {
         self.detail.insert(key.to_string(), value.into());
         self
     }
+}
+
+/// Client-supplied text as it may be stored: NUL (which PostgreSQL refuses
+/// in text) and other control characters become U+FFFD, and it is cut at
+/// 256 characters. An attacker must not be able to make an audit write fail.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .take(256)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
 }

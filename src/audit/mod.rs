@@ -22,7 +22,7 @@ use sqlx::Row;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use events::{Event, EventKind};
+pub use events::{Event, EventKind, clean};
 
 use crate::clock::{micros, now_micros};
 use crate::store::{Store, StoreError};
@@ -89,7 +89,7 @@ impl ForwardRecord {
         let mut ev = Event::new(kind)
             .connection(&self.connection_id, self.source)
             .user(self.user.clone())
-            .detail("host", self.host.clone())
+            .detail("host", clean(&self.host))
             .detail("port", self.port)
             .detail("auth_method", self.auth_method.clone());
         if let Some(t) = &self.target {
@@ -208,7 +208,7 @@ impl Audit {
         .bind(&f.auth_method)
         .bind(f.source.to_string())
         .bind(f.target.as_deref())
-        .bind(&f.host)
+        .bind(clean(&f.host))
         .bind(i64::from(f.port))
         .bind(address)
         .bind(now_micros())
@@ -236,7 +236,7 @@ impl Audit {
         .bind(&f.auth_method)
         .bind(f.source.to_string())
         .bind(f.target.as_deref())
-        .bind(&f.host)
+        .bind(clean(&f.host))
         .bind(i64::from(f.port))
         .bind(result)
         .bind(reason)
@@ -362,13 +362,18 @@ async fn write_loop(
                     tracing::warn!(error = %e, attempt, "audit write failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                Err(e) => {
-                    if let Some(inner) = inner.upgrade() {
-                        inner
-                            .dropped
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                Err(_) => {
+                    // One bad record must not take the others with it.
+                    let mut lost = 0u64;
+                    for r in &batch {
+                        if let Err(e) = write_batch(&store, &node, std::slice::from_ref(r)).await {
+                            lost += 1;
+                            tracing::error!(error = %e, record = ?r, "audit record lost to the database (kept in this log)");
+                        }
                     }
-                    tracing::error!(error = %e, records = batch.len(), "audit records lost to the database (kept in this log)");
+                    if let Some(inner) = inner.upgrade() {
+                        inner.dropped.fetch_add(lost, Ordering::Relaxed);
+                    }
                     break;
                 }
             }

@@ -156,7 +156,7 @@ pub async fn sessions(store: &Store, f: &SessionFilter) -> Result<Vec<SessionRow
     w.int("started_at <= ?", f.until);
     let tail = format!(
         " ORDER BY started_at DESC, id DESC LIMIT {}",
-        f.limit.unwrap_or(1000).max(1)
+        f.limit.unwrap_or(1000).max(0)
     );
     w.fetch(store, SESSION_COLUMNS, &tail)
         .await?
@@ -187,7 +187,7 @@ pub async fn events(store: &Store, f: &EventFilter) -> Result<Vec<EventRow>, sql
     let head = "SELECT id, at, kind, node, connection_id, user_name, source, reason, detail FROM audit_events";
     let tail = format!(
         " ORDER BY at DESC, id DESC LIMIT {}",
-        f.limit.unwrap_or(1000).max(1)
+        f.limit.unwrap_or(1000).max(0)
     );
     let mut rows = w
         .fetch(store, head, &tail)

@@ -215,7 +215,7 @@ impl Lockout {
                 tracing::warn!(error = %e, "cannot read bans");
             }
             ticks = ticks.wrapping_add(1);
-            if ticks % 30 == 0 {
+            if ticks.is_multiple_of(30) {
                 let horizon = now_micros() - c.window.as_micros() as i64 * 2;
                 let _ = sqlx::query("DELETE FROM auth_failures WHERE at < $1")
                     .bind(horizon)

@@ -18,8 +18,9 @@ use openidconnect::core::{
     CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, ClientId, ClientSecret, DeviceAuthorizationUrl, IssuerUrl, Nonce,
-    OAuth2TokenResponse, ProviderMetadata, RequestTokenError, Scope, reqwest,
+    AdditionalProviderMetadata, ClaimsVerificationError, ClientId, ClientSecret,
+    DeviceAuthorizationUrl, IssuerUrl, Nonce, OAuth2TokenResponse, ProviderMetadata,
+    RequestTokenError, Scope, SignatureVerificationError, reqwest,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -348,13 +349,11 @@ pub fn verify_id_token(
     // The device flow has no nonce.
     token
         .claims(&verifier, |_: Option<&Nonce>| Ok(()))
-        .map_err(|e| {
-            let text = e.to_string();
-            if text.contains("no matching key") || text.contains("No matching key") {
-                TokenError::UnknownKey
-            } else {
-                TokenError::Rejected(text)
-            }
+        .map_err(|e| match e {
+            ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            ) => TokenError::UnknownKey,
+            other => TokenError::Rejected(chain(&other)),
         })?;
     // The signature covers exactly these bytes: read the claims we need
     // (including custom ones like `groups`) from them.
@@ -365,7 +364,32 @@ pub fn verify_id_token(
     let bytes = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|e| TokenError::Malformed(e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed(e.to_string()))
+    let claims: Value =
+        serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed(e.to_string()))?;
+    // Checks openidconnect leaves to the caller.
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf
+            .as_i64()
+            .ok_or_else(|| TokenError::Malformed("nbf is not a number".into()))?;
+        if nbf > now.timestamp() + IAT_SKEW.as_secs() as i64 {
+            return Err(TokenError::Rejected(format!("not valid before {nbf}")));
+        }
+    }
+    if let Some(azp) = claims.get("azp")
+        && azp.as_str() != Some(client_id)
+    {
+        return Err(TokenError::Rejected(format!(
+            "issued to another party ({azp})"
+        )));
+    }
+    if claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(TokenError::MissingClaim("sub".into()));
+    }
+    Ok(claims)
 }
 
 /// The user name, groups and `amr` of verified claims.

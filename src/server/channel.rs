@@ -79,6 +79,8 @@ impl Sessions {
 /// Everything a forward task needs, moved off the session loop.
 pub struct ForwardJob {
     pub audit: Audit,
+    /// This node's live forwards (reload re-checks them).
+    pub forwards: Arc<super::forwards::Forwards>,
     pub cfg: Arc<Config>,
     pub ctx: Arc<ConnCtx>,
     pub identity: Identity,
@@ -92,6 +94,7 @@ pub struct ForwardJob {
 pub async fn forward(job: ForwardJob) {
     let ForwardJob {
         audit,
+        forwards,
         cfg,
         ctx,
         identity,
@@ -201,6 +204,7 @@ pub async fn forward(job: ForwardJob) {
         audit.forward_dialled(id, &addr.to_string()).await;
     }
     reply.accept().await;
+    let live = forwards.register(identity.clone(), host.clone(), port, ctx.cancel_token());
     let started = Instant::now();
     let counters = Counters::default();
     let limits = Limits {
@@ -211,8 +215,12 @@ pub async fn forward(job: ForwardJob) {
         channel.into_stream(),
         tcp,
         &limits,
-        ctx.cancel_token(),
-        || ctx.forward_close_reason(),
+        &live.forward.cancel,
+        || {
+            live.forward
+                .reason()
+                .unwrap_or_else(|| ctx.forward_close_reason())
+        },
         &counters,
     )
     .await;

@@ -784,6 +784,7 @@ impl Handler for Connection {
         // must not hold up this connection's other channels.
         let job = channel::ForwardJob {
             audit: self.state.audit.clone(),
+            forwards: self.state.forwards.clone(),
             cfg: self.cfg.clone(),
             ctx: self.ctx.clone(),
             identity,

@@ -89,6 +89,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown: CancellationToken::new(),
         services,
         grant_watch: grant_watch.clone(),
+        forwards: Arc::default(),
     });
     let watch_stop = CancellationToken::new();
     tokio::spawn(grant_watch.run(store.clone(), watch_stop.clone()));
@@ -131,20 +132,29 @@ async fn wait_for_stop(state: &ServerState) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(state),
+            _ = hup.recv() => reload(state).await,
         }
     }
 }
 
 /// Read the config file again; keep the old one if the new one is broken.
-fn reload(state: &ServerState) {
+/// Live forwards the new config refuses are closed.
+async fn reload(state: &ServerState) {
     let old = state.config.load_full();
     let ev = Event::new(EventKind::ConfigReload).detail("path", old.path.display().to_string());
     match Config::load(&old.path) {
         Ok(new) => {
-            state.config.store(Arc::new(new));
-            tracing::info!("config reloaded");
-            state.audit.emit(ev.detail("result", "applied"));
+            for w in &new.warnings {
+                tracing::warn!(problem = %w, "config warning");
+            }
+            let new = Arc::new(new);
+            state.config.store(new.clone());
+            let closed = state.forwards.recheck(&new).await;
+            tracing::info!(closed_forwards = closed, "config reloaded");
+            state.audit.emit(
+                ev.detail("result", "applied")
+                    .detail("closed_forwards", closed),
+            );
         }
         Err(errors) => {
             for e in &errors.0 {

@@ -3,6 +3,7 @@
 
 mod channel;
 mod connection;
+mod forwards;
 mod grant_watch;
 pub mod hostkey;
 mod limits;
@@ -46,6 +47,8 @@ pub struct ServerState {
     pub services: Arc<Services>,
     /// Connections by login grant, to end them when it is revoked.
     pub grant_watch: Arc<grant_watch::GrantWatch>,
+    /// Live forwards, re-checked on reload.
+    pub forwards: Arc<forwards::Forwards>,
 }
 
 /// Key exchanges: post-quantum hybrid first, then curve25519; the two

@@ -52,9 +52,19 @@ impl Store {
     /// on PostgreSQL.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let store = Self::connect(url).await?;
-        match store.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&store.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&store.pool).await?,
+        let migrator = match store.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        if let Err(e) = migrator.run(&store.pool).await {
+            // SQLite has no migration lock: another process (serve and a CLI
+            // command started together) may have applied the same migration
+            // a moment earlier and ours rolled back. Look again.
+            if store.backend != Backend::Sqlite {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            migrator.run(&store.pool).await?;
         }
         Ok(store)
     }

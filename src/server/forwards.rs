@@ -1,0 +1,121 @@
+//! Live forwards of this node, so that a config reload can close the ones
+//! the new config no longer allows.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Identity;
+use crate::config::Config;
+use crate::policy::{self, Refusal, Request, SystemResolver};
+
+/// One running forward.
+#[derive(Debug)]
+pub struct LiveForward {
+    pub identity: Identity,
+    pub host: String,
+    pub port: u32,
+    /// Ends this forward only (a child of its connection's token).
+    pub cancel: CancellationToken,
+    /// Why it was ended from outside, if it was.
+    reason: OnceLock<&'static str>,
+}
+
+impl LiveForward {
+    pub fn close(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.cancel.cancel();
+    }
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason.get().copied()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Forwards {
+    live: Mutex<HashMap<u64, Arc<LiveForward>>>,
+    next: AtomicU64,
+}
+
+/// Removes its forward from the registry when dropped.
+pub struct Registered {
+    forwards: Arc<Forwards>,
+    id: u64,
+    pub forward: Arc<LiveForward>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.forwards.live.lock() {
+            m.remove(&self.id);
+        }
+    }
+}
+
+impl Forwards {
+    pub fn register(
+        self: &Arc<Self>,
+        identity: Identity,
+        host: String,
+        port: u32,
+        parent: &CancellationToken,
+    ) -> Registered {
+        let forward = Arc::new(LiveForward {
+            identity,
+            host,
+            port,
+            cancel: parent.child_token(),
+            reason: OnceLock::new(),
+        });
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.live.lock() {
+            m.insert(id, forward.clone());
+        }
+        Registered {
+            forwards: self.clone(),
+            id,
+            forward,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Close every forward the config `cfg` would refuse now (its user is
+    /// denied, or the policy says no). Returns how many were closed.
+    pub async fn recheck(&self, cfg: &Config) -> usize {
+        let live: Vec<Arc<LiveForward>> = self
+            .live
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut closed = 0;
+        for f in live {
+            let user = f.identity.user();
+            let denied_user = cfg
+                .auth
+                .deny_users
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(user));
+            let req = Request {
+                host: &f.host,
+                port: f.port,
+            };
+            let verdict = policy::decide(&cfg.policy, &f.identity, &req, &SystemResolver).await;
+            // A name that no longer resolves is not a policy change: keep it.
+            let refused = matches!(verdict, Err(ref r) if *r != Refusal::ResolveFailed);
+            if denied_user || refused {
+                f.close("config_reload");
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
