@@ -133,12 +133,14 @@ impl Audit {
     /// Log an event and queue it for the database. Never waits.
     pub fn emit(&self, ev: Event) {
         log_event(&ev);
+        crate::metrics::observe(&ev);
         self.queue(Record::Event(ev));
     }
 
     fn queue(&self, r: Record) {
         if let Err(e) = self.inner.tx.try_send(r) {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::get().audit_dropped.inc();
             tracing::error!(error = %e, "audit queue full: record kept only in this log");
         }
     }
@@ -246,6 +248,8 @@ impl Audit {
         .and_then(|row| row.try_get::<i64, _>(0));
         if let Err(e) = &id {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::get().audit_dropped.inc();
+            crate::metrics::get().database_errors.inc();
             tracing::error!(error = %e, "cannot store refused forward");
         }
         self.emit(
@@ -319,6 +323,8 @@ impl Audit {
     fn note_error(&self, e: Option<sqlx::Error>) {
         if let Some(e) = e {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::get().audit_dropped.inc();
+            crate::metrics::get().database_errors.inc();
             tracing::error!(error = %e, "audit database write failed");
         }
     }
@@ -374,6 +380,8 @@ async fn write_loop(
                     if let Some(inner) = inner.upgrade() {
                         inner.dropped.fetch_add(lost, Ordering::Relaxed);
                     }
+                    crate::metrics::get().audit_dropped.inc_by(lost);
+                    crate::metrics::get().database_errors.inc();
                     break;
                 }
             }

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::policy::Authorized;
 
 /// Bytes read per step in each direction. One buffer per direction per
@@ -66,11 +68,14 @@ pub async fn dial(
         .unwrap_or(Err(DialError::Timeout))
 }
 
-/// Byte counts of one forward, readable while it runs.
+/// Byte counts of one forward, readable while it runs, and the process-wide
+/// counters they add to.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub to_target: AtomicU64,
     pub from_target: AtomicU64,
+    /// Prometheus counters (to target, from target).
+    pub totals: Option<(Counter, Counter)>,
 }
 
 /// When a pump must stop even though both sides are still open.
@@ -127,8 +132,26 @@ where
     let activity = Arc::new(AtomicU64::new(0));
     let (client_r, client_w) = tokio::io::split(client);
     let (target_r, target_w) = target.into_split();
-    let up = copy(client_r, target_w, &counters.to_target, &activity, start);
-    let down = copy(target_r, client_w, &counters.from_target, &activity, start);
+    let (total_to, total_from) = match &counters.totals {
+        Some((to, from)) => (Some(to), Some(from)),
+        None => (None, None),
+    };
+    let up = copy(
+        client_r,
+        target_w,
+        &counters.to_target,
+        total_to,
+        &activity,
+        start,
+    );
+    let down = copy(
+        target_r,
+        client_w,
+        &counters.from_target,
+        total_from,
+        &activity,
+        start,
+    );
     let both = async { tokio::try_join!(up, down) };
     let deadline = async {
         match limits.deadline {
@@ -155,6 +178,7 @@ async fn copy<R, W>(
     mut r: R,
     mut w: W,
     counter: &AtomicU64,
+    total: Option<&Counter>,
     activity: &AtomicU64,
     start: Instant,
 ) -> io::Result<()>
@@ -171,6 +195,9 @@ where
         }
         w.write_all(&buf[..n]).await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(t) = total {
+            t.inc_by(n as u64);
+        }
         activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

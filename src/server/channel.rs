@@ -175,6 +175,7 @@ pub async fn forward(job: ForwardJob) {
             return;
         }
     };
+    let dial_start = Instant::now();
     let dialled = tokio::select! {
         d = forward::dial(&authorized, cfg.sessions.connect_timeout) => d,
         () = ctx.closing() => {
@@ -182,6 +183,9 @@ pub async fn forward(job: ForwardJob) {
             return;
         }
     };
+    crate::metrics::get()
+        .dial_seconds
+        .observe(dial_start.elapsed().as_secs_f64());
     let (tcp, addr) = match dialled {
         Ok(x) => x,
         Err(e) => {
@@ -206,7 +210,10 @@ pub async fn forward(job: ForwardJob) {
     reply.accept().await;
     let live = forwards.register(identity.clone(), host.clone(), port, ctx.cancel_token());
     let started = Instant::now();
-    let counters = Counters::default();
+    let counters = Counters {
+        totals: Some(crate::metrics::bytes_counters()),
+        ..Default::default()
+    };
     let limits = Limits {
         idle_timeout: cfg.sessions.idle_timeout,
         deadline: ctx.deadline(),

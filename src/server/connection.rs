@@ -62,6 +62,8 @@ pub struct ConnCtx {
     attempted: std::sync::Mutex<Option<String>>,
     /// A login attempt was refused (and audited) on this connection.
     refused: std::sync::atomic::AtomicBool,
+    /// The last key refused as unknown (audited only if no login follows).
+    unknown_key: std::sync::Mutex<Option<String>>,
 }
 
 impl ConnCtx {
@@ -82,6 +84,7 @@ impl ConnCtx {
             client_version: OnceLock::new(),
             attempted: std::sync::Mutex::new(None),
             refused: std::sync::atomic::AtomicBool::new(false),
+            unknown_key: std::sync::Mutex::new(None),
         }
     }
 
@@ -140,6 +143,11 @@ impl ConnCtx {
         !self.is_authenticated()
             && !self.refused.load(Ordering::Relaxed)
             && self.attempted.lock().map(|a| a.is_some()).unwrap_or(false)
+    }
+
+    /// The last key refused as unknown, if any.
+    pub fn unknown_key(&self) -> Option<String> {
+        self.unknown_key.lock().ok().and_then(|k| k.clone())
     }
 
     /// Who the connection is, or tried to be.
@@ -284,17 +292,26 @@ impl Connection {
         failure: AuthFailure,
         key: Option<String>,
     ) -> Auth {
-        let mut ev = self
-            .event(EventKind::AuthFailure)
-            .user(user)
-            .reason(failure.as_str())
-            .detail("method", method)
-            .detail("counts", failure.counts());
-        if let Some(fp) = key {
-            ev = ev.detail("key_fingerprint", fp);
+        if failure == AuthFailure::UnknownKey {
+            // Clients offer every key they have before the right one (a plain
+            // key before its certificate): recorded only if the connection
+            // never logs in (see `ConnCtx::unknown_key`).
+            if let (Ok(mut k), Some(fp)) = (self.ctx.unknown_key.lock(), key) {
+                *k = Some(fp);
+            }
+        } else {
+            let mut ev = self
+                .event(EventKind::AuthFailure)
+                .user(user)
+                .reason(failure.as_str())
+                .detail("method", method)
+                .detail("counts", failure.counts());
+            if let Some(fp) = key {
+                ev = ev.detail("key_fingerprint", fp);
+            }
+            self.state.audit.emit(ev);
+            self.ctx.refused.store(true, Ordering::Relaxed);
         }
-        self.state.audit.emit(ev);
-        self.ctx.refused.store(true, Ordering::Relaxed);
         if failure.counts() {
             self.count_failure(user, failure);
         }
@@ -357,6 +374,7 @@ impl Connection {
     fn accept(&mut self, id: Identity) -> Auth {
         let mut ev = self
             .event(EventKind::AuthSuccess)
+            .detail("login_seconds", self.ctx.opened().elapsed().as_secs_f64())
             .detail("key_fingerprint", id.key_fingerprint())
             .detail("detail", id.detail());
         if let Some(g) = id.grant_id() {

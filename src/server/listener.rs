@@ -95,6 +95,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(grant_watch.run(store.clone(), watch_stop.clone()));
     let st = state.clone();
     tokio::spawn(lockout.run(move || st.config.load().lockout.clone(), watch_stop.clone()));
+    tokio::spawn(gauges(store.clone(), watch_stop.clone()));
+    if let Some(m) = &state.config.load().metrics {
+        let ready = Arc::new(Ready {
+            state: state.clone(),
+        });
+        let listen = m.listen;
+        let stop = watch_stop.clone();
+        // Bind errors show at start; a failing endpoint does not stop SSH.
+        let server = crate::metrics::serve(listen, ready, stop);
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(%listen, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
     let terminate = CancellationToken::new();
     for l in listeners {
         let addr = l.local_addr()?;
@@ -308,10 +323,20 @@ async fn serve(
     ctx.close("connection_closed");
     ctx.finish().await;
     if ctx.login_abandoned() {
+        let unknown = ctx.unknown_key();
         let mut ev = Event::new(EventKind::AuthFailure)
             .connection(ctx.id(), peer)
-            .reason("login_incomplete")
+            .reason(if unknown.is_some() {
+                "unknown_key"
+            } else {
+                "login_incomplete"
+            })
             .detail("counts", false);
+        if let Some(fp) = unknown {
+            ev = ev
+                .detail("key_fingerprint", fp)
+                .detail("method", "publickey");
+        }
         if let Some(u) = ctx.user_name() {
             ev = ev.user(u);
         }
@@ -340,5 +365,46 @@ fn disconnect_message(reason: &str) -> &'static str {
         "banned" => "portvakt: too many failed logins from your address; try again later",
         "shutdown" => "portvakt: the bastion is restarting",
         _ => "portvakt: connection closed",
+    }
+}
+
+/// `/readyz`: the database answers and, with `[oidc]`, the IdP was discovered.
+struct Ready {
+    state: Arc<ServerState>,
+}
+
+impl crate::metrics::Readiness for Ready {
+    async fn check(&self) -> Result<(), String> {
+        if self.state.shutdown.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        self.state
+            .services
+            .store
+            .ping()
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        if let Some(idp) = &self.state.services.idp
+            && !idp.ready().await
+        {
+            return Err("identity provider discovery failed".into());
+        }
+        Ok(())
+    }
+}
+
+/// Gauges read from the shared database (all nodes): grants and bans in force.
+async fn gauges(store: Store, stop: CancellationToken) {
+    loop {
+        if let Ok(n) = crate::auth::grants::active_count(&store).await {
+            crate::metrics::get().grants_active.set(n);
+        }
+        if let Ok(bans) = crate::auth::lockout::list(&store).await {
+            crate::metrics::get().bans_active.set(bans.len() as i64);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
