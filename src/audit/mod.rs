@@ -369,6 +369,7 @@ async fn write_loop(
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
                 Err(_) => {
+                    store.set_healthy(store.ping().await.is_ok());
                     // One bad record must not take the others with it.
                     let mut lost = 0u64;
                     for r in &batch {

@@ -160,7 +160,12 @@ pub async fn forward(job: ForwardJob) {
         .join(",");
 
     // Fail closed: no audit row, no forward.
-    let id = match audit.forward_open(&rec, &planned).await {
+    let opened = if audit.store().is_healthy() {
+        audit.forward_open(&rec, &planned).await
+    } else {
+        Err(crate::store::StoreError::Query(sqlx::Error::PoolTimedOut))
+    };
+    let id = match opened {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, "cannot record forward; refusing it");

@@ -372,6 +372,14 @@ impl Connection {
     }
 
     fn accept(&mut self, id: Identity) -> Auth {
+        // Fail closed: without the audit database, nobody gets in.
+        if !self.state.services.store.is_healthy() {
+            let user = id.user().to_string();
+            let method = id.method().as_str();
+            let auth = self.refuse(&user, method, AuthFailure::DatabaseUnavailable, None);
+            self.ctx.close("database_unavailable");
+            return auth;
+        }
         let mut ev = self
             .event(EventKind::AuthSuccess)
             .detail("login_seconds", self.ctx.opened().elapsed().as_secs_f64())

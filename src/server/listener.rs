@@ -96,6 +96,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let st = state.clone();
     tokio::spawn(lockout.run(move || st.config.load().lockout.clone(), watch_stop.clone()));
     tokio::spawn(gauges(store.clone(), watch_stop.clone()));
+    tokio::spawn(store.clone().watch_health(watch_stop.clone()));
     if let Some(m) = &state.config.load().metrics {
         let ready = Arc::new(Ready {
             state: state.clone(),
@@ -363,6 +364,7 @@ fn disconnect_message(reason: &str) -> &'static str {
         "idle_timeout" => "portvakt: connection idle for too long",
         "too_many_attempts" => "portvakt: too many authentication attempts",
         "banned" => "portvakt: too many failed logins from your address; try again later",
+        "database_unavailable" => "portvakt: the audit database is unavailable, so logins are refused for now; try again later",
         "shutdown" => "portvakt: the bastion is restarting",
         _ => "portvakt: connection closed",
     }

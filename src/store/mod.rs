@@ -4,7 +4,12 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// A health check that takes longer than this counts as a failure.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -44,6 +49,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Did the last health check reach the database? Logins are refused
+    /// while it is false (fail closed: no audit trail, no access).
+    healthy: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -119,7 +127,11 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(connect_err)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            healthy: Arc::new(AtomicBool::new(true)),
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -132,8 +144,39 @@ impl Store {
 
     /// Is the database answering? (`/readyz`, and a clear refusal otherwise.)
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        let r = tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
+        let ok = matches!(r, Ok(Ok(_)));
+        self.set_healthy(ok);
+        match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::Query(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    /// The result of the last health check (or failed write).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, ok: bool) {
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            tracing::error!("database unreachable: new logins and forwards are refused until it answers again");
+        } else if !was && ok {
+            tracing::info!("database reachable again");
+        }
+    }
+
+    /// Check the database every couple of seconds until `stop`.
+    pub async fn watch_health(self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let _ = self.ping().await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                () = stop.cancelled() => return,
+            }
+        }
     }
 
     pub async fn close(&self) {
