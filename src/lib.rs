@@ -15,5 +15,6 @@ pub mod config;
 pub mod forward;
 pub mod metrics;
 pub mod policy;
+pub mod secret_file;
 pub mod server;
 pub mod store;

@@ -4,8 +4,7 @@
 //! the user's `last_step` forward in one atomic UPDATE.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -321,20 +320,10 @@ fn load_or_create_key(path: &Path) -> Result<Vec<u8>, TotpError> {
                 fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
             }
             let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-            {
-                Ok(mut f) => {
-                    f.write_all(format!("{hex}\n").as_bytes())
-                        .map_err(|e| err(e.to_string()))?;
-                    f.sync_all().map_err(|e| err(e.to_string()))?;
-                    Ok(key.to_vec())
-                }
+            match crate::secret_file::create(path, format!("{hex}\n").as_bytes()) {
+                Ok(true) => Ok(key.to_vec()),
                 // Another process created it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(path),
+                Ok(false) => load_or_create_key(path),
                 Err(e) => Err(err(e.to_string())),
             }
         }

@@ -24,7 +24,10 @@ pub fn run(path: &Path) -> Outcome {
         Ok(rt) => rt,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
-    match rt.block_on(crate::server::run(cfg)) {
+    let result = rt.block_on(crate::server::run(cfg));
+    // Tasks still running (a stuck peer, say) must not keep the process.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => Outcome::Ok,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "portvakt stopped on an error");

@@ -299,8 +299,9 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> ServerConfig {
     }
     let node_name = match &raw.node_name {
         Some(n) => n.get_ref().clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
+        // uname(2): works where /proc/sys is hidden (systemd ProcSubset=pid).
+        None => gethostname::gethostname()
+            .into_string()
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "portvakt".into()),

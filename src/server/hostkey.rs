@@ -3,8 +3,7 @@
 //! share it by sharing the file.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use russh::keys::PrivateKey;
@@ -68,20 +67,10 @@ pub fn load_or_create(dir: &Path) -> Result<(PrivateKey, bool), HostKeyError> {
             path: path.clone(),
             message: e.to_string(),
         })?;
-    // create_new: two nodes starting at once on a shared folder must not
-    // overwrite each other's key; the loser reads the winner's.
-    match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-    {
-        Ok(mut f) => {
-            f.write_all(pem.as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return load_or_create(dir),
-        Err(e) => return Err(io(e)),
+    // Two nodes starting at once on a shared folder: the loser reads the
+    // winner's key.
+    if !crate::secret_file::create(&path, pem.as_bytes()).map_err(io)? {
+        return load_or_create(dir);
     }
     let public = key
         .public_key()

@@ -364,7 +364,9 @@ fn disconnect_message(reason: &str) -> &'static str {
         "idle_timeout" => "portvakt: connection idle for too long",
         "too_many_attempts" => "portvakt: too many authentication attempts",
         "banned" => "portvakt: too many failed logins from your address; try again later",
-        "database_unavailable" => "portvakt: the audit database is unavailable, so logins are refused for now; try again later",
+        "database_unavailable" => {
+            "portvakt: the audit database is unavailable, so logins are refused for now; try again later"
+        }
         "shutdown" => "portvakt: the bastion is restarting",
         _ => "portvakt: connection closed",
     }

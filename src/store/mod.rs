@@ -144,7 +144,8 @@ impl Store {
 
     /// Is the database answering? (`/readyz`, and a clear refusal otherwise.)
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let r = tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
+        let r =
+            tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
         let ok = matches!(r, Ok(Ok(_)));
         self.set_healthy(ok);
         match r {
@@ -162,7 +163,9 @@ impl Store {
     pub fn set_healthy(&self, ok: bool) {
         let was = self.healthy.swap(ok, Ordering::Relaxed);
         if was && !ok {
-            tracing::error!("database unreachable: new logins and forwards are refused until it answers again");
+            tracing::error!(
+                "database unreachable: new logins and forwards are refused until it answers again"
+            );
         } else if !was && ok {
             tracing::info!("database reachable again");
         }
