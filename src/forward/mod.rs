@@ -4,7 +4,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -14,6 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use prometheus_client::metrics::counter::Counter;
+
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
 
 use crate::policy::Authorized;
 
@@ -113,46 +115,80 @@ impl End {
     }
 }
 
-/// Copy bytes between the client's channel and the target until both sides
+/// How the client's side of a forward ended (its EOF is signalled apart).
+enum ClientSide {
+    /// CHANNEL_CLOSE: the client is done with the channel.
+    Closed,
+    /// The channel vanished without EOF or CLOSE: the connection is gone.
+    Gone,
+    /// The target refused more bytes (it closed or reset).
+    TargetGone,
+}
+
+/// Carry bytes between the client's channel and the target until both sides
 /// are done, the forward is idle for too long, the deadline passes, or
-/// `cancel` fires (with its reason in `cancel_reason`).
-pub async fn pump<C>(
-    client: C,
+/// `cancel` fires (with its reason from `cancel_reason`).
+///
+/// The client's side is read message by message, so that a clean end
+/// (CHANNEL_EOF / CHANNEL_CLOSE) can be told from a connection that died, and
+/// its data is written to the target without another copy.
+pub async fn pump(
+    channel: Channel<Msg>,
     target: TcpStream,
     limits: &Limits,
     cancel: &CancellationToken,
     cancel_reason: impl Fn() -> &'static str,
     counters: &Counters,
-) -> End
-where
-    C: AsyncRead + AsyncWrite + Send,
-{
+) -> End {
     let start = Instant::now();
     // Milliseconds since `start` of the last byte moved, either way.
-    let activity = Arc::new(AtomicU64::new(0));
-    let (client_r, client_w) = tokio::io::split(client);
-    let (target_r, target_w) = target.into_split();
+    let activity = AtomicU64::new(0);
+    let (mut from_client, to_client) = channel.split();
+    let (target_r, mut target_w) = target.into_split();
     let (total_to, total_from) = match &counters.totals {
         Some((to, from)) => (Some(to), Some(from)),
         None => (None, None),
     };
-    let up = copy(
-        client_r,
-        target_w,
-        &counters.to_target,
-        total_to,
-        &activity,
-        start,
-    );
+    // Set when the client sent EOF; it may still receive, and its CLOSE
+    // (or the connection's end) comes later on the same stream.
+    let client_eof = tokio::sync::Notify::new();
+    let up = async {
+        let mut eof = false;
+        loop {
+            match from_client.wait().await {
+                Some(ChannelMsg::Data { data }) if !eof => {
+                    match target_w.write_all(&data).await {
+                        Ok(()) => {}
+                        Err(e) if peer_gone(&e) => return Ok(ClientSide::TargetGone),
+                        Err(e) => return Err(e),
+                    }
+                    counters
+                        .to_target
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(t) = total_to {
+                        t.inc_by(data.len() as u64);
+                    }
+                    activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                Some(ChannelMsg::Eof) if !eof => {
+                    eof = true;
+                    let _ = target_w.shutdown().await;
+                    client_eof.notify_one();
+                }
+                Some(ChannelMsg::Close) => return Ok(ClientSide::Closed),
+                Some(_) => {}
+                None => return Ok(ClientSide::Gone),
+            }
+        }
+    };
     let down = copy(
         target_r,
-        client_w,
+        to_client.make_writer(),
         &counters.from_target,
         total_from,
         &activity,
         start,
     );
-    let both = async { tokio::try_join!(up, down) };
     let deadline = async {
         match limits.deadline {
             Some((at, reason)) => {
@@ -162,15 +198,34 @@ where
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        r = both => match r {
-            Ok(_) => End::Closed,
-            Err(e) => End::Error(e.to_string()),
-        },
-        () = idle(limits.idle_timeout, &activity, start) => End::IdleTimeout,
-        reason = deadline => End::Deadline(reason),
-        () = cancel.cancelled() => End::Cancelled(cancel_reason()),
-    }
+    tokio::pin!(up, down, deadline);
+    let (mut client_done, mut target_done) = (false, false);
+    let end = loop {
+        tokio::select! {
+            r = &mut up => match r {
+                Ok(ClientSide::Closed) | Ok(ClientSide::TargetGone) => break End::Closed,
+                Ok(ClientSide::Gone) => break End::Cancelled(cancel_reason()),
+                Err(e) => break End::Error(e.to_string()),
+            },
+            () = client_eof.notified(), if !client_done => {
+                client_done = true;
+                if target_done {
+                    break End::Closed;
+                }
+            }
+            r = &mut down, if !target_done => match r {
+                Ok(()) if client_done => break End::Closed,
+                Ok(()) => target_done = true,
+                Err(e) => break End::Error(e.to_string()),
+            },
+            () = idle(limits.idle_timeout, &activity, start) => break End::IdleTimeout,
+            reason = &mut deadline => break End::Deadline(reason),
+            () = cancel.cancelled() => break End::Cancelled(cancel_reason()),
+        }
+    };
+    // Tell the client the channel is over (a no-op if the connection is gone).
+    let _ = to_client.close().await;
+    end
 }
 
 /// One direction: read, write, count; on EOF pass the EOF on (half-close).
@@ -188,18 +243,39 @@ where
 {
     let mut buf = vec![0u8; BUF];
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = match r.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if peer_gone(&e) => 0,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
-            w.shutdown().await?;
+            // The other side may already be gone entirely; that is a close.
+            let _ = w.shutdown().await;
             return Ok(());
         }
-        w.write_all(&buf[..n]).await?;
+        match w.write_all(&buf[..n]).await {
+            Ok(()) => {}
+            Err(e) if peer_gone(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
         counter.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(t) = total {
             t.inc_by(n as u64);
         }
         activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
+}
+
+/// A peer that closed or reset its connection ended the forward normally.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Resolves once no byte moved for `timeout`.

@@ -148,6 +148,23 @@ impl fmt::Display for Request<'_> {
     }
 }
 
+/// A refused request: why, and which target it matched, if any (for the
+/// audit trail only; the client is told the same words whatever the reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub reason: Refusal,
+    pub target: Option<String>,
+}
+
+impl Refusal {
+    fn on(self, target: Option<&Target>) -> Denied {
+        Denied {
+            reason: self,
+            target: target.map(|t| t.name.clone()),
+        }
+    }
+}
+
 /// Decide whether `id` may open a forward to `req`. Deny by default: only a
 /// target that matches exactly (DESIGN.md §4 "Matching rules") and allows the
 /// user or one of their groups yields an [`Authorized`].
@@ -156,55 +173,55 @@ pub async fn decide<R: Resolver>(
     id: &Identity,
     req: &Request<'_>,
     resolver: &R,
-) -> Result<Authorized, Refusal> {
-    let port = u16::try_from(req.port)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or(Refusal::PortNotAllowed);
+) -> Result<Authorized, Denied> {
+    let port = u16::try_from(req.port).ok().filter(|p| *p != 0);
 
     if let Some(ip) = canonical_ip(req.host) {
         let containing: Vec<&Target> = policy.targets.iter().filter(|t| t.contains(ip)).collect();
-        if containing.is_empty() {
-            return Err(Refusal::AddressNotAllowed);
-        }
+        let Some(first) = containing.first().copied() else {
+            return Err(Refusal::AddressNotAllowed.on(None));
+        };
         let allowed: Vec<&Target> = containing
             .into_iter()
             .filter(|t| t.allows(id.user(), id.groups()))
             .collect();
-        if allowed.is_empty() {
-            return Err(Refusal::UserNotAllowed);
-        }
-        let port = port?;
+        let Some(first_allowed) = allowed.first().copied() else {
+            return Err(Refusal::UserNotAllowed.on(Some(first)));
+        };
+        let port = port.ok_or_else(|| Refusal::PortNotAllowed.on(Some(first_allowed)))?;
         let target = allowed
             .into_iter()
             .find(|t| t.allows_port(port))
-            .ok_or(Refusal::PortNotAllowed)?;
+            .ok_or_else(|| Refusal::PortNotAllowed.on(Some(first_allowed)))?;
         return Ok(Authorized {
             target: target.name.clone(),
             addrs: vec![SocketAddr::new(ip, port)],
         });
     }
 
-    let target = policy.named(req.host).ok_or(Refusal::UnknownTarget)?;
+    let target = policy
+        .named(req.host)
+        .ok_or_else(|| Refusal::UnknownTarget.on(None))?;
+    let deny = |r: Refusal| r.on(Some(target));
     if !target.allows(id.user(), id.groups()) {
-        return Err(Refusal::UserNotAllowed);
+        return Err(deny(Refusal::UserNotAllowed));
     }
-    let port = port?;
+    let port = port.ok_or_else(|| deny(Refusal::PortNotAllowed))?;
     if !target.allows_port(port) {
-        return Err(Refusal::PortNotAllowed);
+        return Err(deny(Refusal::PortNotAllowed));
     }
     let Destination::Host { host, port: dport } = &target.destination else {
-        return Err(Refusal::UnknownTarget);
+        return Err(deny(Refusal::UnknownTarget));
     };
     let addrs = match canonical_ip(host) {
         Some(ip) => vec![SocketAddr::new(ip, *dport)],
         None => resolver
             .resolve(host, *dport)
             .await
-            .map_err(|_| Refusal::ResolveFailed)?,
+            .map_err(|_| deny(Refusal::ResolveFailed))?,
     };
     if addrs.is_empty() {
-        return Err(Refusal::ResolveFailed);
+        return Err(deny(Refusal::ResolveFailed));
     }
     Ok(Authorized {
         target: target.name.clone(),

@@ -88,7 +88,7 @@ fn run(id: &Identity, host: &str, port: u32) -> Result<Authorized, Refusal> {
     let p = policy();
     let r = resolver();
     let req = Request { host, port };
-    futures::executor::block_on(decide(&p, id, &req, &r))
+    futures::executor::block_on(decide(&p, id, &req, &r)).map_err(|d| d.reason)
 }
 
 fn addrs(a: &Authorized) -> Vec<String> {
@@ -274,7 +274,8 @@ fn resolution_failure_fails_closed() {
         },
         &r,
     ))
-    .unwrap_err();
+    .unwrap_err()
+    .reason;
     assert_eq!(e, Refusal::ResolveFailed);
     assert_eq!(e.result(), "failed");
 }
@@ -305,4 +306,20 @@ fn request_display_brackets_ipv6() {
         .to_string(),
         "db-1:22"
     );
+}
+
+#[test]
+fn denials_name_the_target_they_matched() {
+    let p = policy();
+    let r = resolver();
+    let bob = Identity::for_test("bob", &["dev"]);
+    let d = |id: &Identity, host: &str, port: u32| {
+        futures::executor::block_on(decide(&p, id, &Request { host, port }, &r)).unwrap_err()
+    };
+    assert_eq!(d(&bob, "db-1", 22).target.as_deref(), Some("db-1"));
+    assert_eq!(d(&bob, "10.20.0.7", 22).target.as_deref(), Some("lab"));
+    assert_eq!(d(&bob, "nope", 22).target, None);
+    assert_eq!(d(&bob, "10.99.0.1", 22).target, None);
+    let alice = Identity::for_test("alice", &[]);
+    assert_eq!(d(&alice, "db-1", 23).target.as_deref(), Some("db-1"));
 }

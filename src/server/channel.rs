@@ -133,7 +133,9 @@ pub async fn forward(job: ForwardJob) {
     };
     let authorized = match decided {
         Ok(a) => a,
-        Err(refusal) => {
+        Err(denied) => {
+            let refusal = denied.reason;
+            rec.target = denied.target;
             audit
                 .forward_refused(&rec, refusal.result(), refusal.as_str())
                 .await;
@@ -224,7 +226,7 @@ pub async fn forward(job: ForwardJob) {
         deadline: ctx.deadline(),
     };
     let end = forward::pump(
-        channel.into_stream(),
+        channel,
         tcp,
         &limits,
         &live.forward.cancel,

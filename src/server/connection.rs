@@ -101,6 +101,19 @@ impl ConnCtx {
         self.opened
     }
 
+    /// Record why the connection ends (first reason wins), without ending
+    /// its forwards yet.
+    pub fn set_reason(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+    }
+
+    /// Give the forwards up to `wait` to end by themselves (no new ones can
+    /// start after this).
+    pub async fn settle(&self, wait: Duration) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(wait, self.tasks.wait()).await;
+    }
+
     /// End the connection (first reason wins) and every forward with it.
     pub fn close(&self, reason: &'static str) {
         let _ = self.reason.set(reason);

@@ -110,7 +110,7 @@ impl Forwards {
             };
             let verdict = policy::decide(&cfg.policy, &f.identity, &req, &SystemResolver).await;
             // A name that no longer resolves is not a policy change: keep it.
-            let refused = matches!(verdict, Err(ref r) if *r != Refusal::ResolveFailed);
+            let refused = matches!(verdict, Err(ref d) if d.reason != Refusal::ResolveFailed);
             if denied_user || refused {
                 f.close("config_reload");
                 closed += 1;

@@ -28,6 +28,9 @@ use crate::store::Store;
 
 /// How long a stopping server lets forwards finish before closing them.
 const DRAIN: Duration = Duration::from_secs(20);
+/// How long a connection's forwards may take to finish by themselves after
+/// the client left.
+const SETTLE: Duration = Duration::from_millis(250);
 /// How long to wait for a connection to go after it was told to.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -280,19 +283,21 @@ async fn serve(
             let idle_at = ctx.idle_deadline(cfg.sessions.idle_timeout);
             tokio::select! {
                 r = &mut session => {
-                    match r {
-                        Ok(()) => ctx.close("client_closed"),
+                    // The reason only: forwards get a moment below to finish
+                    // on their own (their EOFs may still be queued).
+                    ctx.set_reason(match r {
+                        Ok(()) => "client_closed",
                         // Clients often just close the socket after their last channel.
                         Err(russh::Error::IO(e)) if matches!(
                             e.kind(),
                             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                        ) => ctx.close("client_closed"),
-                        Err(russh::Error::KeepaliveTimeout) | Err(russh::Error::InactivityTimeout) => ctx.close("keepalive_timeout"),
+                        ) => "client_closed",
+                        Err(russh::Error::KeepaliveTimeout) | Err(russh::Error::InactivityTimeout) => "keepalive_timeout",
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "connection error");
-                            ctx.close("protocol_error");
+                            "protocol_error"
                         }
-                    }
+                    });
                     break;
                 }
                 () = sleep_until(grace_end), if open && !ctx.is_authenticated() => ctx.close("login_timeout"),
@@ -320,7 +325,10 @@ async fn serve(
             }
         }
     }
-    // Forwards of this connection end now and write their close rows.
+    // Forwards whose channels the client closed before leaving finish by
+    // themselves in a moment; the rest end now. Either way they write their
+    // close rows before the connection's.
+    ctx.settle(SETTLE).await;
     ctx.close("connection_closed");
     ctx.finish().await;
     if ctx.login_abandoned() {

@@ -131,6 +131,11 @@ pub fn ssh_config(cfg: &Config, host_key: PrivateKey) -> russh::server::Config {
         keepalive_interval: Some(cfg.server.keepalive_interval),
         keepalive_max: 3,
         nodelay: true,
+        // Messages a channel may queue for its reader. The receive window
+        // (paced by what the reader takes, see vendor/russh/PATCHES.md) is
+        // what bounds a channel's memory; this only has to exceed
+        // window_size / packet size so the session loop never waits on it.
+        channel_buffer_size: 1024,
         ..Default::default()
     }
 }

@@ -335,6 +335,77 @@ impl Encrypted {
         Ok(false)
     }
 
+    /// Like [`Self::adjust_window_size`], but never lets the window plus the
+    /// bytes still queued for the channel's reader exceed `target`: a slow
+    /// reader slows its sender (SSH flow control) instead of filling the
+    /// channel queue and stalling the session. Marks `pacer` starved when
+    /// the refill must wait for the reader. (portvakt patch 3)
+    pub(crate) fn adjust_window_size_paced(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        target: u32,
+        pacer: &crate::channels::Pacer,
+    ) -> Result<bool, crate::Error> {
+        use std::sync::atomic::Ordering;
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(false);
+        };
+        if data.len() as u32 <= ch.sender_window_size {
+            ch.sender_window_size -= data.len() as u32;
+        }
+        if ch.sender_window_size >= target / 2 {
+            return Ok(false);
+        }
+        let queued = pacer.queued.load(Ordering::Acquire);
+        if self.refill_window(channel, target, queued)? {
+            return Ok(true);
+        }
+        pacer.starved.store(true, Ordering::Release);
+        // The reader may have caught up between the load and the store: then
+        // it did not see `starved` and will not wake us; refill here.
+        let queued = pacer.queued.load(Ordering::Acquire);
+        if queued < pacer.resume_below && pacer.starved.swap(false, Ordering::AcqRel) {
+            return self.refill_window_at_least(channel, target, queued, 1);
+        }
+        Ok(false)
+    }
+
+    /// Refill a paced channel's window to `target` minus what is queued, if
+    /// that grants at least a quarter of `target`.
+    pub(crate) fn refill_window(
+        &mut self,
+        channel: ChannelId,
+        target: u32,
+        queued: usize,
+    ) -> Result<bool, crate::Error> {
+        self.refill_window_at_least(channel, target, queued, target / 4)
+    }
+
+    fn refill_window_at_least(
+        &mut self,
+        channel: ChannelId,
+        target: u32,
+        queued: usize,
+        min_grant: u32,
+    ) -> Result<bool, crate::Error> {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(false);
+        };
+        let outstanding = (ch.sender_window_size as usize).saturating_add(queued);
+        let grant = (target as usize).saturating_sub(outstanding) as u32;
+        if grant == 0 || grant < min_grant {
+            return Ok(false);
+        }
+        push_packet!(self.write, {
+            self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+            ch.recipient_channel.encode(&mut self.write)?;
+            grant.encode(&mut self.write)?;
+        });
+        ch.sender_window_size += grant;
+        Ok(true)
+    }
+
     fn flush_channel(
         write: &mut Vec<u8>,
         channel: &mut ChannelParams,

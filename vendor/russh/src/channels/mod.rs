@@ -140,11 +140,57 @@ impl WindowSizeRef {
     }
 }
 
+/// Paces a channel's receive window by what its reader has taken, so that
+/// a slow reader slows its own sender instead of stalling the whole session
+/// (portvakt patch 3, see PATCHES.md).
+pub(crate) struct Pacer {
+    /// Bytes delivered to the channel's queue and not yet taken by its reader.
+    pub(crate) queued: std::sync::atomic::AtomicUsize,
+    /// The window was left unrefilled because the reader is behind.
+    pub(crate) starved: std::sync::atomic::AtomicBool,
+    /// Once fewer bytes than this are queued, a starved window is refilled.
+    pub(crate) resume_below: usize,
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer")
+            .field("queued", &self.queued)
+            .field("starved", &self.starved)
+            .finish()
+    }
+}
+
+impl Pacer {
+    pub(crate) fn new(resume_below: usize, wake: Box<dyn Fn() + Send + Sync>) -> Self {
+        Pacer {
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            starved: std::sync::atomic::AtomicBool::new(false),
+            resume_below,
+            wake,
+        }
+    }
+
+    /// The reader took `n` bytes off the queue.
+    pub(crate) fn taken(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        let before = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| Some(q.saturating_sub(n)))
+            .unwrap_or(0);
+        if before.saturating_sub(n) < self.resume_below && self.starved.swap(false, Ordering::AcqRel) {
+            (self.wake)();
+        }
+    }
+}
+
 /// A handle to the reading part of a session channel.
 ///
 /// Allows you to read from a channel without borrowing the session
 pub struct ChannelReadHalf {
     pub(crate) receiver: Receiver<ChannelMsg>,
+    pub(crate) pacer: Option<Arc<Pacer>>,
 }
 
 impl std::fmt::Debug for ChannelReadHalf {
@@ -156,7 +202,20 @@ impl std::fmt::Debug for ChannelReadHalf {
 impl ChannelReadHalf {
     /// Awaits an incoming [`ChannelMsg`], this method returns [`None`] if the channel has been closed.
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
-        self.receiver.recv().await
+        let msg = self.receiver.recv().await;
+        if let Some(m) = &msg {
+            self.note_taken(m);
+        }
+        msg
+    }
+
+    /// Tell the pacer (if any) that a message left the queue.
+    pub(crate) fn note_taken(&self, msg: &ChannelMsg) {
+        if let (Some(p), ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) =
+            (&self.pacer, msg)
+        {
+            p.taken(data.len());
+        }
     }
 
     /// Make a reader for the [`Channel`] to receive [`ChannelMsg::Data`]
@@ -470,7 +529,10 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     ) -> (Self, ChannelRef) {
         let (tx, rx) = tokio::sync::mpsc::channel(channel_buffer_size);
         let window_size = WindowSizeRef::new(window_size);
-        let read_half = ChannelReadHalf { receiver: rx };
+        let read_half = ChannelReadHalf {
+            receiver: rx,
+            pacer: None,
+        };
         let write_half = ChannelWriteHalf {
             id,
             sender,
@@ -486,6 +548,7 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
             ChannelRef {
                 sender: tx,
                 window_size,
+                pacer: None,
             },
         )
     }

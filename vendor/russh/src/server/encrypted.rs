@@ -1510,10 +1510,20 @@ impl Session {
                 let data = map_err!(Bytes::decode(r))?;
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
+                let pacer = self.channels.get(&channel_num).and_then(|c| c.pacer.clone());
+                if let Some(p) = &pacer {
+                    // Counted before the window is computed: it is about to be queued.
+                    p.queued
+                        .fetch_add(data.len(), std::sync::atomic::Ordering::AcqRel);
+                }
 
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    let adjusted = match &pacer {
+                        Some(p) => enc.adjust_window_size_paced(channel_num, &data, target, p)?,
+                        None => enc.adjust_window_size(channel_num, &data, target)?,
+                    };
+                    if adjusted {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
                             self.target_window_size = window
@@ -2075,13 +2085,24 @@ impl Session {
             pending_close: false,
         };
 
-        let (channel, channel_ref) = Channel::new(
+        let (mut channel, mut channel_ref) = Channel::new(
             sender_channel,
             self.sender.sender.clone(),
             channel_params.recipient_maximum_packet_size,
             channel_params.recipient_window_size,
             self.common.config.channel_buffer_size,
         );
+        let wake = self.sender.priority_sender.clone();
+        let pacer = std::sync::Arc::new(crate::channels::Pacer::new(
+            self.common.config.window_size as usize / 2,
+            Box::new(move || {
+                let _ = wake.send(Msg::RefillWindow {
+                    channel: sender_channel,
+                });
+            }),
+        ));
+        channel.read_half.pacer = Some(pacer.clone());
+        channel_ref.pacer = Some(pacer);
 
         let pending = PendingChannelOpen {
             recipient_channel: msg.recipient_channel,

@@ -84,6 +84,10 @@ pub enum Msg {
         language_tag: String,
     },
     Channel(ChannelId, ChannelMsg),
+    /// A paced channel's reader caught up: grant the window it was denied
+    /// (portvakt patch 3).
+    #[doc(hidden)]
+    RefillWindow { channel: ChannelId },
     ChannelOpenReply {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
@@ -414,7 +418,10 @@ impl Handle {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf {
+                            receiver,
+                            pacer: None,
+                        },
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -619,6 +626,9 @@ impl Session {
             }
             Msg::ChannelOpenReply { pending, result } => {
                 self.finalize_channel_open_reply(pending, result)?;
+            }
+            Msg::RefillWindow { channel } => {
+                self.refill_window(channel)?;
             }
             other => {
                 // should be unreachable, since the receiver only gets
@@ -1123,6 +1133,23 @@ impl Session {
                     });
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Grant a paced channel the receive window its reader has room for.
+    pub(crate) fn refill_window(&mut self, channel: ChannelId) -> Result<(), Error> {
+        let Some(queued) = self
+            .channels
+            .get(&channel)
+            .and_then(|c| c.pacer.as_ref())
+            .map(|p| p.queued.load(std::sync::atomic::Ordering::Acquire))
+        else {
+            return Ok(());
+        };
+        let target = self.target_window_size;
+        if let Some(enc) = self.common.encrypted.as_mut() {
+            enc.refill_window(channel, target, queued)?;
         }
         Ok(())
     }

@@ -1,0 +1,308 @@
+//! The config file a test's portvakt runs with: a builder for the parts
+//! of DESIGN.md §4 the tests vary, rendered to TOML.
+
+use std::path::{Path, PathBuf};
+
+use super::keys::{UserCa, UserKey};
+
+/// A TOML string literal (JSON string escapes are valid TOML basic strings).
+pub fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string to JSON")
+}
+
+fn toml_list<S: AsRef<str>>(items: &[S]) -> String {
+    let items: Vec<String> = items.iter().map(|s| toml_str(s.as_ref())).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// One `[[targets]]` entry.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub cidr: Option<String>,
+    pub ports: Vec<u16>,
+    pub allow_users: Vec<String>,
+    pub allow_groups: Vec<String>,
+}
+
+impl Target {
+    /// A named target: `name` dialled at `host:port`.
+    pub fn host(name: &str, host: &str, port: u16) -> Target {
+        Target {
+            name: name.to_string(),
+            host: Some(host.to_string()),
+            port: Some(port),
+            cidr: None,
+            ports: Vec::new(),
+            allow_users: Vec::new(),
+            allow_groups: Vec::new(),
+        }
+    }
+
+    /// A CIDR target: any IP literal in `cidr` on one of `ports`.
+    pub fn cidr(name: &str, cidr: &str, ports: &[u16]) -> Target {
+        Target {
+            name: name.to_string(),
+            host: None,
+            port: None,
+            cidr: Some(cidr.to_string()),
+            ports: ports.to_vec(),
+            allow_users: Vec::new(),
+            allow_groups: Vec::new(),
+        }
+    }
+
+    pub fn allow_users(mut self, users: &[&str]) -> Self {
+        self.allow_users.extend(users.iter().map(|u| u.to_string()));
+        self
+    }
+
+    pub fn allow_groups(mut self, groups: &[&str]) -> Self {
+        self.allow_groups
+            .extend(groups.iter().map(|g| g.to_string()));
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut s = format!("[[targets]]\nname = {}\n", toml_str(&self.name));
+        if let Some(host) = &self.host {
+            s += &format!("host = {}\n", toml_str(host));
+        }
+        if let Some(port) = self.port {
+            s += &format!("port = {port}\n");
+        }
+        if let Some(cidr) = &self.cidr {
+            s += &format!("cidr = {}\n", toml_str(cidr));
+        }
+        if !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+            s += &format!("ports = [{}]\n", ports.join(", "));
+        }
+        if !self.allow_users.is_empty() {
+            s += &format!("allow_users = {}\n", toml_list(&self.allow_users));
+        }
+        if !self.allow_groups.is_empty() {
+            s += &format!("allow_groups = {}\n", toml_list(&self.allow_groups));
+        }
+        s
+    }
+}
+
+/// One `[[users]]` entry.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub keys: Vec<String>,
+    pub mfa: Option<String>,
+}
+
+impl User {
+    /// An entry that only adds groups to logins of `name`.
+    pub fn groups(name: &str, groups: &[&str]) -> User {
+        User {
+            name: name.to_string(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            keys: Vec::new(),
+            mfa: None,
+        }
+    }
+
+    /// A service account: `key` alone logs in (`mfa = "none"`).
+    pub fn service(name: &str, key: &UserKey) -> User {
+        User {
+            name: name.to_string(),
+            groups: Vec::new(),
+            keys: vec![key.public_line()],
+            mfa: Some("none".to_string()),
+        }
+    }
+
+    /// A key user who needs TOTP as a second factor (`mfa = "totp"`).
+    pub fn totp(name: &str, key: &UserKey) -> User {
+        User {
+            name: name.to_string(),
+            groups: Vec::new(),
+            keys: vec![key.public_line()],
+            mfa: Some("totp".to_string()),
+        }
+    }
+
+    pub fn with_groups(mut self, groups: &[&str]) -> Self {
+        self.groups.extend(groups.iter().map(|g| g.to_string()));
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut s = format!("[[users]]\nname = {}\n", toml_str(&self.name));
+        if !self.groups.is_empty() {
+            s += &format!("groups = {}\n", toml_list(&self.groups));
+        }
+        if !self.keys.is_empty() {
+            s += &format!("keys = {}\n", toml_list(&self.keys));
+        }
+        if let Some(mfa) = &self.mfa {
+            s += &format!("mfa = {}\n", toml_str(mfa));
+        }
+        s
+    }
+}
+
+/// What goes into a test's portvakt config file (DESIGN.md §4). The
+/// listen address, host key folder and database are filled in by
+/// [`Portvakt::start`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub trusted_user_ca_keys: Vec<PathBuf>,
+    pub revoked_keys: Option<PathBuf>,
+    pub deny_users: Option<Vec<String>>,
+    pub max_auth_tries: Option<u32>,
+    pub login_grace_time: String,
+    pub idle_timeout: String,
+    pub connect_timeout: String,
+    pub max_duration: Option<String>,
+    /// Lockout is its own feature with its own tests; elsewhere a test's
+    /// deliberate failures must not ban 127.0.0.1, so the default is high.
+    pub lockout_max_failures: Option<u32>,
+    pub users: Vec<User>,
+    pub targets: Vec<Target>,
+    /// Raw TOML appended at the end (for keys this builder does not know).
+    pub extra: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            trusted_user_ca_keys: Vec::new(),
+            revoked_keys: None,
+            deny_users: None,
+            max_auth_tries: None,
+            login_grace_time: "30s".to_string(),
+            idle_timeout: "30m".to_string(),
+            connect_timeout: "10s".to_string(),
+            max_duration: None,
+            lockout_max_failures: Some(1000),
+            users: Vec::new(),
+            targets: Vec::new(),
+            extra: String::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn new() -> Config {
+        Config::default()
+    }
+
+    pub fn trust(mut self, ca: &UserCa) -> Self {
+        self.trusted_user_ca_keys.push(ca.public_path());
+        self
+    }
+
+    pub fn revoked_keys(mut self, path: &Path) -> Self {
+        self.revoked_keys = Some(path.to_path_buf());
+        self
+    }
+
+    pub fn deny_users(mut self, users: &[&str]) -> Self {
+        self.deny_users = Some(users.iter().map(|u| u.to_string()).collect());
+        self
+    }
+
+    pub fn max_auth_tries(mut self, tries: u32) -> Self {
+        self.max_auth_tries = Some(tries);
+        self
+    }
+
+    pub fn login_grace_time(mut self, duration: &str) -> Self {
+        self.login_grace_time = duration.to_string();
+        self
+    }
+
+    pub fn idle_timeout(mut self, duration: &str) -> Self {
+        self.idle_timeout = duration.to_string();
+        self
+    }
+
+    pub fn connect_timeout(mut self, duration: &str) -> Self {
+        self.connect_timeout = duration.to_string();
+        self
+    }
+
+    pub fn max_duration(mut self, duration: &str) -> Self {
+        self.max_duration = Some(duration.to_string());
+        self
+    }
+
+    pub fn user(mut self, user: User) -> Self {
+        self.users.push(user);
+        self
+    }
+
+    pub fn target(mut self, target: Target) -> Self {
+        self.targets.push(target);
+        self
+    }
+
+    /// The config file text for a server on `listen_port`.
+    pub fn render(&self, listen_port: u16, host_key_dir: &Path, database_url: &str) -> String {
+        let mut s = String::new();
+        s += "[server]\n";
+        s += &format!(
+            "listen = [{}]\n",
+            toml_str(&format!("127.0.0.1:{listen_port}"))
+        );
+        s += &format!(
+            "host_key_dir = {}\n",
+            toml_str(&host_key_dir.display().to_string())
+        );
+        s += &format!("login_grace_time = {}\n", toml_str(&self.login_grace_time));
+        s += "\n[database]\n";
+        s += &format!("url = {}\n", toml_str(database_url));
+        s += "\n[log]\nformat = \"json\"\nlevel = \"info\"\n";
+        s += "\n[auth]\n";
+        let cas: Vec<String> = self
+            .trusted_user_ca_keys
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        s += &format!("trusted_user_ca_keys = {}\n", toml_list(&cas));
+        if let Some(revoked) = &self.revoked_keys {
+            s += &format!(
+                "revoked_keys = {}\n",
+                toml_str(&revoked.display().to_string())
+            );
+        }
+        if let Some(deny) = &self.deny_users {
+            s += &format!("deny_users = {}\n", toml_list(deny));
+        }
+        if let Some(tries) = self.max_auth_tries {
+            s += &format!("max_auth_tries = {tries}\n");
+        }
+        s += "\n[sessions]\n";
+        s += &format!("idle_timeout = {}\n", toml_str(&self.idle_timeout));
+        s += &format!("connect_timeout = {}\n", toml_str(&self.connect_timeout));
+        if let Some(max) = &self.max_duration {
+            s += &format!("max_duration = {}\n", toml_str(max));
+        }
+        if let Some(max) = self.lockout_max_failures {
+            s += &format!("\n[lockout]\nmax_failures = {max}\n");
+        }
+        for user in &self.users {
+            s += "\n";
+            s += &user.render();
+        }
+        for target in &self.targets {
+            s += "\n";
+            s += &target.render();
+        }
+        if !self.extra.is_empty() {
+            s += "\n";
+            s += &self.extra;
+            s += "\n";
+        }
+        s
+    }
+}

@@ -1,0 +1,108 @@
+//! The database one portvakt instance writes to.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+use super::proc::{RUN_TIMEOUT, run, run_ok};
+
+/// The database one portvakt instance writes to: a SQLite file in the test's
+/// folder, or (with `PORTVAKT_TEST_DB=postgres`) a fresh PostgreSQL database
+/// that is dropped again with the instance.
+pub enum Database {
+    Sqlite {
+        url: String,
+    },
+    Postgres {
+        url: String,
+        admin_url: String,
+        name: String,
+    },
+}
+
+impl Database {
+    /// A fresh database for an instance whose files live in `dir`.
+    pub fn fresh(dir: &Path) -> Database {
+        match std::env::var("PORTVAKT_TEST_DB").as_deref() {
+            Ok("postgres") => {
+                let admin_url = std::env::var("PORTVAKT_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+                    panic!(
+                        "PORTVAKT_TEST_DB=postgres needs PORTVAKT_TEST_POSTGRES_URL, \
+                         e.g. postgres://postgres@127.0.0.1:5432/portvakt_ci"
+                    )
+                });
+                let mut random = [0u8; 8];
+                fs::File::open("/dev/urandom")
+                    .and_then(|mut f| f.read_exact(&mut random))
+                    .expect("read /dev/urandom");
+                let name = format!("portvakt_t_{:016x}", u64::from_le_bytes(random));
+                // Create and drop through the maintenance database, so the
+                // database named in the URL need not exist.
+                let admin_url = replace_database(&admin_url, "postgres");
+                psql(&admin_url, &format!("CREATE DATABASE {name}"));
+                let url = replace_database(&admin_url, &name);
+                Database::Postgres {
+                    url,
+                    admin_url,
+                    name,
+                }
+            }
+            Ok("sqlite") | Ok("") | Err(_) => Database::Sqlite {
+                url: format!("sqlite://{}", dir.join("portvakt.db").display()),
+            },
+            Ok(other) => panic!("PORTVAKT_TEST_DB must be sqlite or postgres, not {other:?}"),
+        }
+    }
+
+    /// The `[database] url` value.
+    pub fn url(&self) -> &str {
+        match self {
+            Database::Sqlite { url } | Database::Postgres { url, .. } => url,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Database::Postgres {
+            admin_url, name, ..
+        } = self
+        {
+            let out = run(
+                Command::new("psql")
+                    .arg(admin_url.as_str())
+                    .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+                    .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")),
+                None,
+                RUN_TIMEOUT,
+            );
+            if out.code() != 0 {
+                eprintln!("could not drop test database {name}: {out}");
+            }
+        }
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    run_ok(
+        Command::new("psql")
+            .arg(url)
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+            .arg(sql),
+    );
+}
+
+/// `postgres://user@host:port/db?opts` with the database name replaced.
+fn replace_database(url: &str, name: &str) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    format!("{}/{}{}", &base[..authority_end], name, query)
+}

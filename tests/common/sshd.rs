@@ -1,0 +1,109 @@
+//! A real OpenSSH sshd as a target behind portvakt.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::keys::{UserCa, UserKey, read_line};
+use super::proc::{ChildGuard, free_port};
+
+/// The user that tests log into a target sshd as: whoever runs the tests
+/// (root in CI; sshd can only switch to other users when it runs as root).
+pub fn target_login_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            let out = super::proc::run_ok(Command::new("id").arg("-un"));
+            out.stdout_text().trim().to_string()
+        })
+}
+
+/// A running `/usr/sbin/sshd -D -e -f CONFIG` on 127.0.0.1, killed on drop.
+pub struct Sshd {
+    pub port: u16,
+    /// The sshd host public key line ("ssh-ed25519 AAAA...").
+    pub host_key: String,
+    /// The folder with its config, keys and log.
+    pub dir: PathBuf,
+    process: ChildGuard,
+}
+
+impl Sshd {
+    /// Starts an sshd that accepts the `authorized` keys and, if given,
+    /// certificates from `trusted_ca` (principals must name the login user).
+    /// It runs as the current user with `PermitRootLogin yes`: it is only a
+    /// test peer, never the bastion.
+    pub fn start(parent: &Path, authorized: &[&UserKey], trusted_ca: Option<&UserCa>) -> Sshd {
+        let port = free_port();
+        let dir = parent.join(format!("sshd-{port}"));
+        fs::create_dir_all(&dir).expect("create sshd dir");
+        // As root, sshd insists on its privilege-separation folder. Failing to
+        // create it as another user is fine: sshd then does not need it.
+        let _ = fs::create_dir_all("/run/sshd");
+
+        let host_key = UserKey::ed25519(&dir, "ssh_host_ed25519_key");
+        let authorized_keys = dir.join("authorized_keys");
+        let lines: String = authorized
+            .iter()
+            .map(|k| format!("{}\n", k.public_line()))
+            .collect();
+        fs::write(&authorized_keys, lines).expect("write authorized_keys");
+
+        let mut config = format!(
+            "Port {port}\n\
+             ListenAddress 127.0.0.1\n\
+             HostKey {host_key}\n\
+             PidFile none\n\
+             StrictModes no\n\
+             UsePAM no\n\
+             PermitRootLogin yes\n\
+             AuthorizedKeysFile {authorized_keys}\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             PrintMotd no\n\
+             PrintLastLog no\n\
+             AllowTcpForwarding yes\n\
+             LogLevel VERBOSE\n",
+            host_key = host_key.path.display(),
+            authorized_keys = authorized_keys.display(),
+        );
+        if let Some(ca) = trusted_ca {
+            config.push_str(&format!(
+                "TrustedUserCAKeys {}\n",
+                ca.public_path().display()
+            ));
+        }
+        let config_path = dir.join("sshd_config");
+        fs::write(&config_path, config).expect("write sshd_config");
+
+        let log = dir.join("sshd.log");
+        let mut process = ChildGuard::spawn(
+            "sshd",
+            Command::new("/usr/sbin/sshd")
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config_path),
+            Some(&log),
+        );
+        process.wait_for_port(port);
+        Sshd {
+            port,
+            host_key: read_line(&host_key.public_path()),
+            dir,
+            process,
+        }
+    }
+
+    /// A known_hosts line for this sshd as the client names it: `[alias]:port key`.
+    pub fn known_hosts_line(&self, alias: &str) -> String {
+        format!("[{alias}]:{} {}", self.port, self.host_key)
+    }
+
+    /// What sshd logged so far.
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+}

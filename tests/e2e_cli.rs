@@ -1,0 +1,170 @@
+//! The reviewer's side (issue 2, item 6; DESIGN.md §5): `sessions list`
+//! filters, `sessions show`, `audit list --since`, and exit codes.
+
+mod common;
+
+use serde_json::Value;
+
+use common::*;
+use common::{portvakt, proc};
+
+/// A bastion where alice (certificate) used "echo" and svc (service key)
+/// used "sink", both forwards closed.
+fn reviewed_bastion(env: &TestEnv) -> (Portvakt, TcpServer, SinkServer) {
+    let ca = env.ca("user_ca");
+    let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
+    let svc = env.key("svc");
+    let echo = EchoServer::start();
+    let sink = SinkServer::start();
+    let pv = env.portvakt(
+        &Config::new()
+            .trust(&ca)
+            .user(User::service("svc", &svc))
+            .target(Target::host("echo", "127.0.0.1", echo.port).allow_users(&["alice"]))
+            .target(Target::host("sink", "127.0.0.1", sink.port()).allow_users(&["svc"])),
+    );
+    assert_echo_works(
+        &env.client(&pv, "alice").identity(&alice),
+        "echo",
+        echo.port,
+    );
+    forward_stdio(
+        &env.client(&pv, "svc").identity(&svc),
+        "sink",
+        sink.port(),
+        b"data\n",
+    )
+    .assert_success();
+    poll_until("both forwards to be closed", AUDIT_TIMEOUT, || {
+        let rows = pv.sessions();
+        (rows.iter().filter(|r| r.ended_at.is_some()).count() >= 2).then_some(())
+    });
+    (pv, echo, sink)
+}
+
+fn id_arg(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn sessions_list_filters_by_user_target_and_time() {
+    let env = TestEnv::new();
+    let (pv, _echo, _sink) = reviewed_bastion(&env);
+
+    let alice = pv.sessions_filtered(&["--user", "alice"]);
+    assert!(!alice.is_empty(), "no rows for alice");
+    assert!(
+        alice.iter().all(|r| r.user.as_deref() == Some("alice")),
+        "{alice:#?}"
+    );
+
+    let sink = pv.sessions_filtered(&["--target", "sink"]);
+    assert!(!sink.is_empty(), "no rows for sink");
+    assert!(
+        sink.iter().all(|r| r.target.as_deref() == Some("sink")),
+        "{sink:#?}"
+    );
+    assert!(
+        sink.iter().all(|r| r.user.as_deref() == Some("svc")),
+        "{sink:#?}"
+    );
+
+    let all = pv.sessions();
+    let since_past = pv.sessions_filtered(&["--since", "2000-01-01T00:00:00Z"]);
+    assert!(since_past.len() >= all.len(), "{since_past:#?}");
+    assert!(
+        pv.sessions_filtered(&["--since", "2999-01-01T00:00:00Z"])
+            .is_empty()
+    );
+    assert!(
+        pv.sessions_filtered(&["--until", "2000-01-01T00:00:00Z"])
+            .is_empty()
+    );
+    let until_future = pv.sessions_filtered(&["--until", "2999-01-01T00:00:00Z"]);
+    assert!(until_future.len() >= all.len(), "{until_future:#?}");
+}
+
+#[test]
+fn sessions_show_prints_one_row() {
+    let env = TestEnv::new();
+    let (pv, _echo, _sink) = reviewed_bastion(&env);
+    let row = pv
+        .sessions_filtered(&["--target", "echo"])
+        .into_iter()
+        .next()
+        .expect("an echo row");
+
+    let shown = pv.cli_json(&["sessions", "show", &id_arg(&row.id), "--json"]);
+
+    assert_eq!(shown.get("id"), Some(&row.id), "{shown}");
+    for key in SESSION_KEYS {
+        assert!(
+            shown.get(key).is_some(),
+            "sessions show lacks {key}: {shown}"
+        );
+    }
+    assert_eq!(shown["target"], "echo");
+    assert_eq!(shown["user"], "alice");
+    // A session row points at the connection it belongs to.
+    let events = pv.audit();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "connection.open" && e.connection_id == row.connection_id),
+        "no connection.open with the row's connection_id {}",
+        row.connection_id
+    );
+}
+
+#[test]
+fn sessions_show_of_an_unknown_id_fails_with_exit_1() {
+    let env = TestEnv::new();
+    let (pv, _echo, _sink) = reviewed_bastion(&env);
+
+    pv.cli(&["sessions", "show", "999999", "--json"])
+        .assert_code(1);
+}
+
+#[test]
+fn audit_list_filters_by_time() {
+    let env = TestEnv::new();
+    let (pv, _echo, _sink) = reviewed_bastion(&env);
+
+    let all = pv.audit();
+    for kind in [
+        "auth.success",
+        "connection.open",
+        "forward.open",
+        "forward.close",
+    ] {
+        assert!(
+            all.iter().any(|e| e.kind == kind),
+            "no {kind} in the audit trail"
+        );
+    }
+    let future = pv.cli_json(&["audit", "list", "--json", "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(future, Value::Array(Vec::new()));
+    let past = pv.cli_json(&["audit", "list", "--json", "--since", "2000-01-01T00:00:00Z"]);
+    // Later events (a connection.close) may land between the two reads.
+    assert!(
+        past.as_array().map(Vec::len).unwrap_or(0) >= all.len(),
+        "{past}"
+    );
+}
+
+#[test]
+fn a_usage_error_exits_2() {
+    let out = run(
+        std::process::Command::new(portvakt::portvakt_bin()).args([
+            "sessions",
+            "list",
+            "--no-such-flag",
+        ]),
+        None,
+        proc::RUN_TIMEOUT,
+    );
+    out.assert_code(2);
+}

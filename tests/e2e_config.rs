@@ -1,0 +1,194 @@
+//! `portvakt check-config` (issue 2, item 2): every problem in a broken file
+//! is printed as `file:line: message`, and the exit code is 2; a good file
+//! passes with 0.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+
+/// A small, valid config; relative paths are relative to its folder.
+const GOOD: &str = r#"[server]
+listen = ["127.0.0.1:2222"]
+host_key_dir = "hostkey"
+login_grace_time = "1m"
+
+[database]
+url = "sqlite://portvakt.db"
+
+[auth]
+trusted_user_ca_keys = ["user_ca.pub"]
+max_auth_tries = 6
+
+[sessions]
+idle_timeout = "30m"
+connect_timeout = "10s"
+
+[[users]]
+name = "alice"
+groups = ["sre"]
+
+[[targets]]
+name = "db-1"
+host = "127.0.0.1"
+port = 22
+allow_users = ["alice"]
+
+[[targets]]
+name = "lab"
+cidr = "10.20.0.0/24"
+ports = [22, 2222]
+allow_groups = ["sre"]
+"#;
+
+/// A folder with the CA file the good config names, and `text` as its config.
+fn config_file(env: &TestEnv, text: &str) -> PathBuf {
+    let ca = env.ca("user_ca");
+    assert!(ca.public_path().ends_with("user_ca.pub"));
+    env.write("portvakt.toml", text)
+}
+
+/// The 1-based line number of the first line of `text` containing `needle`,
+/// searching from the `nth` (0-based) occurrence onwards.
+fn line_of(text: &str, needle: &str, nth: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(nth)
+        .map(|(i, _)| i + 1)
+        .unwrap_or_else(|| panic!("{needle:?} not in the test config"))
+}
+
+/// Runs check-config on `text` and asserts exit 2 and a `file:line:` message
+/// at one of `lines` mentioning one of `words` (case-insensitive).
+fn assert_reported(text: &str, lines: &[usize], words: &[&str]) {
+    let env = TestEnv::new();
+    let path = config_file(&env, text);
+    let out = check_config(&path);
+    out.assert_code(2);
+    assert_problem(&out, lines, words);
+}
+
+fn assert_problem(out: &RunOutput, lines: &[usize], words: &[&str]) {
+    let printed = format!("{}\n{}", out.stdout_text(), out.stderr);
+    let found = printed.lines().any(|l| {
+        lines
+            .iter()
+            .any(|n| l.contains(&format!("portvakt.toml:{n}: ")))
+            && words
+                .iter()
+                .any(|w| l.to_lowercase().contains(&w.to_lowercase()))
+    });
+    assert!(
+        found,
+        "expected a `portvakt.toml:LINE: message` line for line(s) {lines:?} mentioning one of {words:?}:\n{out}"
+    );
+}
+
+#[test]
+fn a_good_file_passes() {
+    let env = TestEnv::new();
+    let path = config_file(&env, GOOD);
+    check_config(&path).assert_success();
+}
+
+#[test]
+fn an_unknown_key_is_reported_with_its_line() {
+    let text = GOOD.replace(
+        "login_grace_time = \"1m\"\n",
+        "login_grace_time = \"1m\"\nfrobnicate = true\n",
+    );
+    assert_reported(&text, &[line_of(&text, "frobnicate", 0)], &["frobnicate"]);
+}
+
+#[test]
+fn a_bad_cidr_is_reported_with_its_line() {
+    let text = GOOD.replace("10.20.0.0/24", "10.20.0.0/33");
+    assert_reported(
+        &text,
+        &[line_of(&text, "10.20.0.0/33", 0)],
+        &["cidr", "10.20.0.0/33"],
+    );
+}
+
+#[test]
+fn a_port_out_of_range_is_reported_with_its_line() {
+    let text = GOOD.replace("port = 22\n", "port = 70000\n");
+    assert_reported(
+        &text,
+        &[line_of(&text, "port = 70000", 0)],
+        &["port", "70000"],
+    );
+}
+
+#[test]
+fn a_bad_listen_address_is_reported_with_its_line() {
+    let text = GOOD.replace("127.0.0.1:2222", "127.0.0.1:notaport");
+    assert_reported(
+        &text,
+        &[line_of(&text, "notaport", 0)],
+        &["listen", "address", "notaport"],
+    );
+}
+
+#[test]
+fn a_bad_duration_is_reported_with_its_line() {
+    let text = GOOD.replace("idle_timeout = \"30m\"", "idle_timeout = \"5 parsecs\"");
+    assert_reported(
+        &text,
+        &[line_of(&text, "5 parsecs", 0)],
+        &["idle_timeout", "duration", "5 parsecs"],
+    );
+}
+
+#[test]
+fn a_duplicate_target_is_reported_with_its_line() {
+    let text = format!(
+        "{GOOD}\n[[targets]]\nname = \"db-1\"\nhost = \"10.0.0.9\"\nallow_users = [\"alice\"]\n"
+    );
+    // Either the second entry's header or its name line.
+    let name = line_of(&text, "name = \"db-1\"", 1);
+    assert_reported(&text, &[name - 1, name], &["db-1"]);
+}
+
+#[test]
+fn a_target_nobody_may_use_is_reported_with_its_line() {
+    let text = format!("{GOOD}\n[[targets]]\nname = \"orphan\"\nhost = \"10.0.0.9\"\n");
+    let name = line_of(&text, "name = \"orphan\"", 0);
+    assert_reported(&text, &[name - 1, name], &["orphan"]);
+}
+
+#[test]
+fn an_unreadable_ca_file_is_reported_with_its_line() {
+    let text = GOOD.replace("\"user_ca.pub\"", "\"missing_ca.pub\"");
+    assert_reported(
+        &text,
+        &[line_of(&text, "missing_ca.pub", 0)],
+        &["missing_ca.pub"],
+    );
+}
+
+#[test]
+fn every_problem_of_a_file_is_reported_at_once() {
+    let env = TestEnv::new();
+    let text = format!(
+        "{}\n[[targets]]\nname = \"db-1\"\nhost = \"10.0.0.9\"\nallow_users = [\"alice\"]\n\
+         \n[[targets]]\nname = \"orphan\"\nhost = \"10.0.0.8\"\n",
+        GOOD.replace("\"user_ca.pub\"", "\"missing_ca.pub\"")
+    );
+    let path = config_file(&env, &text);
+
+    let out = check_config(&path);
+
+    out.assert_code(2);
+    assert_problem(
+        &out,
+        &[line_of(&text, "missing_ca.pub", 0)],
+        &["missing_ca.pub"],
+    );
+    let dup = line_of(&text, "name = \"db-1\"", 1);
+    assert_problem(&out, &[dup - 1, dup], &["db-1"]);
+    let orphan = line_of(&text, "name = \"orphan\"", 0);
+    assert_problem(&out, &[orphan - 1, orphan], &["orphan"]);
+}
