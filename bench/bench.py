@@ -1,0 +1,409 @@
+"""portvakt against OpenSSH sshd as a jump host, side by side: see bench/run."""
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import report
+from procs import (BenchError, LineReader, Proc, mem_available_mib, settle_memory,
+                   stop_all)
+from servers import (Keys, OpensshJump, PortvaktJump, Sink, Target, client_config,
+                     ensure_bench_user, known_hosts)
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+SECTIONS = ["throughput", "latency", "memory", "scale", "logins"]
+CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"]
+MIB = 1 << 20
+
+
+def say(msg):
+    print(f"bench: {msg}", flush=True)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="bench/run",
+        description="Compare portvakt with OpenSSH sshd as a jump host (DESIGN.md §9).")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (smoke test): 8 MiB, 3 latency runs, 10 and 20 "
+                        "connections, 2 s of logins; writes no docs")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default all): {','.join(SECTIONS)}")
+    p.add_argument("--jumps", default="portvakt,openssh",
+                   help="jump hosts to run (default both): portvakt,openssh")
+    p.add_argument("--bin", help="portvakt binary (default: target/release/portvakt, built by bench/run)")
+    p.add_argument("--rounds", type=int, help="A/B rounds for throughput and logins [5; quick 1]")
+    p.add_argument("--bytes", type=int, help="bytes per throughput run [1 GiB; quick 8 MiB]")
+    p.add_argument("--latency-runs", type=int, help="ssh -J ... true runs per jump host [20; quick 3]")
+    p.add_argument("--memory-sizes", help="idle forwards per memory run [100,1000; quick 10,20]")
+    p.add_argument("--memory-rounds", type=int, help="A/B rounds per memory size [3; quick 1]")
+    p.add_argument("--scale", type=int, help="concurrent idle forwards in the scale run [10000; quick 50]")
+    p.add_argument("--login-seconds", type=float, help="seconds per login-rate run [15; quick 2]")
+    p.add_argument("--login-clients", type=int, default=32, help="parallel login loops [32]")
+    p.add_argument("--login-procs", type=int, default=2,
+                   help="load client processes the login loops are spread over [2]")
+    p.add_argument("--open-concurrency", type=int, default=32,
+                   help="connections being opened at once in memory/scale runs [32]")
+    p.add_argument("--mem-guard-mib", type=int, default=4096,
+                   help="stop adding connections when MemAvailable drops below this [4096]")
+    p.add_argument("--out", help="write the report here (default: docs/BENCHMARKS.md for a "
+                                 "full run of every section, else nowhere)")
+    p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--nice", type=int, default=0,
+                   help="run the benchmark (both jump hosts, clients) at this nice value; a "
+                        "negative one keeps other work on a shared machine from skewing it [0]")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, configs)")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.rounds = args.rounds or (1 if q else 5)
+    args.bytes = args.bytes or (8 * MIB if q else 1024 * MIB)
+    args.latency_runs = args.latency_runs or (3 if q else 20)
+    args.memory_sizes = [int(x) for x in (args.memory_sizes or ("10,20" if q else "100,1000")).split(",")]
+    args.memory_rounds = args.memory_rounds or (1 if q else 3)
+    args.scale = args.scale or (50 if q else 10000)
+    args.login_seconds = args.login_seconds or (2.0 if q else 15.0)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    for s in args.only:
+        if s not in SECTIONS:
+            p.error(f"unknown section {s!r}; choose from {', '.join(SECTIONS)}")
+    args.jumps = [s.strip() for s in args.jumps.split(",") if s.strip()]
+    for s in args.jumps:
+        if s not in ("portvakt", "openssh"):
+            p.error(f"unknown jump host {s!r}; choose from portvakt, openssh")
+    if args.out is None and not q and args.only == SECTIONS and len(args.jumps) == 2:
+        args.out = os.path.join(REPO, "docs", "BENCHMARKS.md")
+    args.bin = os.path.abspath(args.bin or os.path.join(REPO, "target", "release", "portvakt"))
+    return args
+
+
+class Bench:
+    def __init__(self, args, work):
+        self.args = args
+        self.work = work
+        self.python = sys.executable
+        self.keys = Keys(os.path.join(work, "keys"))
+        self.target = Target(os.path.join(work, "target"), self.keys)
+        self.sink = Sink(work, self.python, BENCH_DIR)
+        self.target_ports = [self.target.port, self.sink.port]
+        self.instances = 0
+        self.results = {}
+
+    # --- jump hosts ---------------------------------------------------------
+
+    def start(self, kind):
+        """A fresh jump host of `kind` ("portvakt" or "openssh")."""
+        self.instances += 1
+        d = os.path.join(self.work, f"{kind}-{self.instances}")
+        limit = self.args.scale + 1000
+        if kind == "portvakt":
+            return PortvaktJump(d, self.args.bin, self.keys, self.target_ports, limit)
+        reaper = [self.python, os.path.join(BENCH_DIR, "reaper.py")]
+        return OpensshJump(d, self.keys, self.target_ports, limit, reaper)
+
+    def configs(self, jumps):
+        kh = os.path.join(self.work, "known_hosts")
+        known_hosts(kh, self.keys, [j.port for j in jumps], self.target.port)
+        out = {}
+        for cipher in CIPHERS:
+            path = os.path.join(self.work, f"ssh_config.{cipher.split('-')[0]}")
+            client_config(path, self.keys, cipher, jumps, self.target.port, kh)
+            out[cipher] = path
+        return out
+
+    # --- throughput and latency ----------------------------------------------
+
+    def ssh(self, cfg, jump, command, stdin=subprocess.DEVNULL, timeout=600):
+        return subprocess.run(["ssh", "-F", cfg, f"via-{jump.name}", command], stdin=stdin,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def throughput_once(self, jump, cfg):
+        n = self.args.bytes
+        cpu0 = jump.cpu()
+        t0 = time.monotonic()
+        head = subprocess.Popen(["head", "-c", str(n), "/dev/zero"], stdout=subprocess.PIPE)
+        # The target prints when cat starts and ends: the streaming time alone.
+        out = self.ssh(cfg, jump, "date +%s.%N; cat >/dev/null; date +%s.%N", stdin=head.stdout)
+        wall = time.monotonic() - t0
+        head.stdout.close()
+        head.wait()
+        if out.returncode != 0:
+            raise BenchError(f"throughput via {jump.name} failed ({out.returncode}): "
+                             f"{out.stderr.strip()}\n{jump.proc.log_tail()}")
+        start, end = (float(x) for x in out.stdout.split())
+        jump.wait_idle()
+        cpu = jump.cpu() - cpu0
+        return {"wall_s": round(wall, 3), "mb_s": round(n / wall / 1e6, 1),
+                "stream_mb_s": round(n / (end - start) / 1e6, 1),
+                "jump_cpu_s_per_gib": round(cpu * (1 << 30) / n, 3)}
+
+    def throughput(self, jumps, cfgs):
+        res = {}
+        for cipher in CIPHERS:
+            runs = {j.name: [] for j in jumps}
+            for r in range(self.args.rounds):
+                for jump in jumps:
+                    run = self.throughput_once(jump, cfgs[cipher])
+                    runs[jump.name].append(run)
+                    say(f"throughput {cipher} round {r + 1} {jump.name}: {run['mb_s']} MB/s "
+                        f"(streaming {run['stream_mb_s']}), jump CPU {run['jump_cpu_s_per_gib']} s/GiB")
+            res[cipher] = runs
+        self.results["throughput"] = res
+
+    def latency(self, jumps, cfgs):
+        cfg = cfgs[CIPHERS[0]]
+        runs = {j.name: [] for j in jumps}
+        for _ in range(self.args.latency_runs):
+            for jump in jumps:
+                t0 = time.monotonic()
+                out = self.ssh(cfg, jump, "true", timeout=60)
+                dt = time.monotonic() - t0
+                if out.returncode != 0:
+                    raise BenchError(f"ssh -J via {jump.name} true failed: {out.stderr.strip()}")
+                runs[jump.name].append(round(dt, 4))
+                jump.wait_idle()
+        for name, xs in runs.items():
+            say(f"latency {name}: median {statistics.median(xs):.3f} s of {len(xs)}")
+        self.results["latency"] = runs
+
+    # --- idle forwards: memory and scale --------------------------------------
+
+    def loadclient(self, mode, jump, extra, log_name):
+        argv = [self.python, os.path.join(BENCH_DIR, "loadclient.py"), mode,
+                "--port", str(jump.port), "--key", self.keys.user, "--cert", self.keys.cert,
+                "--cipher", CIPHERS[0]] + extra
+        return Proc(f"load client ({jump.name})", argv, os.path.join(self.work, log_name),
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def hold(self, jump, count, tag):
+        """Open `count` idle forwards through `jump`; measure the jump host's
+        memory before (after one warm-up forward) and with them open."""
+        client = self.loadclient("hold", jump, [
+            "--count", str(count), "--concurrency", str(self.args.open_concurrency),
+            "--target-port", str(self.sink.port), "--warmup",
+            "--mem-guard-mib", str(self.args.mem_guard_mib)], f"loadclient-{tag}.log")
+        events = LineReader(client)
+        try:
+            expect(events.readline(120), "warm")
+            jump.wait_idle()
+            base = settle_memory(jump.memory)
+            client.popen.stdin.write(b"go\n")
+            client.popen.stdin.flush()
+            while True:
+                ev = json.loads(events.readline(1800))
+                if ev["event"] == "held":
+                    break
+                say(f"  {tag}: {ev['open']} open, {ev['failed']} failed, {ev['seconds']} s")
+            held = settle_memory(jump.memory)
+            client.popen.stdin.write(b"check\n")
+            client.popen.stdin.flush()
+            alive = json.loads(events.readline(120))
+            client.popen.stdin.write(b"close\n")
+            client.popen.stdin.flush()
+            client.popen.wait(300)
+        finally:
+            client.stop()
+        n = ev["open"]
+        per = lambda i: round((held[i] - base[i]) / n, 1) if n else None  # noqa: E731
+        out = {"requested": count, "attempted": ev["attempted"], "open": n,
+               "failed": ev["failed"], "errors": ev["errors"], "stopped": ev["stopped"],
+               "open_seconds": ev["seconds"],
+               "lost_after_open": alive["connections_lost"] + alive["forwards_closed"],
+               "base_rss_kib": base[0], "rss_kib": held[0], "base_pss_kib": base[1],
+               "pss_kib": held[1], "processes": held[2],
+               "per_forward_rss_kib": per(0), "per_forward_pss_kib": per(1),
+               "mem_available_mib_at_end": ev["mem_available_mib"]}
+        return out
+
+    def memory(self):
+        res = {}
+        for size in self.args.memory_sizes:
+            runs = {kind: [] for kind in self.args.jumps}
+            for r in range(self.args.memory_rounds):
+                for kind in runs:
+                    jump = self.start(kind)
+                    try:
+                        run = self.hold(jump, size, f"memory-{size}-{kind}-{r + 1}")
+                        run["log_lines"] = len(jump.log_lines())
+                    finally:
+                        jump.stop()
+                    runs[kind].append(run)
+                    say(f"memory {size} round {r + 1} {kind}: {run['open']} open, "
+                        f"{run['per_forward_rss_kib']} KiB RSS / {run['per_forward_pss_kib']} KiB PSS "
+                        f"per forward ({run['processes']} processes)")
+            res[str(size)] = runs
+        self.results["memory"] = res
+
+    def scale(self):
+        res = {}
+        for kind in self.args.jumps:
+            jump = self.start(kind)
+            try:
+                t0 = time.monotonic()
+                run = self.hold(jump, self.args.scale, f"scale-{kind}")
+                run["seconds"] = round(time.monotonic() - t0, 1)
+                lines = jump.log_lines()
+                run["log_lines"] = len(lines)
+                run["log_excerpt"] = report.log_excerpt(lines)
+            finally:
+                jump.stop()
+            res[kind] = run
+            say(f"scale {kind}: {run['open']} of {run['requested']} open, {run['failed']} failed, "
+                f"{run['lost_after_open']} dropped, stopped: {run['stopped']}, "
+                f"{run['rss_kib'] // 1024} MiB RSS; errors: {run['errors'] or 'none'}")
+        self.results["scale"] = res
+
+    # --- logins -----------------------------------------------------------------
+
+    def logins(self, jumps):
+        procs = self.args.login_procs
+        per = self.args.login_clients // procs
+        runs = {j.name: [] for j in jumps}
+        for r in range(self.args.rounds):
+            for jump in jumps:
+                jump.wait_idle()
+                cpu0 = jump.cpu()
+                start_at = time.time() + 2.0
+                clients = [self.loadclient("logins", jump, [
+                    "--concurrency", str(per), "--seconds", str(self.args.login_seconds),
+                    "--start-at", str(start_at)], f"logins-{jump.name}-{r + 1}-{i + 1}.log")
+                    for i in range(procs)]
+                try:
+                    evs = [json.loads(LineReader(c).readline(self.args.login_seconds + 300))
+                           for c in clients]
+                    for c in clients:
+                        c.popen.wait(60)
+                finally:
+                    for c in clients:
+                        c.stop()
+                jump.wait_idle()
+                cpu = jump.cpu() - cpu0
+                ok = sum(ev["ok"] for ev in evs)
+                seconds = max(ev["seconds"] for ev in evs)
+                errors = {}
+                for ev in evs:
+                    for k, v in ev["errors"].items():
+                        errors[k] = errors.get(k, 0) + v
+                client_cpu = sum(ev["client_cpu_seconds"] for ev in evs)
+                run = {"ok": ok, "failed": sum(ev["failed"] for ev in evs), "errors": errors,
+                       "seconds": seconds, "per_s": round(ok / seconds, 1),
+                       "server_cpu_s": round(cpu, 2),
+                       "server_cpu_ms_per_login": round(1000 * cpu / ok, 2) if ok else None,
+                       "client_cpu_ms_per_login": round(1000 * client_cpu / ok, 2) if ok else None}
+                runs[jump.name].append(run)
+                say(f"logins round {r + 1} {jump.name}: {run['per_s']}/s, {run['failed']} failed, "
+                    f"server {run['server_cpu_ms_per_login']} ms CPU per login, "
+                    f"load client {run['client_cpu_ms_per_login']} ms")
+        self.results["logins"] = runs
+
+    # --- the run ------------------------------------------------------------------
+
+    def run(self):
+        only = self.args.only
+        if any(s in only for s in ["throughput", "latency", "logins"]):
+            jumps = [self.start(kind) for kind in self.args.jumps]
+            try:
+                cfgs = self.configs(jumps)
+                if "latency" in only:
+                    self.latency(jumps, cfgs)
+                if "throughput" in only:
+                    self.throughput(jumps, cfgs)
+                if "logins" in only:
+                    self.logins(jumps)
+                self.results["log_excerpt"] = report.log_excerpt(jumps[0].log_lines())
+            finally:
+                for j in jumps:
+                    j.stop()
+        if "memory" in only:
+            self.memory()
+        if "scale" in only:
+            self.scale()
+
+
+def expect(line, event):
+    ev = json.loads(line)
+    if ev.get("event") != event:
+        raise BenchError(f"expected {event!r} from the load client, got {line}")
+    return ev
+
+
+def raise_file_limit(want):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv):
+    args = parse_args(argv)
+    command = "bench/run" + ("" if not argv else " " + shlex.join(argv))
+    if not os.access(args.bin, os.X_OK):
+        raise SystemExit(f"bench: no portvakt binary at {args.bin} (build it, or pass --bin)")
+    # Both ends of each forward, the jump's sockets and the sink's: 4 per forward.
+    files = raise_file_limit(max(65536, 4 * args.scale + 4096))
+    # SIGINT explicitly too: a shell's background job starts with it ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    ensure_bench_user()
+    if args.nice:
+        os.nice(args.nice)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = report.loadavg()
+    t0 = time.monotonic()
+    work = tempfile.mkdtemp(prefix="portvakt-bench-")
+    say(f"work folder {work}; file limit {files}; MemAvailable {mem_available_mib()} MiB")
+    if "scale" in args.only and files < 2 * args.scale + 64:
+        say(f"note: the open-file limit ({files}) is below the {2 * args.scale + 64} descriptors "
+            f"that {args.scale} forwards need in one jump process (two sockets each)")
+    ok = False
+    try:
+        bench = Bench(args, work)
+        bench.run()
+        ok = True
+    except KeyboardInterrupt:
+        say("interrupted; stopping everything")
+        raise SystemExit(130)
+    except BenchError as exc:
+        say(f"failed: {exc}")
+        raise SystemExit(1)
+    finally:
+        stop_all()
+        if ok and not args.keep:
+            subprocess.run(["rm", "-rf", work])
+        else:
+            say(f"logs and configs kept in {work}")
+    meta = report.metadata(REPO, args, command, started, time.monotonic() - t0)
+    meta["file_limit"] = files
+    meta["load_start"] = load_start
+    table = report.table(bench.results, args)
+    print()
+    print(table)
+    print()
+    say(f"took {meta['duration']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": bench.results}, f, indent=1)
+    if args.out:
+        report.write(args.out, report.markdown(bench.results, meta, args))
+        say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,254 @@
+"""The peers of a benchmark run: keys, the target sshd, the idle TCP sink,
+the two jump hosts (portvakt and OpenSSH sshd) and the ssh client config."""
+
+import os
+import shutil
+import subprocess
+
+from procs import (BenchError, Proc, cpu_seconds, descendants, free_port,
+                   memory_kib, poll_until, run)
+
+USER = "bench"
+KEX = "curve25519-sha256"
+SSHD = "/usr/sbin/sshd"
+
+
+def keygen(path, comment):
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path]).check_returncode()
+
+
+class Keys:
+    """User CA, the user's key and certificate, and host keys. The two jump
+    hosts share one host key, so a client sees the same thing at both."""
+
+    def __init__(self, d):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        self.dir = d
+        self.ca = os.path.join(d, "user_ca")
+        self.user = os.path.join(d, "id_bench")
+        self.cert = self.user + "-cert.pub"
+        self.jump_host = os.path.join(d, "jump_host_ed25519_key")
+        self.target_host = os.path.join(d, "target_host_ed25519_key")
+        for path, comment in [(self.ca, "bench user CA"), (self.user, "bench"),
+                              (self.jump_host, "bench jump"), (self.target_host, "bench target")]:
+            keygen(path, comment)
+        run(["ssh-keygen", "-q", "-s", self.ca, "-I", "bench", "-n", USER, "-V", "+1d",
+             self.user + ".pub"]).check_returncode()
+
+    def public(self, path):
+        with open(path + ".pub") as f:
+            return " ".join(f.read().split()[:2])
+
+
+def sshd_common(port, host_key, ca_pub):
+    return (f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile none\n"
+            "StrictModes no\nUsePAM no\nUseDNS no\nPermitRootLogin no\n"
+            f"TrustedUserCAKeys {ca_pub}\nAuthorizedPrincipalsFile none\n"
+            "AuthorizedKeysFile none\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPrintMotd no\nPrintLastLog no\n"
+            "X11Forwarding no\nAllowAgentForwarding no\nPermitTTY no\n"
+            "Ciphers chacha20-poly1305@openssh.com,aes256-gcm@openssh.com\n"
+            "LogLevel ERROR\n")
+
+
+def start_sshd(name, d, config, wrapper=()):
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "sshd_config")
+    with open(path, "w") as f:
+        f.write(config)
+    test = run([SSHD, "-t", "-f", path])
+    if test.returncode != 0:
+        raise BenchError(f"{name}: sshd -t: {test.stderr.strip()}")
+    return Proc(name, list(wrapper) + [SSHD, "-D", "-e", "-f", path], os.path.join(d, "sshd.log"))
+
+
+class Target:
+    """The sshd behind both jump hosts: `cat >/dev/null` and `true` run here."""
+
+    def __init__(self, d, keys):
+        self.port = free_port()
+        config = sshd_common(self.port, keys.target_host, keys.ca + ".pub")
+        config += "AllowTcpForwarding no\nMaxStartups 100:30:200\n"
+        self.proc = start_sshd("target sshd", d, config)
+        self.proc.wait_port(self.port)
+
+
+class Sink:
+    """Idle TCP target for the forwards of the memory and scale runs."""
+
+    def __init__(self, d, python, bench_dir):
+        self.port = free_port()
+        self.proc = Proc("sink", [python, os.path.join(bench_dir, "sink.py"), str(self.port)],
+                         os.path.join(d, "sink.log"))
+        self.proc.wait_port(self.port)
+
+
+class Jump:
+    """Common face of the two jump hosts."""
+
+    name = ""
+    label = ""
+
+    def cpu(self):
+        raise NotImplementedError
+
+    def memory(self):
+        raise NotImplementedError
+
+    def wait_idle(self, timeout=30):
+        """Wait until the connections of a finished run are gone."""
+
+    def stop(self):
+        self.proc.stop()
+
+    def log_lines(self):
+        return self.proc.log_text().splitlines()
+
+
+class PortvaktJump(Jump):
+    name = "portvakt"
+    label = "portvakt"
+
+    def __init__(self, d, binary, keys, target_ports, max_connections):
+        os.makedirs(d, exist_ok=True)
+        self.port = free_port()
+        key_dir = os.path.join(d, "keys")
+        os.makedirs(key_dir, mode=0o700, exist_ok=True)
+        shutil.copy(keys.jump_host, os.path.join(key_dir, "ssh_host_ed25519_key"))
+        os.chmod(os.path.join(key_dir, "ssh_host_ed25519_key"), 0o600)
+        ports = ", ".join(str(p) for p in target_ports)
+        config = f"""[server]
+listen = ["127.0.0.1:{self.port}"]
+host_key_dir = "{key_dir}"
+max_connections = {max_connections}
+max_unauthenticated = {max_connections}
+max_unauthenticated_per_source = {max_connections}
+login_grace_time = "2m"
+
+[database]
+url = "sqlite://{d}/portvakt.db"
+
+[log]
+format = "json"
+level = "warn"
+
+[auth]
+trusted_user_ca_keys = ["{keys.ca}.pub"]
+
+[[targets]]
+name = "bench"
+cidr = "127.0.0.1/32"
+ports = [{ports}]
+allow_users = ["{USER}"]
+"""
+        path = os.path.join(d, "portvakt.toml")
+        with open(path, "w") as f:
+            f.write(config)
+        self.proc = Proc("portvakt", [binary, "serve", "--config", path],
+                         os.path.join(d, "portvakt.log"))
+        self.proc.wait_port(self.port)
+        self.pid = self.proc.pid
+
+    def cpu(self):
+        return cpu_seconds(self.pid)
+
+    def memory(self):
+        return memory_kib(self.pid)
+
+
+class OpensshJump(Jump):
+    name = "openssh"
+    label = "OpenSSH sshd"
+
+    def __init__(self, d, keys, target_ports, max_startups, reaper):
+        self.port = free_port()
+        config = sshd_common(self.port, keys.jump_host, keys.ca + ".pub")
+        permit = " ".join(f"127.0.0.1:{p}" for p in target_ports)
+        # Only a jump: forwards to the same targets portvakt allows, no
+        # sessions; keepalives as often as portvakt's (30 s, 3 misses).
+        config += (f"AllowTcpForwarding local\nPermitOpen {permit}\n"
+                   "AllowStreamLocalForwarding no\nPermitTunnel no\nGatewayPorts no\n"
+                   "ForceCommand /bin/false\n"
+                   f"MaxStartups {max_startups}:30:{max_startups}\nMaxSessions 1000\n"
+                   "LoginGraceTime 120\nClientAliveInterval 30\nClientAliveCountMax 3\n")
+        # Under a subreaper (bench/reaper.py): see there why.
+        self.proc = start_sshd("OpenSSH jump", d, config, wrapper=reaper)
+        self.proc.wait_port(self.port)
+        self.pid = poll_until("the sshd listener", lambda: descendants(self.proc.pid), 10)[0]
+
+    def cpu(self):
+        """The listener with every process it reaped, plus the processes
+        re-parented to the subreaper and reaped there. Processes still
+        running are not counted: wait_idle() first."""
+        return (cpu_seconds(self.pid, with_children=True)
+                + cpu_seconds(self.proc.pid, with_children=True) - cpu_seconds(self.proc.pid))
+
+    def memory(self):
+        return memory_kib(self.pid, tree=True)
+
+    def wait_idle(self, timeout=60):
+        poll_until("OpenSSH jump's per-connection processes to exit",
+                   lambda: descendants(self.proc.pid) == [self.pid], timeout, interval=0.02)
+
+
+def client_config(path, keys, cipher, jumps, target_port, known_hosts):
+    """An ssh_config: `via-NAME` reaches the target through jump NAME. Every
+    option that must reach the jump hop is here (-o does not reach it)."""
+    lines = [
+        "Host *",
+        "  HostName 127.0.0.1",
+        f"  User {USER}",
+        f"  IdentityFile {keys.user}",
+        f"  CertificateFile {keys.cert}",
+        "  IdentitiesOnly yes",
+        "  IdentityAgent none",
+        f"  UserKnownHostsFile {known_hosts}",
+        "  GlobalKnownHostsFile /dev/null",
+        "  StrictHostKeyChecking yes",
+        "  UpdateHostKeys no",
+        "  BatchMode yes",
+        "  Compression no",
+        f"  Ciphers {cipher}",
+        f"  KexAlgorithms {KEX}",
+        "  HostKeyAlgorithms ssh-ed25519",
+        "  ControlMaster no",
+        "  ControlPath none",
+        "  AddressFamily inet",
+        "  ConnectTimeout 30",
+        "  LogLevel ERROR",
+        "",
+    ]
+    for jump in jumps:
+        lines += [f"Host jump-{jump.name}", f"  Port {jump.port}", "",
+                  f"Host via-{jump.name}", f"  Port {target_port}",
+                  f"  ProxyJump jump-{jump.name}", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def known_hosts(path, keys, jump_ports, target_port):
+    with open(path, "w") as f:
+        for port in jump_ports:
+            f.write(f"[127.0.0.1]:{port} {keys.public(keys.jump_host)}\n")
+        f.write(f"[127.0.0.1]:{target_port} {keys.public(keys.target_host)}\n")
+
+
+def ensure_bench_user():
+    """sshd needs a real account for the jump login and the target login."""
+    try:
+        import pwd
+        pwd.getpwnam(USER)
+    except KeyError:
+        if os.geteuid() != 0:
+            raise BenchError(f"user {USER!r} is missing; create it as root: "
+                             f"useradd --create-home --shell /bin/sh {USER}")
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+    if os.geteuid() == 0:
+        # Without PAM, sshd refuses accounts whose password field starts
+        # with "!" (locked), which is what useradd writes.
+        with open("/etc/shadow") as f:
+            locked = any(line.startswith(USER + ":!") for line in f)
+        if locked:
+            subprocess.run(["usermod", "-p", "*", USER], check=True)
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+
