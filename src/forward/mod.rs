@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -19,9 +20,9 @@ use russh::{Channel, ChannelMsg};
 
 use crate::policy::Authorized;
 
-/// Bytes read per step in each direction. One buffer per direction per
-/// forward, so this bounds a forward's memory while the other side is slow.
-const BUF: usize = 16 * 1024;
+/// Bytes read from a target per step: one SSH packet's worth (the client's
+/// direction needs no buffer of ours: its packets are written as they come).
+const BUF: usize = 32 * 1024;
 
 /// Why dialling a target failed; the names are audit reasons.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +182,7 @@ pub async fn pump(
             }
         }
     };
-    let down = copy(
+    let down = copy_from_target(
         target_r,
         to_client.make_writer(),
         &counters.from_target,
@@ -228,9 +229,11 @@ pub async fn pump(
     end
 }
 
-/// One direction: read, write, count; on EOF pass the EOF on (half-close).
-async fn copy<R, W>(
-    mut r: R,
+/// Target to client: read, write, count; on EOF pass the EOF on
+/// (half-close). The buffer exists only while bytes flow, so an idle forward
+/// holds none.
+async fn copy_from_target<W>(
+    r: OwnedReadHalf,
     mut w: W,
     counter: &AtomicU64,
     total: Option<&Counter>,
@@ -238,13 +241,27 @@ async fn copy<R, W>(
     start: Instant,
 ) -> io::Result<()>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = match r.read(&mut buf).await {
+        if buf.is_empty() {
+            match r.readable().await {
+                Ok(()) => buf = vec![0u8; BUF],
+                Err(e) if peer_gone(&e) => {
+                    let _ = w.shutdown().await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let n = match r.try_read(&mut buf) {
             Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Caught up: give the buffer back while waiting.
+                buf = Vec::new();
+                continue;
+            }
             Err(e) if peer_gone(&e) => 0,
             Err(e) => return Err(e),
         };

@@ -36,6 +36,16 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Run the bastion until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Every forward holds two sockets: take all the descriptors allowed.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < cfg.server.max_connections * 2 + 64 => tracing::warn!(
+            open_files = n,
+            max_connections = cfg.server.max_connections,
+            "the open-file limit is below two per connection; raise LimitNOFILE"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let (host_key, created) = hostkey::load_or_create(&cfg.server.host_key_dir)?;
     tracing::info!(
         fingerprint = %hostkey::fingerprint(&host_key),
