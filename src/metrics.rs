@@ -303,6 +303,7 @@ pub fn observe(ev: &Event) {
                 })
                 .inc();
         }
+        EventKind::AuditPrune => {}
         EventKind::ChannelRefused => {
             m.channels_refused
                 .get_or_create(&ReasonLabels {

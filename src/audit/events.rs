@@ -19,6 +19,8 @@ pub enum EventKind {
     LockoutBan,
     ConfigReload,
     ChannelRefused,
+    /// Old rows were deleted under `[database] retention`.
+    AuditPrune,
 }
 
 impl EventKind {
@@ -37,6 +39,7 @@ impl EventKind {
             LockoutBan => "lockout.ban",
             ConfigReload => "config.reload",
             ChannelRefused => "channel.refused",
+            AuditPrune => "audit.prune",
         }
     }
 }

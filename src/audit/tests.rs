@@ -1319,3 +1319,79 @@ async fn a_nul_byte_in_a_denied_host_keeps_the_row() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn retention_prunes_old_rows_but_never_open_forwards() {
+    on_each_store(|store| async move {
+        let (audit, writer) = Audit::start(store.clone(), "node-r".into());
+        // Two forwards: one long over, one still open; both started long ago.
+        let old = audit
+            .forward_open(
+                &record("c-old", "alice", Some("db-1"), "db-1"),
+                "10.0.0.1:22",
+            )
+            .await
+            .unwrap();
+        audit
+            .forward_close(
+                old,
+                &record("c-old", "alice", Some("db-1"), "db-1"),
+                1,
+                2,
+                "closed",
+                Duration::from_secs(1),
+            )
+            .await;
+        let open = audit
+            .forward_open(
+                &record("c-open", "bob", Some("db-1"), "db-1"),
+                "10.0.0.1:22",
+            )
+            .await
+            .unwrap();
+        audit.emit(event_at(EventKind::AuthFailure, 1_000));
+        audit.emit(event_at(EventKind::AuthSuccess, 9_000_000_000_000_000));
+        flush(audit, writer).await;
+        exec(
+            &store,
+            "UPDATE forwards SET started_at = $1, ended_at = $1 WHERE id = $2",
+            2_000,
+            old,
+        )
+        .await;
+        exec(
+            &store,
+            "UPDATE forwards SET started_at = $1 WHERE id = $2",
+            2_000,
+            open,
+        )
+        .await;
+
+        let pruned = crate::audit::prune(&store, 1_000_000).await.unwrap();
+        assert_eq!(pruned.forwards, 1, "{pruned:?}");
+        assert!(pruned.events >= 1, "{pruned:?}");
+        let left = ids(&sessions(&store, SessionFilter::default()).await);
+        assert_eq!(
+            left,
+            vec![open],
+            "the open forward stays, the old closed one goes"
+        );
+        let kinds_left: Vec<String> = events(&store, EventFilter::default())
+            .await
+            .iter()
+            .map(|e| e.kind.clone())
+            .collect();
+        assert!(
+            !kinds_left.contains(&"auth.failure".to_string()),
+            "{kinds_left:?}"
+        );
+        assert!(
+            kinds_left.contains(&"auth.success".to_string()),
+            "{kinds_left:?}"
+        );
+        // A second pass finds nothing more.
+        let again = crate::audit::prune(&store, 1_000_000).await.unwrap();
+        assert_eq!(again.forwards, 0);
+    })
+    .await;
+}

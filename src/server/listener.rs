@@ -110,6 +110,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(lockout.run(move || st.config.load().lockout.clone(), watch_stop.clone()));
     tokio::spawn(gauges(store.clone(), watch_stop.clone()));
     tokio::spawn(store.clone().watch_health(watch_stop.clone()));
+    if let Some(keep) = state.config.load().database.retention {
+        tokio::spawn(crate::audit::retention_loop(
+            state.audit.clone(),
+            keep,
+            watch_stop.clone(),
+        ));
+    }
     if let Some(m) = &state.config.load().metrics {
         let ready = Arc::new(Ready {
             state: state.clone(),
