@@ -117,6 +117,12 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// This node's name in the audit trail (defaults to the host name).
     pub node_name: String,
+    /// How users reach the bastion (`bastion.example.com:2222`), for the
+    /// `ssh -J` hint; defaults to the address the client connected to.
+    pub public_name: Option<String>,
+    /// Load balancers whose connections start with a PROXY protocol header
+    /// naming the real client. Nobody else may send one.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]

@@ -47,6 +47,8 @@ pub struct RawServer {
     pub login_grace_time: Option<SString>,
     pub keepalive_interval: Option<SString>,
     pub node_name: Option<SString>,
+    pub public_name: Option<SString>,
+    pub proxy_protocol_from: Option<Vec<SString>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -306,7 +306,26 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> ServerConfig {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "portvakt".into()),
     };
+    let mut proxy_protocol_from = Vec::new();
+    for p in raw.proxy_protocol_from.iter().flatten() {
+        let parsed = p
+            .get_ref()
+            .parse::<IpNet>()
+            .or_else(|_| p.get_ref().parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => proxy_protocol_from.push(net),
+            Err(_) => cx.err(
+                &p.span(),
+                format!(
+                    "server.proxy_protocol_from: {:?} is not an address or CIDR range",
+                    p.get_ref()
+                ),
+            ),
+        }
+    }
     ServerConfig {
+        public_name: raw.public_name.as_ref().map(|n| n.get_ref().clone()),
+        proxy_protocol_from,
         listen,
         host_key_dir,
         banner: raw.banner.as_ref().map(|b| b.get_ref().clone()),

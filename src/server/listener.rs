@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::connection::{ConnCtx, Connection};
 use super::grant_watch::GrantWatch;
 use super::limits::{self, LoginSlot};
+use super::proxy::{self, Prefixed};
 use super::{ServerState, hostkey, ssh_config};
 use crate::audit::{Audit, Event, EventKind};
 use crate::auth::Services;
@@ -26,6 +27,8 @@ use crate::auth::totp::Totp;
 use crate::config::Config;
 use crate::store::Store;
 
+/// How long a trusted balancer has to send its PROXY header.
+const PROXY_WAIT: Duration = Duration::from_secs(10);
 /// How long a stopping server lets forwards finish before closing them.
 const DRAIN: Duration = Duration::from_secs(20);
 /// How long a connection's forwards may take to finish by themselves after
@@ -220,51 +223,90 @@ async fn accept_loop(state: Arc<ServerState>, listener: TcpListener, terminate: 
                 continue;
             }
         };
-        // Banned sources are closed before the SSH handshake.
-        if state.services.lockout.is_banned(peer.ip()) {
-            tracing::debug!(%peer, reason = "banned", "connection refused");
-            continue;
-        }
         let Ok(conn_permit) = state.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, reason = "max_connections", "connection refused");
             continue;
         };
-        let per_source = state.config.load().server.max_unauthenticated_per_source;
-        let login_permit = match limits::admit(
-            &state.unauthenticated,
-            &state.unauthenticated_per_source,
-            peer.ip(),
-            per_source,
-        ) {
-            Ok(slot) => slot,
-            Err(full) => {
-                tracing::warn!(%peer, reason = full.as_str(), "connection refused");
-                continue;
-            }
-        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve(
+        tokio::spawn(admit(
             state.clone(),
             stream,
             peer,
             conn_permit,
-            login_permit,
             terminate.clone(),
         ));
     }
 }
 
-/// One connection from accept to the last audit row.
-async fn serve(
+/// Learn who the client is (a trusted balancer's PROXY header), then apply
+/// bans and login limits to that address before any SSH byte is sent.
+async fn admit(
     state: Arc<ServerState>,
     stream: TcpStream,
     peer: SocketAddr,
+    conn_permit: OwnedSemaphorePermit,
+    terminate: CancellationToken,
+) {
+    let cfg = state.config.load_full();
+    let local = stream.local_addr().unwrap_or(peer);
+    let (client, stream) = if cfg
+        .server
+        .proxy_protocol_from
+        .iter()
+        .any(|n| n.contains(&peer.ip().to_canonical()))
+    {
+        match proxy::accept(stream, PROXY_WAIT).await {
+            Ok((Some(client), stream)) => (client, stream),
+            // The balancer's own health check: nothing to serve.
+            Ok((None, _)) => return,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "connection from a PROXY-protocol balancer refused");
+                return;
+            }
+        }
+    } else {
+        (peer, Prefixed::new(Vec::new(), stream))
+    };
+    // Banned sources are closed before the SSH handshake.
+    if state.services.lockout.is_banned(client.ip()) {
+        tracing::debug!(peer = %client, reason = "banned", "connection refused");
+        return;
+    }
+    let login_permit = match limits::admit(
+        &state.unauthenticated,
+        &state.unauthenticated_per_source,
+        client.ip(),
+        cfg.server.max_unauthenticated_per_source,
+    ) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::warn!(peer = %client, reason = full.as_str(), "connection refused");
+            return;
+        }
+    };
+    serve(
+        state,
+        stream,
+        client,
+        local,
+        conn_permit,
+        login_permit,
+        terminate,
+    )
+    .await;
+}
+
+/// One connection from accept to the last audit row.
+async fn serve(
+    state: Arc<ServerState>,
+    stream: Prefixed,
+    peer: SocketAddr,
+    local: SocketAddr,
     _conn_permit: OwnedSemaphorePermit,
     login_permit: LoginSlot,
     terminate: CancellationToken,
 ) {
     let cfg = state.config.load_full();
-    let local = stream.local_addr().unwrap_or(peer);
     let ctx = Arc::new(ConnCtx::new(peer, local));
     let audit = state.audit.clone();
     audit.connection_open(ctx.id(), peer);

@@ -8,6 +8,7 @@ mod grant_watch;
 pub mod hostkey;
 mod limits;
 mod listener;
+mod proxy;
 mod session_text;
 
 use std::borrow::Cow;

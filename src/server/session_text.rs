@@ -34,6 +34,13 @@ pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> Stri
         }
     }
     let bastion = match (local.ip().is_unspecified(), local.port()) {
+        _ if cfg.server.public_name.is_some() => {
+            format!(
+                "{}@{}",
+                id.user(),
+                cfg.server.public_name.as_deref().unwrap_or_default()
+            )
+        }
         (true, p) => format!("{}@BASTION:{p}", id.user()),
         (false, 22) => format!("{}@{}", id.user(), host_of(local)),
         (false, p) => format!("{}@{}:{p}", id.user(), host_of(local)),
