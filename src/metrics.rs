@@ -192,6 +192,42 @@ impl Metrics {
             "Audit records that only reached the log",
             m.audit_dropped.clone(),
         );
+        // Families with labels only show up in a scrape once they have a
+        // series: create the usual ones at zero, so that rate() and
+        // increase() see the first event after a start.
+        for method in [
+            "certificate",
+            "grant",
+            "publickey+totp",
+            "oidc+totp",
+            "oidc",
+            "publickey",
+        ] {
+            let _ = m.logins.get_or_create(&LoginLabels {
+                method: method.into(),
+                result: "success".into(),
+                reason: String::new(),
+            });
+        }
+        for direction in ["to_target", "from_target"] {
+            let _ = m.bytes.get_or_create(&DirectionLabels {
+                direction: direction.into(),
+            });
+        }
+        let _ = m.forwards.get_or_create(&ResultLabels {
+            result: "allowed".into(),
+            reason: String::new(),
+        });
+        for result in ["applied", "rejected"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabels {
+                result: result.into(),
+                reason: if result == "rejected" {
+                    "invalid_config".into()
+                } else {
+                    String::new()
+                },
+            });
+        }
         Metrics { registry: r, ..m }
     }
 

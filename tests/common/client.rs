@@ -72,6 +72,14 @@ impl SshClient {
         }
     }
 
+    /// Trusts the bastion through `line` (a whole known_hosts line) instead
+    /// of the line made from the server's own key file: one line for several
+    /// nodes behind one load balancer (issue 6).
+    pub fn bastion_known_host(mut self, line: &str) -> Self {
+        self.known_hosts[0] = line.to_string();
+        self
+    }
+
     /// Offers `key` (and its `-cert.pub`, which the client picks up by itself).
     pub fn identity(mut self, key: &UserKey) -> Self {
         self.identities.push(key.path.clone());

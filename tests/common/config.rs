@@ -170,6 +170,16 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// Raw TOML appended at the end (for keys this builder does not know).
     pub extra: String,
+    /// `[oidc]`: the IdP login (issue 3).
+    pub oidc: Option<Oidc>,
+    /// `[mfa]`: TOTP settings (issue 3).
+    pub mfa: Option<Mfa>,
+    /// `sessions.grant_ttl` (issue 3).
+    pub grant_ttl: Option<String>,
+    /// Limits, lockout, metrics and a database URL override (issue 4).
+    pub hardening: Hardening,
+    /// `[server] node_name`: this node's name in the audit trail (issue 6).
+    pub node_name: Option<String>,
 }
 
 impl Default for Config {
@@ -187,6 +197,11 @@ impl Default for Config {
             users: Vec::new(),
             targets: Vec::new(),
             extra: String::new(),
+            oidc: None,
+            mfa: None,
+            grant_ttl: None,
+            hardening: Hardening::default(),
+            node_name: None,
         }
     }
 }
@@ -241,6 +256,27 @@ impl Config {
         self
     }
 
+    pub fn oidc(mut self, oidc: Oidc) -> Self {
+        self.oidc = Some(oidc);
+        self
+    }
+
+    pub fn mfa(mut self, mfa: Mfa) -> Self {
+        self.mfa = Some(mfa);
+        self
+    }
+
+    /// `[server] node_name`.
+    pub fn node_name(mut self, name: &str) -> Self {
+        self.node_name = Some(name.to_string());
+        self
+    }
+
+    pub fn grant_ttl(mut self, duration: &str) -> Self {
+        self.grant_ttl = Some(duration.to_string());
+        self
+    }
+
     pub fn target(mut self, target: Target) -> Self {
         self.targets.push(target);
         self
@@ -259,7 +295,16 @@ impl Config {
             toml_str(&host_key_dir.display().to_string())
         );
         s += &format!("login_grace_time = {}\n", toml_str(&self.login_grace_time));
+        s += &self.hardening.server_lines();
+        if let Some(node) = &self.node_name {
+            s += &format!("node_name = {}\n", toml_str(node));
+        }
         s += "\n[database]\n";
+        let database_url = self
+            .hardening
+            .database_url
+            .as_deref()
+            .unwrap_or(database_url);
         s += &format!("url = {}\n", toml_str(database_url));
         s += "\n[log]\nformat = \"json\"\nlevel = \"info\"\n";
         s += "\n[auth]\n";
@@ -287,9 +332,20 @@ impl Config {
         if let Some(max) = &self.max_duration {
             s += &format!("max_duration = {}\n", toml_str(max));
         }
+        if let Some(ttl) = &self.grant_ttl {
+            s += &format!("grant_ttl = {}\n", toml_str(ttl));
+        }
+        if let Some(oidc) = &self.oidc {
+            s += &oidc.render();
+        }
+        if let Some(mfa) = &self.mfa {
+            s += &mfa.render();
+        }
         if let Some(max) = self.lockout_max_failures {
             s += &format!("\n[lockout]\nmax_failures = {max}\n");
+            s += &self.hardening.lockout_lines();
         }
+        s += &self.hardening.metrics_section();
         for user in &self.users {
             s += "\n";
             s += &user.render();
@@ -304,5 +360,230 @@ impl Config {
             s += "\n";
         }
         s
+    }
+}
+
+/// The `[oidc]` section (DESIGN.md §4).
+#[derive(Clone, Debug)]
+pub struct Oidc {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Option<Vec<String>>,
+    pub username_claim: Option<String>,
+    pub groups_claim: Option<String>,
+}
+
+impl Oidc {
+    /// `issuer` with client `client_id`; a public client until
+    /// [`Oidc::client_secret_file`] is set.
+    pub fn new(issuer: &str, client_id: &str) -> Oidc {
+        Oidc {
+            issuer: issuer.to_string(),
+            client_id: client_id.to_string(),
+            client_secret_file: None,
+            scopes: None,
+            username_claim: None,
+            groups_claim: None,
+        }
+    }
+
+    pub fn client_secret_file(mut self, path: &Path) -> Self {
+        self.client_secret_file = Some(path.to_path_buf());
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut s = format!(
+            "\n[oidc]\nissuer = {}\nclient_id = {}\n",
+            toml_str(&self.issuer),
+            toml_str(&self.client_id)
+        );
+        if let Some(file) = &self.client_secret_file {
+            s += &format!(
+                "client_secret_file = {}\n",
+                toml_str(&file.display().to_string())
+            );
+        }
+        if let Some(scopes) = &self.scopes {
+            s += &format!("scopes = {}\n", toml_list(scopes));
+        }
+        if let Some(claim) = &self.username_claim {
+            s += &format!("username_claim = {}\n", toml_str(claim));
+        }
+        if let Some(claim) = &self.groups_claim {
+            s += &format!("groups_claim = {}\n", toml_str(claim));
+        }
+        s
+    }
+}
+
+/// The `[mfa]` section (DESIGN.md §4); `None` fields keep portvakt's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Mfa {
+    /// `required` | `off`
+    pub totp: Option<String>,
+    pub trust_idp_amr: Option<bool>,
+    pub self_enroll: Option<bool>,
+    pub secret_key_file: Option<PathBuf>,
+}
+
+impl Mfa {
+    pub fn new() -> Mfa {
+        Mfa::default()
+    }
+
+    pub fn totp(mut self, mode: &str) -> Self {
+        self.totp = Some(mode.to_string());
+        self
+    }
+
+    pub fn trust_idp_amr(mut self, trust: bool) -> Self {
+        self.trust_idp_amr = Some(trust);
+        self
+    }
+
+    /// `secret_key_file`: the key that encrypts TOTP secrets (shared by nodes).
+    pub fn secret_key_file(mut self, path: &Path) -> Self {
+        self.secret_key_file = Some(path.to_path_buf());
+        self
+    }
+
+    pub fn self_enroll(mut self, on: bool) -> Self {
+        self.self_enroll = Some(on);
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut s = "\n[mfa]\n".to_string();
+        if let Some(totp) = &self.totp {
+            s += &format!("totp = {}\n", toml_str(totp));
+        }
+        if let Some(trust) = self.trust_idp_amr {
+            s += &format!("trust_idp_amr = {trust}\n");
+        }
+        if let Some(on) = self.self_enroll {
+            s += &format!("self_enroll = {on}\n");
+        }
+        if let Some(file) = &self.secret_key_file {
+            s += &format!(
+                "secret_key_file = {}\n",
+                toml_str(&file.display().to_string())
+            );
+        }
+        s
+    }
+}
+
+/// Issue 4 settings: `[server]` limits and keepalives, the rest of
+/// `[lockout]`, `[metrics]`, and a database URL that replaces the test's
+/// own (a TCP proxy in front of PostgreSQL). `None` keeps portvakt's default.
+#[derive(Clone, Debug, Default)]
+pub struct Hardening {
+    pub max_connections: Option<u32>,
+    pub max_unauthenticated: Option<u32>,
+    pub max_unauthenticated_per_source: Option<u32>,
+    pub max_channels_per_connection: Option<u32>,
+    pub keepalive_interval: Option<String>,
+    pub lockout_window: Option<String>,
+    pub lockout_ban: Option<String>,
+    /// `[metrics] listen` on 127.0.0.1 at this port.
+    pub metrics_port: Option<u16>,
+    pub database_url: Option<String>,
+}
+
+impl Hardening {
+    fn server_lines(&self) -> String {
+        let mut s = String::new();
+        let ints = [
+            ("max_connections", self.max_connections),
+            ("max_unauthenticated", self.max_unauthenticated),
+            (
+                "max_unauthenticated_per_source",
+                self.max_unauthenticated_per_source,
+            ),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+            ),
+        ];
+        for (key, value) in ints {
+            if let Some(v) = value {
+                s += &format!("{key} = {v}\n");
+            }
+        }
+        if let Some(every) = &self.keepalive_interval {
+            s += &format!("keepalive_interval = {}\n", toml_str(every));
+        }
+        s
+    }
+
+    fn lockout_lines(&self) -> String {
+        let mut s = String::new();
+        if let Some(window) = &self.lockout_window {
+            s += &format!("window = {}\n", toml_str(window));
+        }
+        if let Some(ban) = &self.lockout_ban {
+            s += &format!("ban = {}\n", toml_str(ban));
+        }
+        s
+    }
+
+    fn metrics_section(&self) -> String {
+        match self.metrics_port {
+            Some(port) => format!(
+                "\n[metrics]\nlisten = {}\n",
+                toml_str(&format!("127.0.0.1:{port}"))
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+/// Builders for [`Hardening`].
+impl Config {
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.hardening.max_connections = Some(n);
+        self
+    }
+
+    pub fn max_unauthenticated(mut self, n: u32) -> Self {
+        self.hardening.max_unauthenticated = Some(n);
+        self
+    }
+
+    pub fn max_unauthenticated_per_source(mut self, n: u32) -> Self {
+        self.hardening.max_unauthenticated_per_source = Some(n);
+        self
+    }
+
+    pub fn max_channels_per_connection(mut self, n: u32) -> Self {
+        self.hardening.max_channels_per_connection = Some(n);
+        self
+    }
+
+    pub fn keepalive_interval(mut self, every: &str) -> Self {
+        self.hardening.keepalive_interval = Some(every.to_string());
+        self
+    }
+
+    /// `[lockout]`: ban a source after `max_failures` within `window`, for `ban`.
+    pub fn lockout(mut self, max_failures: u32, window: &str, ban: &str) -> Self {
+        self.lockout_max_failures = Some(max_failures);
+        self.hardening.lockout_window = Some(window.to_string());
+        self.hardening.lockout_ban = Some(ban.to_string());
+        self
+    }
+
+    /// `[metrics] listen = "127.0.0.1:PORT"`.
+    pub fn metrics(mut self, port: u16) -> Self {
+        self.hardening.metrics_port = Some(port);
+        self
+    }
+
+    /// Uses `url` as `[database] url` instead of the test's own database.
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.hardening.database_url = Some(url.to_string());
+        self
     }
 }

@@ -19,6 +19,11 @@ pub enum Database {
         admin_url: String,
         name: String,
     },
+    /// Another handle on a database someone else owns (and drops): the
+    /// nodes of one bastion sharing one PostgreSQL database (issue 6).
+    Shared {
+        url: String,
+    },
 }
 
 impl Database {
@@ -32,21 +37,7 @@ impl Database {
                          e.g. postgres://postgres@127.0.0.1:5432/portvakt_ci"
                     )
                 });
-                let mut random = [0u8; 8];
-                fs::File::open("/dev/urandom")
-                    .and_then(|mut f| f.read_exact(&mut random))
-                    .expect("read /dev/urandom");
-                let name = format!("portvakt_t_{:016x}", u64::from_le_bytes(random));
-                // Create and drop through the maintenance database, so the
-                // database named in the URL need not exist.
-                let admin_url = replace_database(&admin_url, "postgres");
-                psql(&admin_url, &format!("CREATE DATABASE {name}"));
-                let url = replace_database(&admin_url, &name);
-                Database::Postgres {
-                    url,
-                    admin_url,
-                    name,
-                }
+                Database::create_postgres(&admin_url)
             }
             Ok("sqlite") | Ok("") | Err(_) => Database::Sqlite {
                 url: format!("sqlite://{}", dir.join("portvakt.db").display()),
@@ -58,7 +49,71 @@ impl Database {
     /// The `[database] url` value.
     pub fn url(&self) -> &str {
         match self {
-            Database::Sqlite { url } | Database::Postgres { url, .. } => url,
+            Database::Sqlite { url }
+            | Database::Postgres { url, .. }
+            | Database::Shared { url } => url,
+        }
+    }
+
+    /// A fresh PostgreSQL database whatever `PORTVAKT_TEST_DB` says: several
+    /// nodes can share only PostgreSQL. Panics, naming `purpose`, when
+    /// `PORTVAKT_TEST_POSTGRES_URL` is not set.
+    pub fn postgres_required(purpose: &str) -> Database {
+        let admin_url = std::env::var("PORTVAKT_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{purpose} needs PostgreSQL: set PORTVAKT_TEST_POSTGRES_URL, e.g. \
+                     export PORTVAKT_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
+                     (scripts/test in CI always sets it)"
+                )
+            });
+        Database::create_postgres(&admin_url)
+    }
+
+    /// Creates a database with a random name beside the one `admin_url` names.
+    fn create_postgres(admin_url: &str) -> Database {
+        let mut random = [0u8; 8];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut random))
+            .expect("read /dev/urandom");
+        let name = format!("portvakt_t_{:016x}", u64::from_le_bytes(random));
+        // Create and drop through the maintenance database, so the
+        // database named in the URL need not exist.
+        let admin_url = replace_database(admin_url, "postgres");
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let url = replace_database(&admin_url, &name);
+        Database::Postgres {
+            url,
+            admin_url,
+            name,
+        }
+    }
+
+    /// A handle on this database that does not drop it (a second node on it).
+    pub fn shared(&self) -> Database {
+        Database::Shared {
+            url: self.url().to_string(),
+        }
+    }
+
+    /// Runs one SQL query with `psql -At` on this PostgreSQL database and
+    /// returns its output (rows as lines, columns separated by `|`).
+    pub fn psql_query(&self, sql: &str) -> String {
+        match self {
+            Database::Postgres { url, .. } | Database::Shared { url }
+                if url.starts_with("postgres") =>
+            {
+                run_ok(
+                    Command::new("psql")
+                        .arg(url.as_str())
+                        .args(["-v", "ON_ERROR_STOP=1", "-At", "-c"])
+                        .arg(sql),
+                )
+                .stdout_text()
+            }
+            _ => panic!("psql_query needs a PostgreSQL database, not {}", self.url()),
         }
     }
 }

@@ -17,9 +17,12 @@
 //! Each test binary uses only part of this, hence the allowances.
 #![allow(dead_code, unused_imports)]
 
+pub mod askpass;
+pub mod attack;
 pub mod client;
 pub mod config;
 pub mod database;
+pub mod idp;
 pub mod keys;
 pub mod net;
 pub mod portvakt;
@@ -29,8 +32,10 @@ pub mod sshd;
 
 use std::path::{Path, PathBuf};
 
+pub use askpass::{Askpass, Decision, Prompt, TotpAnswer};
 pub use client::{BASTION, SshClient};
-pub use config::{Config, Target, User};
+pub use config::{Config, Mfa, Oidc, Target, User};
+pub use idp::{Idp, IdpOptions};
 pub use keys::{CertSpec, SshAgent, UserCa, UserKey};
 pub use net::{DeadTarget, EchoServer, SinkServer, SourceServer, TcpServer, random_bytes};
 pub use portvakt::{
@@ -38,6 +43,9 @@ pub use portvakt::{
 };
 pub use proc::{ChildGuard, RunOutput, free_port, poll_for, poll_until, port_accepts, run};
 pub use sshd::{Sshd, target_login_user};
+// Several nodes and metrics (issue 6).
+pub use database::Database;
+pub use portvakt::{HttpResponse, http_get, scrape_metrics, try_http_get};
 
 /// One test's world: a temporary folder that everything the test creates
 /// lives in, removed when the test ends.

@@ -131,6 +131,23 @@ impl Portvakt {
         Self::start_with_file(dir, config_path, port, database)
     }
 
+    /// Starts one node of a bastion (issue 6) in `dir` on `database`, which
+    /// stays the caller's so several nodes can share it. The host key folder
+    /// is `dir/hostkey`: a key put there beforehand (the same key on every
+    /// node) is used, else portvakt creates one. Waits until the port
+    /// accepts TCP.
+    pub fn start_node(dir: &Path, config: &Config, database: &Database) -> Portvakt {
+        let port = free_port();
+        fs::create_dir_all(dir).expect("create node dir");
+        let config_path = dir.join("portvakt.toml");
+        fs::write(
+            &config_path,
+            config.render(port, &dir.join("hostkey"), database.url()),
+        )
+        .expect("write portvakt.toml");
+        Self::start_with_file(dir.to_path_buf(), config_path, port, database.shared())
+    }
+
     fn start_with_file(
         dir: PathBuf,
         config_path: PathBuf,
@@ -176,6 +193,55 @@ impl Portvakt {
     /// Panics (with the log) if the server has exited.
     pub fn assert_running(&mut self) {
         self.process.assert_running();
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sends `signal` ("HUP", "TERM", "KILL", ...) to the server process only.
+    pub fn signal(&self, signal: &str) {
+        super::proc::run_ok(
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.pid().to_string()),
+        );
+    }
+
+    /// Waits for the server to exit by itself; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.process.wait_exit(timeout)
+    }
+
+    /// The `[database] url` of the test's own database.
+    pub fn database_url(&self) -> &str {
+        self._database.url()
+    }
+
+    /// Rewrites the config file from `config` (same port, host key and
+    /// database); the running server reads it on SIGHUP.
+    pub fn write_config(&self, config: &Config) {
+        let text = config.render(self.port, &self.dir.join("hostkey"), self._database.url());
+        fs::write(&self.config_path, text).expect("rewrite portvakt.toml");
+    }
+
+    /// Starts `portvakt serve` again on the same folder, config and
+    /// database (after it exited or was killed; a running one is killed).
+    pub fn restart(&mut self) {
+        self.process.kill();
+        let stderr_path = self.stderr_path.clone();
+        let mut process = ChildGuard::spawn(
+            "portvakt",
+            Command::new(portvakt_bin())
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config_path)
+                .env_remove("PORTVAKT_CONFIG"),
+            Some(&stderr_path),
+        );
+        process.wait_for_port(self.port);
+        self.process = process;
     }
 
     /// Runs `portvakt ARGS --config FILE` against this instance.
@@ -309,4 +375,107 @@ pub fn check_config(path: &Path) -> RunOutput {
         None,
         RUN_TIMEOUT,
     )
+}
+
+/// What an HTTP GET answered.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header of this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.1, `Connection: close`), or an
+/// error when nothing answers (the metrics listener is not up yet).
+pub fn try_http_get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+    use std::io::{Error, Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let bad = |why: &str| Error::other(format!("{why}: {:?}", String::from_utf8_lossy(&raw)));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| bad("bad chunk"))?;
+            let size_text = String::from_utf8_lossy(&rest[..eol]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            if rest.len() < size + 2 {
+                return Err(bad("short chunk"));
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        body = out;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// `GET path` on 127.0.0.1:`port`, waiting (up to a minute) for the listener
+/// to come up; panics if it never answers.
+pub fn http_get(port: u16, path: &str) -> HttpResponse {
+    let mut last = None;
+    poll_for(Duration::from_secs(60), || match try_http_get(port, path) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            last = Some(e);
+            None
+        }
+    })
+    .unwrap_or_else(|| panic!("GET http://127.0.0.1:{port}{path} never answered: {last:?}"))
+}
+
+/// The `/metrics` text of the node whose `[metrics] listen` port is `port`.
+pub fn scrape_metrics(port: u16) -> String {
+    let r = http_get(port, "/metrics");
+    assert_eq!(r.status, 200, "GET /metrics: {r:?}");
+    r.body
 }
