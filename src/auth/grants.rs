@@ -172,7 +172,9 @@ pub async fn list(store: &Store, user: Option<&str>, all: bool) -> Result<Vec<Gr
     q.fetch_all(store.pool()).await?.iter().map(row).collect()
 }
 
-/// Revoke one grant or all of a user's valid grants; returns the ids revoked.
+/// Revoke one grant or all of a user's valid grants; returns those revoked.
+/// One UPDATE ... RETURNING: no read-then-write transaction that SQLite could
+/// refuse (SQLITE_BUSY_SNAPSHOT) when another writer commits in between.
 pub async fn revoke(
     store: &Store,
     id: Option<i64>,
@@ -180,39 +182,24 @@ pub async fn revoke(
     reason: &str,
 ) -> Result<Vec<Grant>, sqlx::Error> {
     let now = now_micros();
-    let mut tx = store.pool().begin().await?;
-    let (sql, bind): (String, Result<i64, String>) = match (id, user) {
-        (Some(id), _) => (
-            format!("{COLUMNS} WHERE id = $1 AND revoked_at IS NULL"),
-            Ok(id),
-        ),
-        (None, Some(u)) => (
-            format!("{COLUMNS} WHERE user_name = $1 AND revoked_at IS NULL AND expires_at > {now}"),
-            Err(u.to_string()),
-        ),
+    let returning = "RETURNING id, user_name, key_fingerprint, groups, method, node, source, created_at, expires_at, revoked_at, revoked_reason";
+    let q = match (id, user) {
+        (Some(id), _) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE grants SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL {returning}"
+        )))
+        .bind(now)
+        .bind(reason)
+        .bind(id),
+        (None, Some(u)) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE grants SET revoked_at = $1, revoked_reason = $2 \
+             WHERE user_name = $3 AND revoked_at IS NULL AND expires_at > $1 {returning}"
+        )))
+        .bind(now)
+        .bind(reason)
+        .bind(u.to_string()),
         (None, None) => return Ok(Vec::new()),
     };
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    let q = match bind {
-        Ok(i) => q.bind(i),
-        Err(u) => q.bind(u),
-    };
-    let grants: Vec<Grant> = q
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(row)
-        .collect::<Result<_, _>>()?;
-    for g in &grants {
-        sqlx::query("UPDATE grants SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
-            .bind(now)
-            .bind(reason)
-            .bind(g.id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(grants)
+    q.fetch_all(store.pool()).await?.iter().map(row).collect()
 }
 
 /// Ids of grants revoked at or after `since` (for the watcher that ends

@@ -118,7 +118,7 @@ pub async fn forward(job: ForwardJob) {
     let decided = if identity.may_forward() {
         tokio::select! {
             d = policy::decide(&cfg.policy, &identity, &req, &SystemResolver) => d,
-            () = ctx.closing() => return,
+            () = ctx.forwards_ending() => return,
         }
     } else {
         audit
@@ -185,7 +185,7 @@ pub async fn forward(job: ForwardJob) {
     let dial_start = Instant::now();
     let dialled = tokio::select! {
         d = forward::dial(&authorized, cfg.sessions.connect_timeout) => d,
-        () = ctx.closing() => {
+        () = ctx.forwards_ending() => {
             audit.forward_failed(id, &rec, ctx.forward_close_reason()).await;
             return;
         }
@@ -215,7 +215,7 @@ pub async fn forward(job: ForwardJob) {
         audit.forward_dialled(id, &addr.to_string()).await;
     }
     reply.accept().await;
-    let live = forwards.register(identity.clone(), host.clone(), port, ctx.cancel_token());
+    let live = forwards.register(identity.clone(), host.clone(), port, ctx.forwards_token());
     let started = Instant::now();
     let counters = Counters {
         totals: Some(crate::metrics::bytes_counters()),

@@ -40,8 +40,11 @@ pub struct ConnCtx {
     /// The address the client connected to (shown in the `ssh -J` hint).
     local: SocketAddr,
     opened: Instant,
-    /// Fires when the connection must end; every forward task listens.
+    /// Fires when the connection must end (wakes the driving task).
     cancel: CancellationToken,
+    /// Fires when the forwards must end; every forward task listens. Fired
+    /// after `cancel`, once the client was told why.
+    forwards_cancel: CancellationToken,
     /// The first reason given for ending, which is the one recorded.
     reason: OnceLock<&'static str>,
     identity: OnceLock<Identity>,
@@ -74,6 +77,7 @@ impl ConnCtx {
             local,
             opened: Instant::now(),
             cancel: CancellationToken::new(),
+            forwards_cancel: CancellationToken::new(),
             reason: OnceLock::new(),
             identity: OnceLock::new(),
             deadline: OnceLock::new(),
@@ -114,10 +118,17 @@ impl ConnCtx {
         let _ = tokio::time::timeout(wait, self.tasks.wait()).await;
     }
 
-    /// End the connection (first reason wins) and every forward with it.
+    /// End the connection (first reason wins). The driving task tells the
+    /// client why, then ends the forwards ([`Self::end_forwards`]): the other
+    /// way round `ssh -W` would leave with its channel, before reading why.
     pub fn close(&self, reason: &'static str) {
         let _ = self.reason.set(reason);
         self.cancel.cancel();
+    }
+
+    /// End every forward of this connection now.
+    pub fn end_forwards(&self) {
+        self.forwards_cancel.cancel();
     }
     pub fn is_closing(&self) -> bool {
         self.cancel.is_cancelled()
@@ -125,8 +136,13 @@ impl ConnCtx {
     pub fn closing(&self) -> WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
     }
-    pub fn cancel_token(&self) -> &CancellationToken {
-        &self.cancel
+    /// Fires when this connection's forwards must end.
+    pub fn forwards_token(&self) -> &CancellationToken {
+        &self.forwards_cancel
+    }
+    /// Resolves when this connection's forwards must end.
+    pub fn forwards_ending(&self) -> WaitForCancellationFuture<'_> {
+        self.forwards_cancel.cancelled()
     }
     pub fn close_reason(&self) -> &'static str {
         self.reason.get().copied().unwrap_or("connection_closed")
@@ -879,8 +895,9 @@ impl Connection {
             .reason("logout")
             .detail("grant_id", grant);
         self.ctx.spawn(async move {
-            let (text, status) = match crate::auth::grants::revoke(&store, Some(grant), None, "logout").await {
-                Ok(revoked) if !revoked.is_empty() => {
+            let revoked = crate::auth::grants::revoke(&store, Some(grant), None, "logout").await;
+            let (text, status) = match &revoked {
+                Ok(r) if !r.is_empty() => {
                     audit.emit(ev);
                     ("portvakt: your login grant is revoked; the next connection asks you to log in again.\n", 0)
                 }
@@ -894,11 +911,13 @@ impl Connection {
             let _ = handle.exit_status_request(channel, status).await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
-            // Every other connection riding on the grant ends now; this one
-            // gets a moment to let its client leave by itself.
-            watch.revoked_except(grant, &ctx);
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            ctx.close("grant_revoked");
+            if revoked.is_ok() {
+                // Every other connection riding on the grant ends now; this
+                // one gets a moment to let its client leave by itself.
+                watch.revoked_except(grant, &ctx);
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                ctx.close("grant_revoked");
+            }
         });
         Ok(())
     }

@@ -375,9 +375,13 @@ async fn serve(
                     told = Some(Instant::now() + CLOSE_WAIT);
                     let message = disconnect_message(ctx.close_reason());
                     let handle = handle.clone();
-                    // Not awaited here: the session loop must keep running to send it.
+                    let ctx = ctx.clone();
+                    // Not awaited here: the session loop must keep running to
+                    // send it. The forwards end once the message is queued
+                    // before their channel closes.
                     tokio::spawn(async move {
                         let _ = handle.disconnect(Disconnect::ByApplication, message.into(), "en".into()).await;
+                        ctx.end_forwards();
                     });
                 }
                 () = sleep_until(told.unwrap_or(grace_end)), if told.is_some() => break,
@@ -389,6 +393,7 @@ async fn serve(
     // close rows before the connection's.
     ctx.settle(SETTLE).await;
     ctx.close("connection_closed");
+    ctx.end_forwards();
     ctx.finish().await;
     if ctx.login_abandoned() {
         let unknown = ctx.unknown_key();

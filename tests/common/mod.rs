@@ -11,6 +11,8 @@
 //! - [`Portvakt`] and the audit rows read back through its CLI (portvakt.rs),
 //!   on SQLite or a fresh PostgreSQL database (database.rs);
 //! - [`SshClient`], `ssh -F` with a generated config (client.rs);
+//! - [`Idp`], the test identity provider (idp.rs), and [`Askpass`], the
+//!   `SSH_ASKPASS` program that approves there and types TOTP codes (askpass.rs);
 //! - `raw_client::ssh_rsa_sha1_login`, the one attempt OpenSSH cannot make (raw_client.rs);
 //! - [`ChildGuard`], [`run`], [`poll_until`], [`free_port`] (proc.rs).
 //!
