@@ -123,6 +123,9 @@ pub struct ServerConfig {
     /// Load balancers whose connections start with a PROXY protocol header
     /// naming the real client. Nobody else may send one.
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Also offer curve25519 key exchange (no post-quantum protection) for
+    /// clients older than OpenSSH 8.5.
+    pub classic_kex: bool,
 }
 
 #[derive(Debug, Clone)]

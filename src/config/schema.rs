@@ -48,6 +48,7 @@ pub struct RawServer {
     pub keepalive_interval: Option<SString>,
     pub node_name: Option<SString>,
     pub public_name: Option<SString>,
+    pub classic_kex: Option<bool>,
     pub proxy_protocol_from: Option<Vec<SString>>,
 }
 

@@ -325,6 +325,7 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> ServerConfig {
     }
     ServerConfig {
         public_name: raw.public_name.as_ref().map(|n| n.get_ref().clone()),
+        classic_kex: raw.classic_kex.unwrap_or(false),
         proxy_protocol_from,
         listen,
         host_key_dir,

@@ -249,13 +249,15 @@ async fn admit(
 ) {
     let cfg = state.config.load_full();
     let local = stream.local_addr().unwrap_or(peer);
+    // Ends the russh session task for good once serve() is done with it.
+    let kill = CancellationToken::new();
     let (client, stream) = if cfg
         .server
         .proxy_protocol_from
         .iter()
         .any(|n| n.contains(&peer.ip().to_canonical()))
     {
-        match proxy::accept(stream, PROXY_WAIT).await {
+        match proxy::accept(stream, PROXY_WAIT, &kill).await {
             Ok((Some(client), stream)) => (client, stream),
             // The balancer's own health check: nothing to serve.
             Ok((None, _)) => return,
@@ -265,7 +267,7 @@ async fn admit(
             }
         }
     } else {
-        (peer, Prefixed::new(Vec::new(), stream))
+        (peer, Prefixed::new(Vec::new(), stream, &kill))
     };
     // Banned sources are closed before the SSH handshake.
     if state.services.lockout.is_banned(client.ip()) {
@@ -294,6 +296,9 @@ async fn admit(
         terminate,
     )
     .await;
+    // A client that never closed its end (it never finished the handshake,
+    // or ignores our disconnect) loses the socket now.
+    kill.cancel();
 }
 
 /// One connection from accept to the last audit row.

@@ -52,10 +52,21 @@ pub struct ServerState {
     pub forwards: Arc<forwards::Forwards>,
 }
 
-/// Key exchanges: post-quantum hybrid first, then curve25519; the two
-/// `*-s` names announce extension negotiation and strict KEX (Terrapin).
+/// Key exchanges: post-quantum hybrids only (ML-KEM for OpenSSH 9.9+,
+/// Streamlined NTRU Prime for 8.5+); the two `*-s` names announce extension
+/// negotiation and strict KEX (Terrapin).
 const KEX: &[kex::Name] = &[
     kex::MLKEM768X25519_SHA256,
+    kex::SNTRUP761X25519_SHA512,
+    kex::SNTRUP761X25519_SHA512_OPENSSH,
+    kex::EXTENSION_SUPPORT_AS_SERVER,
+    kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+/// [`KEX`] plus curve25519 for older clients (`[server] classic_kex`).
+const KEX_CLASSIC: &[kex::Name] = &[
+    kex::MLKEM768X25519_SHA256,
+    kex::SNTRUP761X25519_SHA512,
+    kex::SNTRUP761X25519_SHA512_OPENSSH,
     kex::CURVE25519,
     kex::CURVE25519_PRE_RFC_8731,
     kex::EXTENSION_SUPPORT_AS_SERVER,
@@ -115,7 +126,11 @@ pub fn ssh_config(cfg: &Config, host_key: PrivateKey) -> russh::server::Config {
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
         preferred: Preferred {
-            kex: Cow::Borrowed(KEX),
+            kex: Cow::Borrowed(if cfg.server.classic_kex {
+                KEX_CLASSIC
+            } else {
+                KEX
+            }),
             key: Cow::Borrowed(KEYS),
             host_key_certificates: Cow::Borrowed(&[]),
             cipher: Cow::Borrowed(CIPHERS),

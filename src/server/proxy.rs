@@ -12,6 +12,7 @@ use std::time::Duration;
 use ppp::{HeaderResult, PartialResult, v1, v2};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Longest header accepted (v2 with a few TLVs; v1 is at most 107 bytes).
 const MAX_HEADER: usize = 1024;
@@ -34,6 +35,7 @@ pub enum ProxyError {
 pub async fn accept(
     mut stream: TcpStream,
     wait: Duration,
+    kill: &CancellationToken,
 ) -> Result<(Option<SocketAddr>, Prefixed), ProxyError> {
     let mut buf = Vec::with_capacity(256);
     let read = async {
@@ -63,7 +65,7 @@ pub async fn accept(
         .await
         .map_err(|_| ProxyError::Timeout)??;
     let rest = buf.split_off(used.min(buf.len()));
-    Ok((source, Prefixed::new(rest, stream)))
+    Ok((source, Prefixed::new(rest, stream, kill)))
 }
 
 fn v2_source(h: &v2::Header<'_>) -> Option<SocketAddr> {
@@ -85,21 +87,38 @@ fn v1_source(h: &v1::Header<'_>) -> Option<SocketAddr> {
     }
 }
 
-/// A TCP stream with bytes already read put back in front of it.
-#[derive(Debug)]
+/// A client's TCP stream, with bytes already read put back in front of it,
+/// and a kill switch: once `kill` fires, waiting reads and writes fail, so
+/// the russh session task that owns the stream ends (dropping a russh
+/// session handle does not stop its task).
 pub struct Prefixed {
     prefix: Vec<u8>,
     at: usize,
     inner: TcpStream,
+    kill: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl std::fmt::Debug for Prefixed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefixed")
+            .field("inner", &self.inner)
+            .finish()
+    }
 }
 
 impl Prefixed {
-    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Self {
+    pub fn new(prefix: Vec<u8>, inner: TcpStream, kill: &CancellationToken) -> Self {
         Prefixed {
             prefix,
             at: 0,
             inner,
+            kill: Box::pin(kill.clone().cancelled_owned()),
         }
+    }
+
+    /// After a `Pending` from the socket: has the stream been killed?
+    fn killed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.kill.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -120,7 +139,12 @@ impl AsyncRead for Prefixed {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Pending if self.killed(cx) => {
+                Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()))
+            }
+            other => other,
+        }
     }
 }
 
@@ -130,7 +154,12 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending if self.killed(cx) => {
+                Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()))
+            }
+            other => other,
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -143,7 +172,12 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending if self.killed(cx) => {
+                Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()))
+            }
+            other => other,
+        }
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -168,7 +202,7 @@ mod tests {
             c.shutdown().await.unwrap();
         });
         let (s, _) = l.accept().await.unwrap();
-        let r = accept(s, Duration::from_secs(5)).await;
+        let r = accept(s, Duration::from_secs(5), &CancellationToken::new()).await;
         client.await.unwrap();
         let (src, mut stream) = r?;
         let mut rest = Vec::new();

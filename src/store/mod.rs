@@ -142,16 +142,42 @@ impl Store {
         self.backend
     }
 
-    /// Is the database answering? (`/readyz`, and a clear refusal otherwise.)
+    /// Is the database answering, and can it be written? (`/readyz`, and a
+    /// clear refusal of new logins otherwise.) On SQLite a `SELECT 1` never
+    /// touches the file, so the probe takes the write lock and lets go.
+    ///
+    /// The probe runs in a task of its own: if this call is cancelled (a
+    /// timeout), the probe still finishes, and never hands a connection back
+    /// to the pool in the middle of a transaction.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let r =
-            tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await;
-        let ok = matches!(r, Ok(Ok(_)));
-        self.set_healthy(ok);
-        match r {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(StoreError::Query(sqlx::Error::PoolTimedOut)),
+        let probe = tokio::spawn(self.clone().probe());
+        let r = match tokio::time::timeout(PING_TIMEOUT, probe).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) | Err(_) => Err(sqlx::Error::PoolTimedOut),
+        };
+        self.set_healthy(r.is_ok());
+        r.map_err(StoreError::Query)
+    }
+
+    async fn probe(self) -> Result<(), sqlx::Error> {
+        match self.backend {
+            Backend::Postgres => sqlx::query("SELECT 1").execute(&self.pool).await.map(drop),
+            Backend::Sqlite => {
+                let mut c = self.pool.acquire().await?;
+                // Wait for the write lock briefly, not the 5 s writes may wait.
+                sqlx::query("PRAGMA busy_timeout = 1000")
+                    .execute(&mut *c)
+                    .await?;
+                let locked = sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await;
+                let rolled_back = match locked {
+                    Ok(_) => sqlx::query("ROLLBACK").execute(&mut *c).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                sqlx::query("PRAGMA busy_timeout = 5000")
+                    .execute(&mut *c)
+                    .await?;
+                rolled_back
+            }
         }
     }
 

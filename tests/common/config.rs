@@ -490,6 +490,8 @@ pub struct Hardening {
     /// `[metrics] listen` on 127.0.0.1 at this port.
     pub metrics_port: Option<u16>,
     pub database_url: Option<String>,
+    /// `[server] classic_kex`: also offer curve25519 (for the raw test client).
+    pub classic_kex: bool,
 }
 
 impl Hardening {
@@ -514,6 +516,9 @@ impl Hardening {
         }
         if let Some(every) = &self.keepalive_interval {
             s += &format!("keepalive_interval = {}\n", toml_str(every));
+        }
+        if self.classic_kex {
+            s += "classic_kex = true\n";
         }
         s
     }
@@ -559,6 +564,13 @@ impl Config {
 
     pub fn max_channels_per_connection(mut self, n: u32) -> Self {
         self.hardening.max_channels_per_connection = Some(n);
+        self
+    }
+
+    /// Also offer curve25519 key exchange: the raw test client
+    /// (`common::attack::RawSsh`) speaks only that.
+    pub fn classic_kex(mut self) -> Self {
+        self.hardening.classic_kex = true;
         self
     }
 

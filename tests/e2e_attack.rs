@@ -1,0 +1,967 @@
+//! Proof by attack (issue 4, item 7): what an attacker throws at a bastion,
+//! from raw sockets and a raw SSH client ([`RawSsh`]) that sends messages in
+//! whatever order it is told. Every case must be refused (and audited where
+//! the design audits it), and afterwards the server must still be up, still
+//! serve a normal OpenSSH login, and have stayed within a bounded memory.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::attack::{
+    self, Greeting, RawKey, RawSsh, confirmed_channel, loopback, msg, open_failure_text, payload,
+    plain_packet, string, u32be,
+};
+use common::*;
+
+/// How much portvakt's resident memory may grow during one attack.
+const RSS_BOUND_KIB: u64 = 100 * 1024;
+/// How long the server may take to drop a connection it should drop.
+const DROP_WAIT: Duration = Duration::from_secs(20);
+/// How long to wait for an answer that must not come.
+const NOTHING_WAIT: Duration = Duration::from_millis(1500);
+
+/// A bastion under attack: alice logs in with OpenSSH (a certificate),
+/// `svc` with the raw client (a service-account key), both may use the
+/// echo target `db-1` (and `lab`, 127.0.0.1/32 on the echo port).
+struct Bastion {
+    env: TestEnv,
+    pv: Portvakt,
+    echo: TcpServer,
+    alice: UserKey,
+    svc: RawKey,
+    rss_before: u64,
+}
+
+impl Bastion {
+    fn start(tweak: impl FnOnce(Config) -> Config) -> Bastion {
+        let env = TestEnv::new();
+        let echo = EchoServer::start();
+        let ca = env.ca("user_ca");
+        let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
+        let svc = RawKey::generate();
+        let config = Config::new()
+            .trust(&ca)
+            // The raw client of common::attack speaks curve25519 only.
+            .classic_kex()
+            .login_grace_time("5s")
+            .user(raw_user("svc", &svc, "none"))
+            .target(Target::host("db-1", "127.0.0.1", echo.port).allow_users(&["alice", "svc"]))
+            .target(Target::cidr("lab", "127.0.0.1/32", &[echo.port]).allow_users(&["svc"]));
+        let pv = env.portvakt(&tweak(config));
+        let rss_before = attack::vm_rss_kib(pv.pid());
+        Bastion {
+            env,
+            pv,
+            echo,
+            alice,
+            svc,
+            rss_before,
+        }
+    }
+
+    /// alice's OpenSSH client.
+    fn alice(&self) -> SshClient {
+        self.env.client(&self.pv, "alice").identity(&self.alice)
+    }
+
+    /// A raw client logged in as `svc`.
+    fn svc_session(&self) -> RawSsh {
+        let mut ssh = RawSsh::connect(self.pv.port);
+        assert!(ssh.request_userauth().unwrap(), "ssh-userauth refused");
+        let reply = ssh.auth_publickey("svc", &self.svc).unwrap();
+        assert_eq!(
+            reply[0],
+            msg::USERAUTH_SUCCESS,
+            "svc login failed: {reply:?}"
+        );
+        ssh
+    }
+
+    /// The server is still running, alice still logs in and forwards, and
+    /// memory grew by less than [`RSS_BOUND_KIB`].
+    fn assert_survived(&mut self) {
+        self.pv.assert_running();
+        assert_echo_works(&self.alice(), "db-1", self.echo.port);
+        let after = attack::vm_rss_kib(self.pv.pid());
+        assert!(
+            after < self.rss_before + RSS_BOUND_KIB,
+            "portvakt grew from {} KiB to {after} KiB during the attack",
+            self.rss_before
+        );
+        eprintln!(
+            "portvakt VmRSS: {} KiB before, {after} KiB after",
+            self.rss_before
+        );
+    }
+
+    /// The reasons of all `connection.close` events so far.
+    fn close_reasons(&self) -> Vec<String> {
+        self.pv
+            .audit()
+            .into_iter()
+            .filter(|e| e.kind == "connection.close")
+            .map(|e| e.reason.unwrap_or_default())
+            .collect()
+    }
+}
+
+/// A `[[users]]` entry for a raw key.
+fn raw_user(name: &str, key: &RawKey, mfa: &str) -> User {
+    User {
+        name: name.to_string(),
+        groups: Vec::new(),
+        keys: vec![key.public_line()],
+        mfa: Some(mfa.to_string()),
+    }
+}
+
+/// One malformed input: a name, the bytes sent after the server's version
+/// line, and whether the client then ends its input (EOF).
+type Case = (String, Vec<u8>, bool);
+
+/// Sends each case on its own fresh connection (all at once) and returns
+/// the names of those the server had not dropped after [`DROP_WAIT`].
+fn still_open_after(port: u16, cases: Vec<Case>) -> Vec<String> {
+    let runs: Vec<_> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (what, bytes, then_stop_writing))| {
+            // One source each: together they would pass the per-source limit.
+            let source = loopback(10 + i as u8);
+            thread::spawn(move || {
+                let mut stream = attack::connect_from(source, port);
+                let greeting = attack::read_greeting(&mut stream, Duration::from_secs(10));
+                assert!(
+                    greeting.is_banner(),
+                    "{what}: no version line: {greeting:?}"
+                );
+                attack::send_ignoring_close(&mut stream, &bytes);
+                if then_stop_writing {
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                }
+                attack::wait_closed(&mut stream, DROP_WAIT)
+                    .is_none()
+                    .then_some(what)
+            })
+        })
+        .collect();
+    runs.into_iter()
+        .filter_map(|r| r.join().expect("case thread"))
+        .collect()
+}
+
+/// A packet whose length field says `length` but which carries `body`.
+fn lying_packet(length: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = u32be(length).to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+const CLIENT_BANNER: &[u8] = b"SSH-2.0-attacker\r\n";
+
+#[test]
+fn garbage_and_malformed_version_lines_are_dropped() {
+    let mut b = Bastion::start(|c| c);
+    let port = b.pv.port;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("random bytes", random_bytes(4096)),
+        ("8 MiB without a newline", vec![b'A'; 8 * 1024 * 1024]),
+        (
+            "an overlong version line",
+            [b"SSH-2.0-".as_slice(), &vec![b'x'; 100_000], b"\r\n"].concat(),
+        ),
+        (
+            "thousands of lines before the version",
+            b"hello there\r\n".repeat(5000),
+        ),
+        ("SSH-1.5", b"SSH-1.5-OpenSSH_1.2.3\r\n".to_vec()),
+        ("SSH-3.0", b"SSH-3.0-future\r\n".to_vec()),
+        ("a NUL in the version", b"SSH-2.0-a\0b\r\n".to_vec()),
+        (
+            "an HTTP request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("a TLS ClientHello", {
+            let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+            hello.extend(random_bytes(508));
+            hello
+        }),
+    ];
+    let count = cases.len() + 2;
+    let mut all: Vec<Case> = cases
+        .into_iter()
+        .map(|(what, bytes)| (what.to_string(), bytes, false))
+        .collect();
+    // Half a version line, then the client goes quiet: login_grace_time.
+    all.push(("half a version line".into(), b"SSH-2.0-".to_vec(), false));
+    // A version line and then end-of-input.
+    all.push(("EOF after the version".into(), CLIENT_BANNER.to_vec(), true));
+    let still_open = still_open_after(port, all);
+
+    let reasons = b.close_reasons();
+    assert!(
+        reasons.len() >= count,
+        "every dropped connection is audited; closes: {reasons:?}"
+    );
+    for r in &reasons {
+        assert!(
+            ["protocol_error", "login_timeout", "client_closed"].contains(&r.as_str()),
+            "unexpected close reason {r}: {reasons:?}"
+        );
+    }
+    assert!(reasons.iter().any(|r| r == "protocol_error"), "{reasons:?}");
+    assert_no_login(&b.pv);
+    b.assert_survived();
+    assert!(
+        still_open.is_empty(),
+        "still open {DROP_WAIT:?} after the attack (login_grace_time is 5 s): {still_open:?}"
+    );
+}
+
+#[test]
+fn malformed_and_truncated_packets_are_dropped() {
+    let mut b = Bastion::start(|c| c);
+    let port = b.pv.port;
+    let absurd_list = {
+        // A KEXINIT whose first name-list claims almost 4 GiB.
+        let mut p = vec![msg::KEXINIT];
+        p.extend(random_bytes(16));
+        p.extend_from_slice(&u32be(0xffff_fff0));
+        p.extend_from_slice(b"curve25519-sha256");
+        p
+    };
+    let many_names = {
+        // A well-formed KEXINIT whose kex list has 20 000 names (~220 KiB).
+        let names: Vec<String> = (0..20_000).map(|i| format!("x{i}@evil")).collect();
+        attack::kexinit([
+            names.join(",").as_bytes(),
+            b"ssh-ed25519",
+            b"aes128-ctr",
+            b"aes128-ctr",
+            b"hmac-sha2-256-etm@openssh.com",
+            b"hmac-sha2-256-etm@openssh.com",
+            b"none",
+            b"none",
+            b"",
+            b"",
+        ])
+    };
+    let no_common_algorithm = attack::kexinit([
+        b"diffie-hellman-group1-sha1",
+        b"ssh-dss",
+        b"3des-cbc",
+        b"3des-cbc",
+        b"hmac-md5",
+        b"hmac-md5",
+        b"zlib",
+        b"zlib",
+        b"",
+        b"",
+    ]);
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "random bytes after the version",
+            random_bytes(64 * 1024),
+            false,
+        ),
+        (
+            "a KEXINIT with a 4 GiB name-list",
+            plain_packet(&absurd_list),
+            false,
+        ),
+        (
+            "a KEXINIT with 20 000 algorithm names",
+            plain_packet(&many_names),
+            false,
+        ),
+        (
+            "a KEXINIT with no algorithm in common",
+            plain_packet(&no_common_algorithm),
+            false,
+        ),
+        (
+            "a packet length of 4 GiB",
+            lying_packet(0xffff_ffff, &random_bytes(64)),
+            false,
+        ),
+        (
+            "a packet length of 256 MiB",
+            lying_packet(256 * 1024 * 1024, &random_bytes(64)),
+            false,
+        ),
+        ("a packet length of 0", lying_packet(0, &[0; 16]), false),
+        (
+            "padding longer than the packet",
+            lying_packet(12, &[255, msg::KEXINIT, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            false,
+        ),
+        (
+            "a truncated packet, then EOF",
+            lying_packet(1000, &[4, msg::KEXINIT, 1, 2, 3]),
+            true,
+        ),
+        (
+            "a truncated packet, then silence",
+            lying_packet(1000, &[4, msg::KEXINIT, 1, 2, 3]),
+            false,
+        ),
+        (
+            "NEWKEYS before any key exchange",
+            plain_packet(&[msg::NEWKEYS]),
+            false,
+        ),
+        (
+            "a userauth request before any key exchange",
+            plain_packet(&payload(&[
+                &[msg::USERAUTH_REQUEST],
+                &string(b"alice"),
+                &string(b"ssh-connection"),
+                &string(b"none"),
+            ])),
+            false,
+        ),
+        (
+            "a channel open before any key exchange",
+            plain_packet(&payload(&[
+                &[msg::CHANNEL_OPEN],
+                &string(b"session"),
+                &u32be(0),
+                &u32be(1 << 20),
+                &u32be(1 << 15),
+            ])),
+            false,
+        ),
+    ];
+    let count = cases.len();
+    let still_open = still_open_after(
+        port,
+        cases
+            .into_iter()
+            .map(|(what, bytes, eof)| (what.to_string(), [CLIENT_BANNER, &bytes].concat(), eof))
+            .collect(),
+    );
+
+    // After the key exchange: a packet length beyond the limit, random
+    // bytes in place of ciphertext, and a second KEXINIT with a broken list.
+    let mut ssh = RawSsh::connect(port);
+    attack::send_ignoring_close(ssh.stream(), &lying_packet(0x7fff_ffff, &[0; 64]));
+    assert!(
+        ssh.closed_within(DROP_WAIT),
+        "a 2 GiB encrypted packet length did not end the connection"
+    );
+    let mut ssh = RawSsh::connect(port);
+    attack::send_ignoring_close(ssh.stream(), &random_bytes(4096));
+    assert!(
+        ssh.closed_within(DROP_WAIT),
+        "bytes that fail authentication did not end the connection"
+    );
+    let mut ssh = RawSsh::connect(port);
+    let _ = ssh.send(&absurd_list);
+    assert!(
+        ssh.closed_within(DROP_WAIT),
+        "a broken re-key KEXINIT did not end the connection"
+    );
+
+    let reasons = b.close_reasons();
+    assert!(
+        reasons.len() >= count + 3,
+        "every dropped connection is audited; closes: {reasons:?}"
+    );
+    for r in &reasons {
+        assert!(
+            ["protocol_error", "login_timeout", "client_closed"].contains(&r.as_str()),
+            "unexpected close reason {r}: {reasons:?}"
+        );
+    }
+    assert_no_login(&b.pv);
+    b.assert_survived();
+    assert!(
+        still_open.is_empty(),
+        "still open {DROP_WAIT:?} after the attack (login_grace_time is 5 s): {still_open:?}"
+    );
+}
+
+#[test]
+fn a_flood_of_half_open_connections_does_not_keep_a_real_user_out() {
+    let mut b = Bastion::start(|c| c);
+    let port = b.pv.port;
+    let fds_before = attack::open_fds(b.pv.pid());
+    // 400 connections from four addresses that never say anything. Each
+    // address may hold 10 login slots (the default); the rest are dropped.
+    let mut held = Vec::new();
+    let mut dropped = 0;
+    for i in 0..400 {
+        let src = loopback(2 + (i % 4) as u8);
+        match attack::try_connect_from(src, port) {
+            Ok(s) => held.push(s),
+            Err(_) => dropped += 1,
+        }
+    }
+    assert_eq!(dropped, 0, "TCP connects themselves failed");
+    // The real user logs in (from 127.0.0.1) while all of them are open.
+    let started = Instant::now();
+    assert_echo_works(&b.alice(), "db-1", b.echo.port);
+    eprintln!("login during the flood took {:?}", started.elapsed());
+
+    // Portvakt kept only 10 per source and closed the rest at once.
+    let mut open = 0;
+    for s in &mut held {
+        if matches!(
+            attack::read_greeting(s, Duration::from_millis(200)),
+            Greeting::Banner(_) | Greeting::Silent
+        ) {
+            open += 1;
+        }
+    }
+    assert!(
+        open <= 40,
+        "{open} of 400 half-open connections were kept (at most 4 x 10 expected)"
+    );
+    let log = b.pv.log();
+    assert!(
+        log.contains("\"reason\":\"max_unauthenticated_per_source\""),
+        "refusals are logged with their reason"
+    );
+    // They end at login_grace_time (5 s) and are audited as login_timeout.
+    for s in &mut held {
+        let _ = attack::wait_closed(s, DROP_WAIT);
+    }
+    drop(held);
+    poll_until(
+        "the kept connections to be closed as login_timeout",
+        AUDIT_TIMEOUT,
+        || {
+            let n = b
+                .close_reasons()
+                .iter()
+                .filter(|r| *r == "login_timeout")
+                .count();
+            (n >= open).then_some(())
+        },
+    );
+    let fds_after = attack::open_fds(b.pv.pid());
+    assert!(
+        fds_after < fds_before + 20,
+        "file descriptors leaked: {fds_before} before, {fds_after} after"
+    );
+    b.assert_survived();
+}
+
+#[test]
+fn thousands_of_failed_logins_from_one_address_do_not_keep_a_real_user_out() {
+    // The product's default lockout: 5 failures in 10 minutes ban for 15.
+    // The attacker guesses alice's name, so her logins wait up to 10 s
+    // (the user-name slowdown): give logins more time than that.
+    let mut b = Bastion::start(|c| c.lockout(5, "10m", "15m").login_grace_time("60s"));
+    let port = b.pv.port;
+    const ATTEMPTS: usize = 3000;
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let refused_before_ssh = Arc::new(AtomicUsize::new(0));
+    let password_refusals = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let attackers: Vec<_> = (0..8)
+        .map(|_| {
+            let attempts = Arc::clone(&attempts);
+            let refused_before_ssh = Arc::clone(&refused_before_ssh);
+            let password_refusals = Arc::clone(&password_refusals);
+            thread::spawn(move || {
+                while attempts.fetch_add(1, Ordering::SeqCst) < ATTEMPTS {
+                    let Ok(mut ssh) = RawSsh::connect_from(loopback(2), port) else {
+                        refused_before_ssh.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    };
+                    if !matches!(ssh.request_userauth(), Ok(true)) {
+                        continue;
+                    }
+                    // Passwords for the real user's name, as a brute-forcer would.
+                    for guess in 0..6 {
+                        match ssh.auth_password("alice", format!("hunter{guess}").as_bytes()) {
+                            Ok(r) if r[0] == msg::USERAUTH_FAILURE => {
+                                password_refusals.fetch_add(1, Ordering::SeqCst);
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile alice logs in from 127.0.0.1, twice.
+    thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        let out = forward_stdio(
+            &b.alice().log_level("DEBUG"),
+            "db-1",
+            b.echo.port,
+            b"ping\n",
+        );
+        if out.code() != 0 {
+            let log = b.pv.log();
+            let mine: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("127.0.0.2"))
+                .map(|l| &l[..l.len().min(600)])
+                .collect();
+            std::fs::write(
+                "/tmp/scratch/alice.txt",
+                format!("{out}\n{}", mine.join("\n")),
+            )
+            .unwrap();
+            panic!("alice refused");
+        }
+    }
+    for a in attackers {
+        a.join().expect("attacker thread");
+    }
+    let took = started.elapsed();
+    let refused = refused_before_ssh.load(Ordering::SeqCst);
+    let guessed = password_refusals.load(Ordering::SeqCst);
+    eprintln!(
+        "{ATTEMPTS} connections in {took:?}: {refused} closed before the SSH handshake, \
+         {guessed} password guesses refused"
+    );
+    assert!(
+        refused > ATTEMPTS * 9 / 10,
+        "the ban should close almost all attempts before the handshake: {refused}"
+    );
+    assert!(
+        guessed >= 5,
+        "the first guesses reached the server: {guessed}"
+    );
+
+    let bans = b.pv.cli_json(&["lockout", "list", "--json"]);
+    let sources: Vec<&str> = bans
+        .as_array()
+        .expect("lockout list is an array")
+        .iter()
+        .filter_map(|r| r["source"].as_str())
+        .collect();
+    assert_eq!(sources, vec!["127.0.0.2"], "only the attacker is banned");
+    let ban =
+        b.pv.wait_for_audit("lockout.ban", |e| e.kind == "lockout.ban");
+    assert_eq!(ban.detail_str("banned"), Some("127.0.0.2"), "{ban:?}");
+    let events = b.pv.audit();
+    let failures = events
+        .iter()
+        .filter(|e| e.is("auth.failure", "password_refused"))
+        .count();
+    assert!(failures >= 5, "password refusals are audited: {failures}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "auth.success" && e.user.as_deref() == Some("alice")),
+        "alice logged in during the attack"
+    );
+    b.assert_survived();
+}
+
+#[test]
+fn target_strings_that_try_to_slip_past_the_allow_list_are_refused() {
+    let mut b = Bastion::start(|c| c);
+    let p = b.echo.port as u32;
+    let long_name = "a".repeat(60_000);
+    let refused: Vec<(&[u8], u32)> = vec![
+        // Other spellings of the allowed address 127.0.0.1.
+        (b"127.1", p),
+        (b"0x7f.0.0.1", p),
+        (b"0x7f000001", p),
+        (b"127.000.000.001", p),
+        (b"0177.0.0.1", p),
+        (b"2130706433", p),
+        (b"::ffff:127.0.0.1", p),
+        (b"::ffff:7f00:1", p),
+        (b"[127.0.0.1]", p),
+        (b"127.0.0.1.", p),
+        (b" 127.0.0.1", p),
+        (b"127.0.0.1 ", p),
+        (b"127.0.0.1\0", p),
+        (b"127.0.0.1\0.evil", p),
+        (b"127.0.0.1:22", p),
+        (b"127.0.0.1/32", p),
+        // Other loopback and wildcard addresses (they reach this host too).
+        (b"127.0.0.2", p),
+        (b"0.0.0.0", p),
+        (b"0", p),
+        (b"::1", p),
+        (b"::", p),
+        // Other spellings of the target name db-1.
+        (b"db-1.", p),
+        (b"db-1..", p),
+        (b".db-1", p),
+        (b"db-1 ", p),
+        (b" db-1", p),
+        (b"db-1\0", p),
+        (b"db-1\0.example.com", p),
+        (b"db-1\r\n", p),
+        (b"db-1\t", p),
+        (b"db\xe2\x80\x901", p),  // U+2010 HYPHEN
+        (b"\xd4\x81b-1", p),      // U+0501 CYRILLIC SMALL LETTER KOMI DE
+        (b"db-1\xe2\x80\x8b", p), // U+200B ZERO WIDTH SPACE
+        (b"DB-1.", p),
+        (b"db-1.localdomain", p),
+        (b"lab", p), // a CIDR target's name is not a host name
+        (b"", p),
+        (long_name.as_bytes(), p),
+        // Names that resolve to an allowed address but are not target names.
+        (b"localhost", p),
+        (b"localhost.", p),
+        (b"ip6-localhost", p),
+        // Ports out of range, and ports that wrap around to the allowed one.
+        (b"db-1", 0),
+        (b"db-1", p + 1),
+        (b"db-1", p + 65536),
+        (b"db-1", u32::MAX),
+        (b"127.0.0.1", 0),
+        (b"127.0.0.1", p + 65536),
+        (b"127.0.0.1", 65536),
+        (b"127.0.0.1", u32::MAX),
+    ];
+    let allowed: Vec<(&[u8], u32)> = vec![(b"db-1", p), (b"DB-1", p), (b"127.0.0.1", p)];
+
+    let mut ssh = b.svc_session();
+    let mut next_local = 0;
+    let mut leaks = Vec::new();
+    for (host, port) in &refused {
+        next_local += 1;
+        let shown = format!("{:?}:{port}", String::from_utf8_lossy(host));
+        let reply = ssh
+            .open_direct_tcpip(next_local, host, *port)
+            .unwrap_or_else(|e| panic!("{shown}: the connection ended: {e}"));
+        assert_eq!(
+            reply[0],
+            msg::CHANNEL_OPEN_FAILURE,
+            "{shown} was let through to the echo target"
+        );
+        let text = open_failure_text(&reply);
+        if !text.contains("is not allowed for svc") {
+            leaks.push(format!("{shown}: {text:?}"));
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "refusals must all say the same \"is not allowed\" words:\n{}",
+        leaks.join("\n")
+    );
+    assert_eq!(
+        b.echo.connections(),
+        0,
+        "portvakt dialled the target for a refused request"
+    );
+    for (host, port) in &allowed {
+        next_local += 1;
+        let reply = ssh.open_direct_tcpip(next_local, host, *port).unwrap();
+        let remote = confirmed_channel(&reply).unwrap_or_else(|| {
+            panic!(
+                "{:?}:{port} is allowed but was refused: {}",
+                String::from_utf8_lossy(host),
+                open_failure_text(&reply)
+            )
+        });
+        ssh.channel_data(remote, b"ping").unwrap();
+        let data = ssh.recv_skipping(|t| t == msg::CHANNEL_DATA).unwrap();
+        assert!(data.ends_with(b"ping"), "no echo through {host:?}");
+    }
+
+    // A host that is not UTF-8 ends the connection (russh cannot decode
+    // the request); nothing is dialled either way.
+    let mut ssh = b.svc_session();
+    match ssh.open_direct_tcpip(1, b"db-1\xff\xfe", p) {
+        Ok(reply) => assert_eq!(reply[0], msg::CHANNEL_OPEN_FAILURE, "{reply:?}"),
+        Err(_) => assert!(ssh.closed_within(DROP_WAIT)),
+    }
+    assert_eq!(b.echo.connections(), allowed.len() as u64);
+
+    // Each refusal is audited as forward.denied with a policy reason.
+    let denied = poll_until("every refusal to be audited", AUDIT_TIMEOUT, || {
+        let d: Vec<AuditEvent> =
+            b.pv.audit()
+                .into_iter()
+                .filter(|e| e.kind == "forward.denied")
+                .collect();
+        (d.len() >= refused.len()).then_some(d)
+    });
+    assert_eq!(denied.len(), refused.len(), "{denied:#?}");
+    for e in &denied {
+        let reason = e.reason.as_deref().unwrap_or_default();
+        assert!(
+            ["unknown_target", "address_not_allowed", "port_not_allowed"].contains(&reason),
+            "unexpected refusal reason: {e:?}"
+        );
+        assert_eq!(e.detail_str("result"), Some("denied"), "{e:?}");
+    }
+    b.assert_survived();
+}
+
+#[test]
+fn oversized_keyboard_interactive_answers_are_refused() {
+    let carol = RawKey::generate();
+    let mut b = Bastion::start(|c| c.user(raw_user("carol", &carol, "totp")));
+    b.pv.cli(&["totp", "enroll", "carol", "--json"])
+        .assert_success();
+    let port = b.pv.port;
+
+    // carol proves her key, then gets the TOTP prompt.
+    let prompt = |b: &Bastion| -> RawSsh {
+        let mut ssh = RawSsh::connect(b.pv.port);
+        assert!(ssh.request_userauth().unwrap());
+        let r = ssh.auth_publickey("carol", &carol).unwrap();
+        assert_eq!(r[0], msg::USERAUTH_FAILURE, "key step: {r:?}");
+        assert_eq!(r.last(), Some(&1), "partial success expected: {r:?}");
+        let r = ssh.auth_keyboard_interactive("carol").unwrap();
+        assert_eq!(r[0], msg::USERAUTH_INFO_REQUEST, "no TOTP prompt: {r:?}");
+        ssh
+    };
+
+    // One answer of 200 KiB (fits in a packet): refused as a wrong code.
+    let mut ssh = prompt(&b);
+    ssh.send_info_response(&[vec![b'7'; 200 * 1024]]).unwrap();
+    let r = ssh.next_auth_reply().unwrap();
+    assert_eq!(r[0], msg::USERAUTH_FAILURE, "{r:?}");
+
+    // 40 000 answers to one prompt (160 KiB: still one packet).
+    let mut ssh = prompt(&b);
+    let many: Vec<Vec<u8>> = vec![Vec::new(); 40_000];
+    ssh.send_info_response(&many).unwrap();
+    let r = ssh.next_auth_reply().unwrap();
+    assert_eq!(r[0], msg::USERAUTH_FAILURE, "{r:?}");
+
+    // An answer count of 4 billion with no answers behind it.
+    let mut ssh = prompt(&b);
+    ssh.send(&payload(&[
+        &[msg::USERAUTH_INFO_RESPONSE],
+        &u32be(u32::MAX),
+    ]))
+    .unwrap();
+    match ssh.next_auth_reply() {
+        Ok(r) => assert_eq!(r[0], msg::USERAUTH_FAILURE, "{r:?}"),
+        Err(_) => assert!(ssh.closed_within(DROP_WAIT)),
+    }
+
+    // One answer of 1 MiB: more than a packet may hold; the connection ends.
+    let mut ssh = prompt(&b);
+    let _ = ssh.send_info_response(&[vec![b'9'; 1024 * 1024]]);
+    assert!(
+        ssh.closed_within(DROP_WAIT),
+        "a 1 MiB keyboard-interactive answer did not end the connection"
+    );
+
+    // Answers without any prompt having been sent.
+    let mut ssh = RawSsh::connect(port);
+    assert!(ssh.request_userauth().unwrap());
+    let _ = ssh.send_info_response(&[b"123456".to_vec()]);
+    if let Ok(m) = ssh.recv_skipping_within(NOTHING_WAIT, |t| t == msg::USERAUTH_SUCCESS) {
+        panic!("an unsolicited answer logged in: {m:?}");
+    }
+
+    let events = b.pv.audit();
+    let invalid = events
+        .iter()
+        .filter(|e| e.is("auth.failure", "totp_invalid"))
+        .count();
+    assert!(
+        invalid >= 2,
+        "wrong answers audited as totp_invalid: {invalid}"
+    );
+    assert_no_login(&b.pv);
+    b.assert_survived();
+}
+
+#[test]
+fn channel_messages_in_the_wrong_order_are_refused() {
+    let mut b = Bastion::start(|c| c);
+    let port = b.pv.port;
+    let session_open = || {
+        payload(&[
+            &[msg::CHANNEL_OPEN],
+            &string(b"session"),
+            &u32be(0),
+            &u32be(1 << 20),
+            &u32be(1 << 15),
+        ])
+    };
+    let direct_open = |p: u16| {
+        payload(&[
+            &[msg::CHANNEL_OPEN],
+            &string(b"direct-tcpip"),
+            &u32be(0),
+            &u32be(1 << 20),
+            &u32be(1 << 15),
+            &string(b"db-1"),
+            &u32be(u32::from(p)),
+            &string(b"127.0.0.1"),
+            &u32be(1),
+        ])
+    };
+    let exec = |remote: u32| {
+        payload(&[
+            &[msg::CHANNEL_REQUEST],
+            &u32be(remote),
+            &string(b"exec"),
+            &[1],
+            &string(b"id"),
+        ])
+    };
+    let granted = |t: u8| {
+        matches!(
+            t,
+            msg::CHANNEL_OPEN_CONFIRMATION | msg::CHANNEL_SUCCESS | msg::CHANNEL_DATA
+        )
+    };
+
+    // Before login: a session with exec, and a forward, both before and
+    // after the ssh-userauth service request. Nothing may be granted.
+    let mut attempts = Vec::new();
+    for after_service_request in [false, true] {
+        for open in [session_open(), direct_open(b.echo.port)] {
+            let mut ssh = RawSsh::connect(port);
+            if after_service_request {
+                assert!(ssh.request_userauth().unwrap());
+            }
+            let _ = ssh.send(&open);
+            let _ = ssh.send(&exec(0));
+            let _ = ssh.send(&payload(&[
+                &[msg::CHANNEL_DATA],
+                &u32be(0),
+                &string(b"data"),
+            ]));
+            attempts.push((after_service_request, ssh));
+        }
+    }
+    // ssh-connection requested as a service before login.
+    let mut ssh = RawSsh::connect(port);
+    let _ = ssh.send(&payload(&[
+        &[msg::SERVICE_REQUEST],
+        &string(b"ssh-connection"),
+    ]));
+    for (after_service_request, mut ssh) in attempts {
+        if let Ok(m) = ssh.recv_skipping_within(NOTHING_WAIT, granted) {
+            panic!("granted before login (service request: {after_service_request}): {m:?}");
+        }
+    }
+    if let Ok(m) = ssh.recv_skipping_within(NOTHING_WAIT, |t| t == msg::SERVICE_ACCEPT) {
+        panic!("ssh-connection accepted before login: {m:?}");
+    }
+    assert_eq!(
+        b.echo.connections(),
+        0,
+        "a forward was dialled before login"
+    );
+
+    // After login: data, requests, EOF and CLOSE for channels never opened.
+    let mut ssh = b.svc_session();
+    for m in [
+        payload(&[&[msg::CHANNEL_DATA], &u32be(0), &string(b"early data")]),
+        payload(&[&[msg::CHANNEL_DATA], &u32be(77), &string(b"data")]),
+        exec(5),
+        payload(&[&[msg::CHANNEL_REQUEST], &u32be(9), &string(b"shell"), &[1]]),
+        payload(&[&[msg::CHANNEL_WINDOW_ADJUST], &u32be(3), &u32be(u32::MAX)]),
+        payload(&[&[msg::CHANNEL_EOF], &u32be(4)]),
+        payload(&[&[msg::CHANNEL_CLOSE], &u32be(6)]),
+        payload(&[
+            &[msg::CHANNEL_OPEN_CONFIRMATION],
+            &u32be(1),
+            &u32be(1),
+            &u32be(1),
+            &u32be(1),
+        ]),
+        vec![199, 1, 2, 3],
+    ] {
+        if ssh.send(&m).is_err() {
+            break;
+        }
+    }
+    if let Ok(m) = ssh.recv_skipping_within(NOTHING_WAIT, |t| {
+        t == msg::CHANNEL_SUCCESS || t == msg::CHANNEL_DATA
+    }) {
+        panic!("a request on an unopened channel was granted: {m:?}");
+    }
+
+    // A session channel: the shell request gets the help text and the
+    // channel closes; a second shell, an exec and data on it get nothing.
+    let mut ssh = b.svc_session();
+    let reply = ssh.channel_open("session", 0, &[]).unwrap();
+    let remote = confirmed_channel(&reply).expect("a session channel opens");
+    ssh.channel_request(remote, "shell", true, &[]).unwrap();
+    ssh.recv_skipping(|t| t == msg::CHANNEL_CLOSE).unwrap();
+    let _ = ssh.channel_request(remote, "shell", true, &[]);
+    let _ = ssh.send(&exec(remote));
+    let _ = ssh.channel_data(remote, b"rm -rf /\n");
+    let _ = ssh.channel_request(remote, "subsystem", true, &string(b"sftp"));
+    if let Ok(m) = ssh.recv_skipping_within(NOTHING_WAIT, |t| t == msg::CHANNEL_SUCCESS) {
+        panic!("a request after the channel closed was granted: {m:?}");
+    }
+    // Requests that are always refused, on a fresh session channel (the
+    // subsystem refusal closes the channel, so it comes last).
+    let reply = ssh.channel_open("session", 1, &[]).unwrap();
+    let remote = confirmed_channel(&reply).expect("a second session channel opens");
+    let x11 = payload(&[
+        &[0],
+        &string(b"MIT-MAGIC-COOKIE-1"),
+        &string(b"00"),
+        &u32be(0),
+    ]);
+    for (kind, extra) in [
+        ("x11-req", x11),
+        ("auth-agent-req@openssh.com", Vec::new()),
+        ("subsystem", string(b"sftp")),
+    ] {
+        ssh.channel_request(remote, kind, true, &extra).unwrap();
+        let r = ssh
+            .recv_skipping(|t| t == msg::CHANNEL_SUCCESS || t == msg::CHANNEL_FAILURE)
+            .unwrap();
+        assert_eq!(r[0], msg::CHANNEL_FAILURE, "{kind} was granted");
+    }
+    // Remote forwarding (a global request) and a streamlocal channel.
+    let _ = ssh.send(&payload(&[
+        &[msg::GLOBAL_REQUEST],
+        &string(b"tcpip-forward"),
+        &[1],
+        &string(b"0.0.0.0"),
+        &u32be(0),
+    ]));
+    let r = ssh
+        .channel_open(
+            "direct-streamlocal@openssh.com",
+            2,
+            &payload(&[&string(b"/run/docker.sock"), &string(b""), &u32be(0)]),
+        )
+        .unwrap();
+    assert_eq!(r[0], msg::CHANNEL_OPEN_FAILURE, "streamlocal opened: {r:?}");
+    // A second userauth after login, and a re-key with a broken KEXINIT.
+    let _ = ssh.auth_password("root", b"toor");
+    let _ = ssh.send(&payload(&[
+        &[msg::KEXINIT],
+        &random_bytes(16),
+        &u32be(u32::MAX),
+    ]));
+    assert!(
+        ssh.closed_within(DROP_WAIT),
+        "a broken KEXINIT after login did not end the connection"
+    );
+    assert_eq!(b.echo.connections(), 0, "nothing was dialled");
+
+    // The refusals that portvakt audits.
+    for reason in [
+        "shell_refused",
+        "subsystem_refused",
+        "x11_refused",
+        "agent_forward_refused",
+        "remote_forward_refused",
+        "streamlocal_refused",
+    ] {
+        b.pv.wait_for_event("channel.refused", reason);
+    }
+    assert!(
+        !b.pv
+            .audit()
+            .iter()
+            .any(|e| e.kind == "auth.success" && e.user.as_deref() == Some("root")),
+        "root logged in"
+    );
+    b.assert_survived();
+}
