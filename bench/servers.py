@@ -124,6 +124,9 @@ max_connections = {max_connections}
 max_unauthenticated = {max_connections}
 max_unauthenticated_per_source = {max_connections}
 login_grace_time = "2m"
+# The comparison runs curve25519 on both jump hosts (OpenSSH 9.2 would
+# otherwise pick sntrup761, and the asyncssh load client speaks no PQ KEX).
+classic_kex = true
 
 [database]
 url = "sqlite://{d}/portvakt.db"
