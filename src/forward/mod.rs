@@ -24,6 +24,9 @@ use crate::policy::Authorized;
 /// direction needs no buffer of ours: its packets are written as they come).
 const BUF: usize = 32 * 1024;
 
+/// How long a quiet forward keeps its read buffer before giving it back.
+const KEEP_BUF: Duration = Duration::from_secs(2);
+
 /// Why dialling a target failed; the names are audit reasons.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -258,8 +261,17 @@ where
         let n = match r.try_read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Caught up: give the buffer back while waiting.
-                buf = Vec::new();
+                // Caught up. Traffic usually goes on: keep the buffer for a
+                // moment, give it back once the target has gone quiet.
+                match tokio::time::timeout(KEEP_BUF, r.readable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if peer_gone(&e) => {
+                        let _ = w.shutdown().await;
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => buf = Vec::new(),
+                }
                 continue;
             }
             Err(e) if peer_gone(&e) => 0,

@@ -15,19 +15,72 @@
 
 // http://cvsweb.openbsd.org/cgi-bin/cvsweb/src/usr.bin/ssh/PROTOCOL.chacha20poly1305?annotate=HEAD
 
-#[cfg(feature = "aws-lc-rs")]
-use aws_lc_rs::aead::chacha20_poly1305_openssh;
-#[cfg(all(not(feature = "aws-lc-rs"), feature = "ring"))]
-use ring::aead::chacha20_poly1305_openssh;
+// portvakt patch 5 (see PATCHES.md): the construction is computed with the
+// RustCrypto `chacha20` (legacy 64-bit nonce) and `poly1305` crates, whose
+// AVX2 code paths are chosen at run time. aws-lc's openssh variant was half
+// the speed here: its Poly1305 runs scalar code and took as long as ChaCha20.
+
+use chacha20::ChaCha20Legacy;
+use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use poly1305::Poly1305;
+use poly1305::universal_hash::KeyInit;
+use subtle::ConstantTimeEq;
 
 use super::super::Error;
 use crate::mac::MacAlgorithm;
+
+const KEY_LEN: usize = 64;
+const TAG_LEN: usize = 16;
+
+/// K_2 (the first half) encrypts the payload and makes the Poly1305 key;
+/// K_1 (the second half) encrypts the packet length (PROTOCOL.chacha20poly1305).
+#[derive(Clone)]
+struct Keys {
+    main: [u8; 32],
+    header: [u8; 32],
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.main = [0; 32];
+        self.header = [0; 32];
+    }
+}
+
+impl Keys {
+    fn new(k: &[u8]) -> Self {
+        let mut main = [0u8; 32];
+        let mut header = [0u8; 32];
+        #[allow(clippy::indexing_slicing)] // KEY_LEN bytes, checked by the caller
+        {
+            main.copy_from_slice(&k[..32]);
+            header.copy_from_slice(&k[32..64]);
+        }
+        Keys { main, header }
+    }
+
+    /// The payload cipher for this packet, and the Poly1305 key it makes
+    /// (keystream block 0); the cipher is left at block 1.
+    fn main_cipher(&self, sequence_number: u32) -> (ChaCha20Legacy, [u8; 32]) {
+        let nonce = u64::from(sequence_number).to_be_bytes();
+        let mut c = ChaCha20Legacy::new(&self.main.into(), &nonce.into());
+        let mut poly_key = [0u8; 32];
+        c.apply_keystream(&mut poly_key);
+        c.seek(64u64);
+        (c, poly_key)
+    }
+
+    fn crypt_length(&self, sequence_number: u32, length: &mut [u8]) {
+        let nonce = u64::from(sequence_number).to_be_bytes();
+        ChaCha20Legacy::new(&self.header.into(), &nonce.into()).apply_keystream(length);
+    }
+}
 
 pub struct SshChacha20Poly1305Cipher {}
 
 impl super::Cipher for SshChacha20Poly1305Cipher {
     fn key_len(&self) -> usize {
-        chacha20_poly1305_openssh::KEY_LEN
+        KEY_LEN
     }
 
     fn make_opening_key(
@@ -37,10 +90,7 @@ impl super::Cipher for SshChacha20Poly1305Cipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::OpeningKey + Send> {
-        Box::new(OpeningKey(chacha20_poly1305_openssh::OpeningKey::new(
-            #[allow(clippy::unwrap_used)]
-            k.try_into().unwrap(),
-        )))
+        Box::new(OpeningKey(Keys::new(k)))
     }
 
     fn make_sealing_key(
@@ -50,16 +100,13 @@ impl super::Cipher for SshChacha20Poly1305Cipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::SealingKey + Send> {
-        Box::new(SealingKey(chacha20_poly1305_openssh::SealingKey::new(
-            #[allow(clippy::unwrap_used)]
-            k.try_into().unwrap(),
-        )))
+        Box::new(SealingKey(Keys::new(k)))
     }
 }
 
-pub struct OpeningKey(chacha20_poly1305_openssh::OpeningKey);
+pub struct OpeningKey(Keys);
 
-pub struct SealingKey(chacha20_poly1305_openssh::SealingKey);
+pub struct SealingKey(Keys);
 
 impl super::OpeningKey for OpeningKey {
     fn decrypt_packet_length(
@@ -67,15 +114,14 @@ impl super::OpeningKey for OpeningKey {
         sequence_number: u32,
         encrypted_packet_length: &[u8],
     ) -> [u8; 4] {
-        self.0.decrypt_packet_length(
-            sequence_number,
-            #[allow(clippy::unwrap_used)]
-            encrypted_packet_length.try_into().unwrap(),
-        )
+        let mut length = [0u8; 4];
+        length.copy_from_slice(encrypted_packet_length.get(..4).unwrap_or(&[0; 4]));
+        self.0.crypt_length(sequence_number, &mut length);
+        length
     }
 
     fn tag_len(&self) -> usize {
-        chacha20_poly1305_openssh::TAG_LEN
+        TAG_LEN
     }
 
     fn open<'a>(
@@ -83,17 +129,21 @@ impl super::OpeningKey for OpeningKey {
         sequence_number: u32,
         ciphertext_and_tag: &'a mut [u8],
     ) -> Result<&'a [u8], Error> {
-        let ciphertext_len = ciphertext_and_tag.len() - self.tag_len();
-        let (ciphertext_in_plaintext_out, tag) = ciphertext_and_tag.split_at_mut(ciphertext_len);
-
-        self.0
-            .open_in_place(
-                sequence_number,
-                ciphertext_in_plaintext_out,
-                #[allow(clippy::unwrap_used)]
-                &tag.try_into().unwrap(),
-            )
-            .map_err(|_| Error::DecryptionError)
+        let ciphertext_len = ciphertext_and_tag
+            .len()
+            .checked_sub(TAG_LEN)
+            .filter(|l| *l >= super::PACKET_LENGTH_LEN)
+            .ok_or(Error::DecryptionError)?;
+        let (packet, tag) = ciphertext_and_tag.split_at_mut(ciphertext_len);
+        let (mut cipher, poly_key) = self.0.main_cipher(sequence_number);
+        let expected = Poly1305::new(&poly_key.into()).compute_unpadded(packet);
+        if !bool::from(expected.as_slice().ct_eq(tag)) {
+            return Err(Error::DecryptionError);
+        }
+        #[allow(clippy::indexing_slicing)] // at least PACKET_LENGTH_LEN, checked above
+        let payload = &mut packet[super::PACKET_LENGTH_LEN..];
+        cipher.apply_keystream(payload);
+        Ok(payload)
     }
 }
 
@@ -124,7 +174,7 @@ impl super::SealingKey for SealingKey {
     }
 
     fn tag_len(&self) -> usize {
-        chacha20_poly1305_openssh::TAG_LEN
+        TAG_LEN
     }
 
     fn seal(
@@ -133,11 +183,15 @@ impl super::SealingKey for SealingKey {
         plaintext_in_ciphertext_out: &mut [u8],
         tag: &mut [u8],
     ) {
-        self.0.seal_in_place(
-            sequence_number,
-            plaintext_in_ciphertext_out,
-            #[allow(clippy::unwrap_used)]
-            tag.try_into().unwrap(),
+        let (length, payload) = plaintext_in_ciphertext_out.split_at_mut(
+            super::PACKET_LENGTH_LEN.min(plaintext_in_ciphertext_out.len()),
         );
+        self.0.crypt_length(sequence_number, length);
+        let (mut cipher, poly_key) = self.0.main_cipher(sequence_number);
+        cipher.apply_keystream(payload);
+        let t = Poly1305::new(&poly_key.into()).compute_unpadded(plaintext_in_ciphertext_out);
+        if let Some(out) = tag.get_mut(..TAG_LEN) {
+            out.copy_from_slice(&t);
+        }
     }
 }
