@@ -19,9 +19,19 @@ pub fn from_micros(us: i64) -> SystemTime {
 }
 
 /// RFC 3339 in UTC with second precision, e.g. `2026-11-29T10:15:00Z`.
+/// Times before the epoch show as the epoch and times past the year 9999 as
+/// its last second, which is as far as RFC 3339 goes (humantime's formatter
+/// fails, and `to_string` would panic, on either).
 pub fn rfc3339(t: SystemTime) -> String {
+    let t = t.clamp(UNIX_EPOCH, last_rfc3339_second());
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+/// 9999-12-31T23:59:59Z, the last time RFC 3339 can write.
+pub fn last_rfc3339_second() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND)
+}
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
 
 pub fn rfc3339_micros(us: i64) -> String {
     rfc3339(from_micros(us))
@@ -52,6 +62,19 @@ pub fn parse_time_arg(s: &str, now: SystemTime) -> Result<SystemTime, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_clamps_what_it_cannot_write() {
+        let secs = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc3339(secs(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(rfc3339(secs(253_402_300_799)), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(secs(253_402_300_800)), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(secs(i64::MAX as u64 / 2)), "9999-12-31T23:59:59Z");
+    }
 
     #[test]
     fn time_args() {

@@ -286,3 +286,36 @@ fn certificate_whose_key_is_listed_in_revoked_keys_is_refused() {
         echo.port,
     );
 }
+
+/// Any u64 is a legal `valid_before` on the wire. One past i64::MAX seconds
+/// (found by the `certificate` fuzz target) used to panic the connection's
+/// task at the key probe, before the client even proved it held the key;
+/// one past the year 9999 made the session text unprintable. Both are "valid
+/// forever" now, capped like any login by `sessions.max_duration`.
+#[test]
+fn certificate_valid_beyond_the_year_9999_logs_in_without_a_panic() {
+    let env = TestEnv::new();
+    let ca = env.ca("user_ca");
+    let echo = EchoServer::start();
+    let pv = bastion(&env, &ca, &echo);
+    for (name, until) in [
+        ("past_i64", "0x8000000000000001"),
+        ("year_10000", "0x3b02039980"),
+    ] {
+        let key = env.signed_key(
+            &ca,
+            name,
+            &CertSpec::user(&["alice"]).validity(&format!("-5m:{until}")),
+        );
+        let client = env.client(&pv, "alice").identity(&key);
+        assert_echo_works(&client, "echo", echo.port);
+        let out = client.run(&[BASTION]);
+        out.assert_code(1);
+        assert!(
+            out.stderr.contains("You are alice (login: certificate)")
+                && out.stderr.contains("Your login has no expiry of its own."),
+            "{out}"
+        );
+    }
+    assert!(!pv.log().contains("panicked"), "{}", pv.log());
+}

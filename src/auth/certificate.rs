@@ -87,8 +87,13 @@ pub fn check(
             _ => return Err(AuthFailure::CertificateCriticalOption),
         }
     }
-    let valid_before = (cert.valid_before() != u64::MAX)
-        .then(|| UNIX_EPOCH + Duration::from_secs(cert.valid_before()));
+    // u64::MAX is ssh-keygen's "forever". Any u64 is legal on the wire; a
+    // bound past the year 9999 is as good as forever too (and would not fit
+    // an Instant or an RFC 3339 time): the connection stays capped by
+    // `sessions.max_duration`.
+    let valid_before = UNIX_EPOCH
+        .checked_add(Duration::from_secs(cert.valid_before()))
+        .filter(|at| *at <= crate::clock::last_rfc3339_second());
     Ok(CertLogin {
         valid_before,
         may_forward: cert.extensions().contains_key(PERMIT_PORT_FORWARDING),

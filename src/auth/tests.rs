@@ -1303,3 +1303,26 @@ fn fixture_ssh_keygen_reads_our_certificates() {
         assert!(text.contains(needle), "{needle:?} not in\n{text}");
     }
 }
+
+#[test]
+fn certificate_valid_before_past_what_time_can_hold_is_forever() {
+    let (fx, auth) = plain();
+    // One past i64::MAX seconds (SystemTime overflows), the first second of
+    // the year 10000 (RFC 3339 cannot write it), and the last of 9999.
+    for (vb, expect) in [
+        (i64::MAX as u64 + 1, None),
+        (253_402_300_800, None),
+        (253_402_300_799, Some(at(253_402_300_799))),
+    ] {
+        let cert = Spec {
+            valid_after: 0,
+            valid_before: vb,
+            ..Spec::alice()
+        }
+        .signed();
+        let login = check(&fx.config(""), &cert, "alice", "127.0.0.1").unwrap();
+        assert_eq!(login.valid_before, expect, "valid_before {vb}");
+        let id = auth.certificate("alice", &cert, now()).unwrap();
+        assert_eq!(id.expires_at(), expect);
+    }
+}

@@ -210,10 +210,10 @@ impl ConnCtx {
             let left = at
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
-            Instant::now() + left
+            Instant::now().checked_add(left)
         });
         let deadline = match expiry {
-            Some(at) if at <= cap => (at, expiry_reason(&id)),
+            Some(Some(at)) if at <= cap => (at, expiry_reason(&id)),
             _ => (cap, "max_duration"),
         };
         let _ = self.deadline.set(deadline);
