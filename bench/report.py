@@ -269,8 +269,9 @@ How it measures (bench/run, bench/*.py):
   whose `ProxyJump` reaches the jump hop; the asyncssh load client in bench/loadclient.py for
   the many-connection parts), the same target sshd, the same user certificate (principal
   `bench`, signed by a throwaway CA), the same host key on both jump hosts, the same cipher on
-  both hops, `KexAlgorithms curve25519-sha256` (OpenSSH 9.2 would otherwise pick
-  sntrup761x25519, which portvakt does not offer), no compression.
+  both hops, `KexAlgorithms curve25519-sha256` on both jump hosts (portvakt with
+  `classic_kex = true`; by default it offers only sntrup761x25519, which the asyncssh load
+  client does not speak), no compression.
 - The jump hosts: portvakt with a generated config (SQLite, log level warn, a CIDR target
   for 127.0.0.1 on the target and sink ports, connection limits raised to the scale count);
   OpenSSH sshd with `TrustedUserCAKeys`, `AuthorizedPrincipalsFile none`, `ForceCommand
