@@ -70,6 +70,7 @@ pub struct Metrics {
     pub bans: Counter,
     pub bans_active: Gauge,
     pub channels_refused: Family<ReasonLabels, Counter>,
+    pub connections_refused: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub login_seconds: Family<MethodLabels, Histogram>,
     pub dial_seconds: Histogram,
@@ -99,6 +100,7 @@ impl Metrics {
             bans: Counter::default(),
             bans_active: Gauge::default(),
             channels_refused: Family::default(),
+            connections_refused: Family::default(),
             config_reloads: Family::default(),
             login_seconds: Family::new_with_constructor(seconds_histogram),
             dial_seconds: seconds_histogram(),
@@ -168,6 +170,11 @@ impl Metrics {
             m.channels_refused.clone(),
         );
         r.register(
+            "connections_refused",
+            "Connections refused before the SSH handshake, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
             "config_reloads",
             "Config reloads by result",
             m.config_reloads.clone(),
@@ -209,6 +216,17 @@ impl Metrics {
                 reason: String::new(),
             });
         }
+        for reason in [
+            "banned",
+            "max_connections",
+            "max_unauthenticated",
+            "max_unauthenticated_per_source",
+            "proxy_header",
+        ] {
+            let _ = m.connections_refused.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
         for direction in ["to_target", "from_target"] {
             let _ = m.bytes.get_or_create(&DirectionLabels {
                 direction: direction.into(),
@@ -229,6 +247,15 @@ impl Metrics {
             });
         }
         Metrics { registry: r, ..m }
+    }
+
+    /// A connection refused before the SSH handshake.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn render(&self) -> String {
@@ -339,7 +366,8 @@ pub fn observe(ev: &Event) {
                 })
                 .inc();
         }
-        EventKind::AuditPrune => {}
+        // Counted as they happen (server::refusals), not per audit row.
+        EventKind::AuditPrune | EventKind::ConnectionRefused => {}
         EventKind::ChannelRefused => {
             m.channels_refused
                 .get_or_create(&ReasonLabels {

@@ -94,6 +94,37 @@ fn wait_count(pv: &Portvakt, kind: &str, reason: &str, n: usize) -> Vec<AuditEve
     })
 }
 
+/// `connection.refused` rows for `reason` from 127.0.0.`n`, and how many
+/// refusals they count in all.
+fn refused_from(pv: &Portvakt, reason: &str, n: u8) -> (Vec<AuditEvent>, u64) {
+    let prefix = format!("127.0.0.{n}:");
+    let rows: Vec<AuditEvent> = pv
+        .audit()
+        .into_iter()
+        .filter(|e| {
+            e.is("connection.refused", reason)
+                && e.source.as_deref().is_some_and(|s| s.starts_with(&prefix))
+        })
+        .collect();
+    let total = rows
+        .iter()
+        .map(|e| e.detail["refused"].as_u64().unwrap())
+        .sum();
+    (rows, total)
+}
+
+/// The value of `portvakt_connections_refused_total{reason="..."}`.
+fn refused_metric(metrics: u16, reason: &str) -> f64 {
+    let needle = format!("portvakt_connections_refused_total{{reason=\"{reason}\"}} ");
+    let text = scrape_metrics(metrics);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn lockout_sources(pv: &Portvakt) -> Vec<Value> {
     match pv.cli_json(&["lockout", "list", "--json"]) {
         Value::Array(rows) => rows,
@@ -140,7 +171,10 @@ impl Setup {
 #[test]
 fn failed_logins_ban_the_source_before_the_handshake_and_slow_the_user_name() {
     let s = Setup::new();
-    let pv = s.env.portvakt(&s.config().lockout(3, "10m", "15m"));
+    let metrics = free_port();
+    let mut pv = s
+        .env
+        .portvakt(&s.config().lockout(3, "10m", "15m").metrics(metrics));
     // mallory holds a certificate for "alice" from a CA nobody trusts.
     let evil = s.env.ca("evil_ca");
     let mallory = s
@@ -177,6 +211,18 @@ fn failed_logins_ban_the_source_before_the_handshake_and_slow_the_user_name() {
         }
     }
     assert!(attack::greeting_from(loopback(1), pv.port).is_banner());
+    // Audited: the first refusal at once, the others counted (written each
+    // minute, and at shutdown below); counted in the metric at once.
+    let first = pv.wait_for_event("connection.refused", "banned");
+    assert!(
+        first
+            .source
+            .as_deref()
+            .is_some_and(|s| s.starts_with("127.0.0.2:")),
+        "{first:?}"
+    );
+    assert_eq!(first.detail["refused"], 1, "{first:?}");
+    assert_eq!(refused_metric(metrics, "banned"), 3.0);
     let bans = lockout_sources(&pv);
     assert_eq!(bans.len(), 1, "{bans:?}");
     assert_eq!(bans[0]["source"], "127.0.0.2", "{bans:?}");
@@ -216,6 +262,14 @@ fn failed_logins_ban_the_source_before_the_handshake_and_slow_the_user_name() {
                 .then_some(())
         },
     );
+
+    // No refusal goes unrecorded: SIGTERM writes the counted ones.
+    let refused = refused_metric(metrics, "banned") as u64;
+    pv.signal("TERM");
+    assert!(pv.wait_exit(Duration::from_secs(60)).success());
+    let (rows, total) = refused_from(&pv, "banned", 2);
+    assert_eq!(total, refused, "{rows:?}");
+    assert!(rows.len() >= 2, "{rows:?}");
 }
 
 #[test]
@@ -264,8 +318,10 @@ fn offered_but_unknown_keys_do_not_count_towards_a_ban() {
 #[test]
 fn unauthenticated_connection_limits_drop_the_next_one_but_not_logged_in_users() {
     let s = Setup::new();
+    let metrics = free_port();
     let pv = s.env.portvakt(
         &s.config()
+            .metrics(metrics)
             .max_unauthenticated(4)
             .max_unauthenticated_per_source(2)
             .login_grace_time("2m"),
@@ -292,6 +348,18 @@ fn unauthenticated_connection_limits_drop_the_next_one_but_not_logged_in_users()
         "a third half-open connection from 127.0.0.2 was kept"
     );
     wait_for_log(&pv, "reason", "max_unauthenticated_per_source");
+    let refused = pv.wait_for_event("connection.refused", "max_unauthenticated_per_source");
+    assert!(
+        refused
+            .source
+            .as_deref()
+            .is_some_and(|s| s.starts_with("127.0.0.2:")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused_metric(metrics, "max_unauthenticated_per_source"),
+        1.0
+    );
 
     for n in [3, 3] {
         let (stream, greeting) = half_open(n);
@@ -305,6 +373,12 @@ fn unauthenticated_connection_limits_drop_the_next_one_but_not_logged_in_users()
         "a fifth half-open connection was kept"
     );
     wait_for_log(&pv, "reason", "max_unauthenticated");
+    let (rows, total) = poll_until("the max_unauthenticated refusal", AUDIT_TIMEOUT, || {
+        let (rows, total) = refused_from(&pv, "max_unauthenticated", 4);
+        (total == 1).then_some((rows, total))
+    });
+    assert_eq!((rows.len(), total), (1, 1), "{rows:?}");
+    assert_eq!(refused_metric(metrics, "max_unauthenticated"), 1.0);
 
     // alice's live forward is not affected.
     forward.echo(b"still here\n");
@@ -315,6 +389,50 @@ fn unauthenticated_connection_limits_drop_the_next_one_but_not_logged_in_users()
         let (stream, greeting) = half_open(4);
         greeting.is_banner().then_some(stream)
     });
+}
+
+#[test]
+fn max_connections_closes_the_next_connection_before_the_handshake_and_audits_it() {
+    let s = Setup::new();
+    let metrics = free_port();
+    let pv = s
+        .env
+        .portvakt(&s.config().metrics(metrics).max_connections(2));
+    let mut forward = LiveForward::open(&s.alice(&pv), "echo", s.echo.port);
+    let mut held = attack::connect_from(loopback(2), pv.port);
+    let greeting = attack::read_greeting(&mut held, Duration::from_secs(10));
+    assert!(greeting.is_banner(), "{greeting:?}");
+
+    let mut third = attack::connect_from(loopback(3), pv.port);
+    let greeting = attack::read_greeting(&mut third, Duration::from_secs(10));
+    assert_eq!(
+        greeting,
+        Greeting::Closed(Vec::new()),
+        "a third connection was served"
+    );
+    let refused = pv.wait_for_event("connection.refused", "max_connections");
+    assert!(
+        refused
+            .source
+            .as_deref()
+            .is_some_and(|s| s.starts_with("127.0.0.3:")),
+        "{refused:?}"
+    );
+    assert_eq!(refused.detail["refused"], 1, "{refused:?}");
+    assert_eq!(refused_metric(metrics, "max_connections"), 1.0);
+    forward.echo(b"still here\n");
+
+    // Once the half-open one goes, a new connection is served.
+    drop(held);
+    poll_until(
+        "a freed connection slot to be reused",
+        AUDIT_TIMEOUT,
+        || {
+            attack::greeting_from(loopback(3), pv.port)
+                .is_banner()
+                .then_some(())
+        },
+    );
 }
 
 #[test]

@@ -21,6 +21,9 @@ pub enum EventKind {
     ChannelRefused,
     /// Old rows were deleted under `[database] retention`.
     AuditPrune,
+    /// Connections refused before the SSH handshake (bans, limits), counted
+    /// per source and reason (server::refusals).
+    ConnectionRefused,
 }
 
 impl EventKind {
@@ -40,6 +43,7 @@ impl EventKind {
             ConfigReload => "config.reload",
             ChannelRefused => "channel.refused",
             AuditPrune => "audit.prune",
+            ConnectionRefused => "connection.refused",
         }
     }
 }

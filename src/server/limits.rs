@@ -45,14 +45,6 @@ pub enum Full {
     Source,
 }
 
-impl Full {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Full::Global => "max_unauthenticated",
-            Full::Source => "max_unauthenticated_per_source",
-        }
-    }
-}
 
 /// Take a login slot for a connection from `ip`.
 pub fn admit(

@@ -18,6 +18,7 @@ use super::connection::{ConnCtx, Connection};
 use super::grant_watch::GrantWatch;
 use super::limits::{self, LoginSlot};
 use super::proxy::{self, Prefixed};
+use super::refusals::Refusal;
 use super::{ServerState, hostkey, ssh_config};
 use crate::audit::{Audit, Event, EventKind};
 use crate::auth::Services;
@@ -106,6 +107,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         services,
         grant_watch: grant_watch.clone(),
         forwards: Arc::default(),
+        refusals: Arc::default(),
     });
     let watch_stop = CancellationToken::new();
     tokio::spawn(grant_watch.run(store.clone(), watch_stop.clone()));
@@ -113,6 +115,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(lockout.run(move || st.config.load().lockout.clone(), watch_stop.clone()));
     tokio::spawn(gauges(store.clone(), watch_stop.clone()));
     tokio::spawn(store.clone().watch_health(watch_stop.clone()));
+    let refusals = state.refusals.clone();
+    let (audit, stop) = (state.audit.clone(), watch_stop.clone());
+    let flusher = tokio::spawn(async move { refusals.run(audit, stop).await });
     if let Some(keep) = state.config.load().database.retention {
         tokio::spawn(crate::audit::retention_loop(
             state.audit.clone(),
@@ -153,6 +158,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(CLOSE_WAIT * 3, all_closed).await;
     }
     watch_stop.cancel();
+    // Counted refusals reach the audit before its writer is let go.
+    let _ = flusher.await;
     let store = state.audit.store().clone();
     drop(state);
     // The writer ends once the last Audit clone is gone and its queue is written.
@@ -224,7 +231,9 @@ async fn accept_loop(state: Arc<ServerState>, listener: TcpListener, terminate: 
             }
         };
         let Ok(conn_permit) = state.connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, reason = "max_connections", "connection refused");
+            state
+                .refusals
+                .record(&state.audit, peer, Refusal::MaxConnections);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -263,6 +272,9 @@ async fn admit(
             Ok((None, _)) => return,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "connection from a PROXY-protocol balancer refused");
+                state
+                    .refusals
+                    .record(&state.audit, peer, Refusal::ProxyHeader);
                 return;
             }
         }
@@ -271,7 +283,7 @@ async fn admit(
     };
     // Banned sources are closed before the SSH handshake.
     if state.services.lockout.is_banned(client.ip()) {
-        tracing::debug!(peer = %client, reason = "banned", "connection refused");
+        state.refusals.record(&state.audit, client, Refusal::Banned);
         return;
     }
     let login_permit = match limits::admit(
@@ -282,7 +294,11 @@ async fn admit(
     ) {
         Ok(slot) => slot,
         Err(full) => {
-            tracing::warn!(peer = %client, reason = full.as_str(), "connection refused");
+            let why = match full {
+                limits::Full::Global => Refusal::MaxUnauthenticated,
+                limits::Full::Source => Refusal::MaxUnauthenticatedPerSource,
+            };
+            state.refusals.record(&state.audit, client, why);
             return;
         }
     };

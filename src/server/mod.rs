@@ -9,6 +9,7 @@ pub mod hostkey;
 mod limits;
 mod listener;
 mod proxy;
+mod refusals;
 mod session_text;
 
 use std::borrow::Cow;
@@ -50,6 +51,8 @@ pub struct ServerState {
     pub grant_watch: Arc<grant_watch::GrantWatch>,
     /// Live forwards, re-checked on reload.
     pub forwards: Arc<forwards::Forwards>,
+    /// Connections refused before the handshake, audited in batches.
+    pub refusals: Arc<refusals::Refusals>,
 }
 
 /// Key exchanges: post-quantum hybrids only (ML-KEM for OpenSSH 9.9+,
