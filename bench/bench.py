@@ -16,7 +16,7 @@ import time
 import report
 from procs import (BenchError, LineReader, Proc, mem_available_mib, settle_memory,
                    stop_all)
-from servers import (Keys, OpensshJump, PortvaktJump, Sink, Target, client_config,
+from servers import (Keys, OpensshJump, PortvaktJump, PortvaktNodes, Sink, Target, client_config,
                      ensure_bench_user, known_hosts)
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +54,14 @@ def parse_args(argv):
                    help="load client processes the login loops are spread over [2]")
     p.add_argument("--open-concurrency", type=int, default=32,
                    help="connections being opened at once in memory/scale runs [32]")
+    p.add_argument("--scale-nodes", type=int, default=2,
+                   help="also run the scale test on this many portvakt nodes sharing one "
+                        "PostgreSQL database, the connections spread over them (0: don't) [2]")
+    p.add_argument("--postgres", default=os.environ.get(
+                       "PORTVAKT_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+                   help="PostgreSQL server for --scale-nodes; the benchmark creates and drops a "
+                        "database of its own there [$PORTVAKT_BENCH_POSTGRES_URL or "
+                        "postgres://postgres@127.0.0.1:5432/postgres]")
     p.add_argument("--mem-guard-mib", type=int, default=4096,
                    help="stop adding connections when MemAvailable drops below this [4096]")
     p.add_argument("--out", help="write the report here (default: docs/BENCHMARKS.md for a "
@@ -84,6 +92,32 @@ def parse_args(argv):
         args.out = os.path.join(REPO, "docs", "BENCHMARKS.md")
     args.bin = os.path.abspath(args.bin or os.path.join(REPO, "target", "release", "portvakt"))
     return args
+
+
+class PostgresDatabase:
+    """A database of the benchmark's own on a PostgreSQL server (psql must be
+    on PATH); dropped again on exit. Yields the URL for portvakt."""
+
+    def __init__(self, admin_url):
+        self.admin = admin_url
+        self.name = f"portvakt_bench_{os.getpid()}"
+
+    def psql(self, sql):
+        out = subprocess.run(["psql", self.admin, "-v", "ON_ERROR_STOP=1", "-qc", sql],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise BenchError(f"psql {self.admin} failed ({sql}): {out.stderr.strip()}; "
+                             "give --postgres URL, or --scale-nodes 0 to skip the nodes run")
+
+    def __enter__(self):
+        self.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        self.psql(f"CREATE DATABASE {self.name}")
+        base, _, _ = self.admin.rpartition("/")
+        return f"{base}/{self.name}"
+
+    def __exit__(self, *exc):
+        self.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        return False
 
 
 class Bench:
@@ -179,7 +213,8 @@ class Bench:
 
     def loadclient(self, mode, jump, extra, log_name):
         argv = [self.python, os.path.join(BENCH_DIR, "loadclient.py"), mode,
-                "--port", str(jump.port), "--key", self.keys.user, "--cert", self.keys.cert,
+                *[a for port in getattr(jump, "ports", [jump.port]) for a in ("--port", str(port))],
+                "--key", self.keys.user, "--cert", self.keys.cert,
                 "--cipher", CIPHERS[0]] + extra
         return Proc(f"load client ({jump.name})", argv, os.path.join(self.work, log_name),
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -259,6 +294,25 @@ class Bench:
             res[kind] = run
             say(f"scale {kind}: {run['open']} of {run['requested']} open, {run['failed']} failed, "
                 f"{run['lost_after_open']} dropped, stopped: {run['stopped']}, "
+                f"{run['rss_kib'] // 1024} MiB RSS; errors: {run['errors'] or 'none'}")
+        if "portvakt" in self.args.jumps and self.args.scale_nodes > 1:
+            with PostgresDatabase(self.args.postgres) as url:
+                d = os.path.join(self.work, "portvakt-nodes")
+                jump = PortvaktNodes(d, self.args.bin, self.keys, self.target_ports,
+                                     self.args.scale + 1000, url, self.args.scale_nodes)
+                try:
+                    t0 = time.monotonic()
+                    run = self.hold(jump, self.args.scale, "scale-portvakt-nodes")
+                    run["seconds"] = round(time.monotonic() - t0, 1)
+                    lines = jump.log_lines()
+                    run["log_lines"] = len(lines)
+                    run["log_excerpt"] = report.log_excerpt(lines)
+                    run["nodes"] = self.args.scale_nodes
+                finally:
+                    jump.stop()
+            res[jump.name] = run
+            say(f"scale {jump.label}: {run['open']} of {run['requested']} open, "
+                f"{run['failed']} failed, {run['lost_after_open']} dropped, "
                 f"{run['rss_kib'] // 1024} MiB RSS; errors: {run['errors'] or 'none'}")
         self.results["scale"] = res
 
@@ -362,6 +416,11 @@ def main(argv):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     ensure_bench_user()
+    if "scale" in args.only and "portvakt" in args.jumps and args.scale_nodes > 1:
+        try:  # fail now, not after the rest of the run
+            PostgresDatabase(args.postgres).psql("SELECT 1")
+        except BenchError as exc:
+            raise SystemExit(f"bench: {exc}")
     if args.nice:
         os.nice(args.nice)
     started = datetime.datetime.now(datetime.timezone.utc)

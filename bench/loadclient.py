@@ -24,6 +24,7 @@ kernel.pid_max (OpenSSH forks two processes per connection).
 
 import argparse
 import asyncio
+import itertools
 import json
 import resource
 import sys
@@ -74,7 +75,8 @@ class Options:
         key = asyncssh.read_private_key(args.key)
         cert = asyncssh.read_certificate(args.cert)
         self.host = args.host
-        self.port = args.port
+        # Several ports (nodes behind a balancer): connections take turns.
+        self.ports = itertools.cycle(args.port)
         self.options = asyncssh.SSHClientConnectionOptions(
             username=args.user,
             client_keys=[(key, cert)],
@@ -90,11 +92,11 @@ class Options:
         )
 
     async def connect(self):
-        return await asyncssh.connect(self.host, self.port, options=self.options, config=None)
+        return await asyncssh.connect(self.host, next(self.ports), options=self.options, config=None)
 
     async def connect_watched(self):
         return await asyncssh.create_connection(
-            Watched, self.host, self.port, options=self.options, config=None)
+            Watched, self.host, next(self.ports), options=self.options, config=None)
 
 
 class Idle(asyncssh.SSHTCPSession):
@@ -256,7 +258,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=["hold", "logins"])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, action="append", required=True,
+                   help="jump host port; repeat it to spread connections over several")
     p.add_argument("--user", default="bench")
     p.add_argument("--key", required=True)
     p.add_argument("--cert", required=True)

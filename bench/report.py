@@ -183,6 +183,16 @@ def rows(results, args):
         add("scale: memory per idle forward, KiB RSS", get(pv, "per_forward_rss_kib"),
             get(os_, "per_forward_rss_kib"), 1)
         add("scale: seconds to open them", get(pv, "open_seconds"), get(os_, "open_seconds"), 1)
+        nodes = scale.get("portvakt-nodes")
+        if nodes:
+            n = nodes["nodes"]
+            out.append((f"scale, portvakt as {n} nodes on one PostgreSQL: idle forwards held of "
+                        f"{nodes['requested']:,}", _held(nodes), "-", "-",
+                        f"{nodes['requested']:,}, no failure" + (" (met)" if _clean(nodes) else " (NOT met)")))
+            add(f"scale, {n} nodes: RSS of all nodes with them open, MiB", get(nodes, "rss_kib", 1024),
+                None, 0)
+            add(f"scale, {n} nodes: memory per idle forward, KiB RSS", get(nodes, "per_forward_rss_kib"),
+                None, 1)
     lg = results.get("logins")
     if lg:
         get = lambda k, n: med(r[k] for r in lg.get(n, []))  # noqa: E731
@@ -295,7 +305,11 @@ How it measures (bench/run, bench/*.py):
   both jump hosts send keepalives every 30 s).
 - Scale: the same as memory with the scale count, with a guard that stops opening
   connections when MemAvailable drops below {guard} MiB or the task count nears
-  kernel.pid_max (sshd runs two processes per connection).
+  kernel.pid_max (sshd runs two processes per connection). Then the same count once more
+  through portvakt deployed as several nodes (`--scale-nodes`, 2 by default) sharing one
+  PostgreSQL database, as behind a load balancer (docs/DEPLOYING.md): the load client takes
+  the nodes' ports in turn, and memory is the sum over the nodes. This is how portvakt gets
+  past a per-process open-file limit, the way sshd does by forking.
 - Logins: {clients} loops spread over {procs} asyncssh processes, each connect + certificate
   login + disconnect, for a fixed time; CPU per login as for throughput. The load client
   shares the 2 cores with the server, so the rate is a whole-machine number; server CPU per

@@ -109,9 +109,11 @@ class PortvaktJump(Jump):
     name = "portvakt"
     label = "portvakt"
 
-    def __init__(self, d, binary, keys, target_ports, max_connections):
+    def __init__(self, d, binary, keys, target_ports, max_connections, database=None, node=None):
         os.makedirs(d, exist_ok=True)
         self.port = free_port()
+        database = database or f"sqlite://{d}/portvakt.db"
+        node = f'node_name = "{node}"\n' if node else ""
         key_dir = os.path.join(d, "keys")
         os.makedirs(key_dir, mode=0o700, exist_ok=True)
         shutil.copy(keys.jump_host, os.path.join(key_dir, "ssh_host_ed25519_key"))
@@ -127,9 +129,9 @@ login_grace_time = "2m"
 # The comparison runs curve25519 on both jump hosts (OpenSSH 9.2 would
 # otherwise pick sntrup761, and the asyncssh load client speaks no PQ KEX).
 classic_kex = true
-
+{node}
 [database]
-url = "sqlite://{d}/portvakt.db"
+url = "{database}"
 
 [log]
 format = "json"
@@ -157,6 +159,45 @@ allow_users = ["{USER}"]
 
     def memory(self):
         return memory_kib(self.pid)
+
+
+class PortvaktNodes(Jump):
+    """Several portvakt nodes sharing one PostgreSQL database, as behind a
+    load balancer (docs/DEPLOYING.md); the load client spreads connections
+    over their ports. Memory and CPU are the sum over the nodes."""
+    name = "portvakt-nodes"
+
+    def __init__(self, d, binary, keys, target_ports, max_connections, database, count):
+        self.label = f"portvakt, {count} nodes"
+        self.nodes = []
+        try:
+            for i in range(count):
+                self.nodes.append(PortvaktJump(os.path.join(d, f"node-{i + 1}"), binary, keys,
+                                               target_ports, max_connections, database,
+                                               f"bench-{i + 1}"))
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.nodes[0].port
+        self.ports = [n.port for n in self.nodes]
+
+    def cpu(self):
+        return sum(n.cpu() for n in self.nodes)
+
+    def memory(self):
+        parts = [n.memory() for n in self.nodes]
+        return tuple(sum(p[i] for p in parts) for i in range(3))
+
+    def wait_idle(self, *a, **kw):
+        for n in self.nodes:
+            n.wait_idle(*a, **kw)
+
+    def stop(self):
+        for n in self.nodes:
+            n.stop()
+
+    def log_lines(self):
+        return [line for n in self.nodes for line in n.log_lines()]
 
 
 class OpensshJump(Jump):
