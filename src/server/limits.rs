@@ -45,7 +45,6 @@ pub enum Full {
     Source,
 }
 
-
 /// Take a login slot for a connection from `ip`.
 pub fn admit(
     global: &Arc<Semaphore>,
