@@ -103,19 +103,6 @@ impl Identity {
         self
     }
 
-    /// An identity for the fuzz targets (feature `fuzzing`, never in a
-    /// release build).
-    #[cfg(feature = "fuzzing")]
-    #[doc(hidden)]
-    pub fn for_fuzzing(user: &str, groups: &[&str]) -> Self {
-        Identity::new(
-            user.to_string(),
-            groups.iter().map(|g| g.to_string()).collect(),
-            AuthMethod::Certificate,
-            "SHA256:fuzz".into(),
-        )
-    }
-
     /// An identity for unit tests of other modules.
     #[cfg(test)]
     pub fn for_test(user: &str, groups: &[&str]) -> Self {
