@@ -216,15 +216,9 @@ impl Metrics {
                 reason: String::new(),
             });
         }
-        for reason in [
-            "banned",
-            "max_connections",
-            "max_unauthenticated",
-            "max_unauthenticated_per_source",
-            "proxy_header",
-        ] {
+        for why in crate::server::refusals::Refusal::ALL {
             let _ = m.connections_refused.get_or_create(&ReasonLabels {
-                reason: reason.into(),
+                reason: why.as_str().into(),
             });
         }
         for direction in ["to_target", "from_target"] {

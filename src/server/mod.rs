@@ -9,7 +9,7 @@ pub mod hostkey;
 mod limits;
 mod listener;
 mod proxy;
-mod refusals;
+pub(crate) mod refusals;
 mod session_text;
 
 use std::borrow::Cow;
