@@ -1154,3 +1154,144 @@ fn a_public_client_without_a_secret_logs_in() {
     w.login(&askpass, &w.client("alice", &key));
     w.wait_login("alice", "oidc+totp");
 }
+
+// ------------------------------------------------------------------ reload
+
+/// Rewrites portvakt's config and reloads it; waits for the reload's row.
+fn reload(w: &World, config: &Config) -> AuditEvent {
+    let before =
+        w.pv.audit()
+            .iter()
+            .filter(|e| e.kind == "config.reload")
+            .count();
+    w.pv.write_config(config);
+    w.pv.signal("HUP");
+    poll_until("the config.reload event", AUDIT_TIMEOUT, || {
+        let reloads: Vec<AuditEvent> =
+            w.pv.audit()
+                .into_iter()
+                .filter(|e| e.kind == "config.reload")
+                .collect();
+        (reloads.len() > before).then(|| reloads[reloads.len() - 1].clone())
+    })
+}
+
+/// A grant keeps what the IdP said; groups from `[[users]]` count only while
+/// the config says so (they are not frozen into the grant).
+#[test]
+fn a_grant_follows_the_config_groups_in_force() {
+    let ops_echo = EchoServer::start();
+    let ops_port = ops_echo.port;
+    let config = |idp: &Idp, echo: &TcpServer, with_ops: bool| {
+        let c = Config::new()
+            .oidc(idp.oidc())
+            .target(Target::host("echo", "127.0.0.1", echo.port).allow_groups(&["sre"]))
+            .target(Target::host("ops-echo", "127.0.0.1", ops_port).allow_groups(&["ops"]));
+        if with_ops {
+            c.user(User::groups("alice", &["ops"]))
+        } else {
+            c
+        }
+    };
+    let w = World::start(&IdpOptions::new(), |_, idp, echo| config(idp, echo, true));
+    let key = w.env.key("alice");
+    w.login(&w.askpass("alice", "alice-pw"), &w.client("alice", &key));
+    let batch = w.client("alice", &key).log_level("INFO");
+    assert_echoed(
+        &forward_stdio(&batch, "ops-echo", ops_port, PING),
+        "ops-echo by grant while alice is in ops",
+    );
+
+    reload(&w, &config(w.idp(), &w.echo, false));
+    let out = forward_stdio(&batch, "ops-echo", ops_port, PING);
+    assert_forward_prohibited(&out, "alice");
+    w.pv.wait_for_event("forward.denied", "user_not_allowed");
+    // The IdP's groups still hold: sre opens echo by the same grant.
+    assert_echoed(&w.batch_forward(&batch), "echo by grant (sre from the IdP)");
+}
+
+/// A grant made with a `[[users]]` key and TOTP holds only while that key is
+/// listed, also where an IdP is configured (the key then counts as
+/// "unknown, the IdP may follow").
+#[test]
+fn a_key_and_totp_grant_ends_when_its_key_is_removed_from_the_config() {
+    let deploy = TestEnv::new();
+    let key = deploy.key("deploy");
+    let config = |idp: &Idp, echo: &TcpServer, listed: bool| {
+        let user = if listed {
+            User::totp("deploy", &key).with_groups(&["sre"])
+        } else {
+            User::groups("deploy", &["sre"])
+        };
+        Config::new()
+            .oidc(idp.oidc())
+            .target(Target::host("echo", "127.0.0.1", echo.port).allow_groups(&["sre"]))
+            .user(user)
+    };
+    let w = World::start_in(deploy, &IdpOptions::new(), |_, idp, echo| {
+        config(idp, echo, true)
+    });
+    let secret = w.enrol("deploy");
+    let askpass = Askpass::new(w.env.path(), w.idp(), Decision::Deny);
+    askpass.set_secret(&secret);
+    w.login(&askpass, &w.client("deploy", &key));
+    w.wait_login("deploy", "publickey+totp");
+    let batch = w.client("deploy", &key);
+    let mut live = LiveForward::start(
+        batch.spawn(&["-W", &w.echo_dest(), BASTION]),
+        "deploy's grant",
+    );
+    w.wait_login("deploy", "grant");
+
+    let ev = reload(&w, &config(w.idp(), &w.echo, false));
+    assert_eq!(ev.detail["closed_connections"], 1, "{ev:?}");
+    live.wait_closed("its key was removed from [[users]]");
+    w.pv.wait_for_audit("connection.close config_revoked", |e| {
+        e.is("connection.close", "config_revoked")
+    });
+    // The grant no longer logs the key in: BatchMode cannot do the IdP part.
+    let out = w.batch_forward(&batch);
+    assert_login_refused(&out);
+    assert_eq!(
+        w.count("auth.success", "grant"),
+        1,
+        "no grant login after the reload"
+    );
+}
+
+/// Removing `[oidc]` and reloading stops IdP logins at once: new device
+/// flows, grants made at the IdP, and connections riding on them.
+#[test]
+fn removing_oidc_and_reloading_stops_idp_logins_without_a_restart() {
+    let w = World::new();
+    let key = w.env.key("alice");
+    let askpass = w.askpass("alice", "alice-pw");
+    w.login(&askpass, &w.client("alice", &key));
+    let batch = w.client("alice", &key);
+    let mut live = LiveForward::start(
+        batch.spawn(&["-W", &w.echo_dest(), BASTION]),
+        "alice's grant",
+    );
+
+    let ev = reload(
+        &w,
+        &Config::new()
+            .target(Target::host("echo", "127.0.0.1", w.echo.port).allow_groups(&["sre"])),
+    );
+    assert_eq!(ev.detail_str("result"), Some("applied"), "{ev:?}");
+    assert_eq!(ev.detail["closed_connections"], 1, "{ev:?}");
+    live.wait_closed("[oidc] was removed");
+
+    // The grant is not honoured, and no device flow starts.
+    assert_login_refused(&w.batch_forward(&batch));
+    let flows = askpass.prompts_of("device").len();
+    let other = w.env.key("alice-2");
+    let out = w.askpass_forward(&askpass, &w.client("alice", &other));
+    assert_refused(&out, &askpass);
+    assert_eq!(
+        askpass.prompts_of("device").len(),
+        flows,
+        "a device flow started after [oidc] was removed:\n{}",
+        askpass.describe()
+    );
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use sqlx::Row;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use events::{Event, EventKind, clean};
@@ -32,6 +32,8 @@ use crate::store::{Store, StoreError};
 const QUEUE: usize = 65_536;
 /// Records written per transaction at most.
 const BATCH: usize = 256;
+/// How long [`Audit::record`] waits for the database.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
 
 /// Cheap to clone; all clones feed one writer.
 #[derive(Debug, Clone)]
@@ -51,7 +53,8 @@ struct Inner {
 /// What the writer task stores.
 #[derive(Debug)]
 enum Record {
-    Event(Event),
+    /// An event; the sender, if any, learns whether it reached the database.
+    Event(Event, Option<oneshot::Sender<bool>>),
     ConnectionOpen {
         id: String,
         source: String,
@@ -134,7 +137,35 @@ impl Audit {
     pub fn emit(&self, ev: Event) {
         log_event(&ev);
         crate::metrics::observe(&ev);
-        self.queue(Record::Event(ev));
+        self.queue(Record::Event(ev, None));
+    }
+
+    /// Log an event and wait until the database has it (or `RECORD_WAIT`
+    /// passed). For the events a security team must never miss (logins,
+    /// grants, bans, revocations, reloads): they wait for room in the
+    /// queue instead of being dropped when it is full. `false`: not stored.
+    pub async fn record(&self, ev: Event) -> bool {
+        log_event(&ev);
+        crate::metrics::observe(&ev);
+        let (ack, stored) = oneshot::channel();
+        let sent = tokio::time::timeout(
+            RECORD_WAIT,
+            self.inner.tx.send(Record::Event(ev, Some(ack))),
+        )
+        .await;
+        let stored = match sent {
+            Ok(Ok(())) => matches!(
+                tokio::time::timeout(RECORD_WAIT, stored).await,
+                Ok(Ok(true))
+            ),
+            _ => false,
+        };
+        if !stored {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::get().audit_dropped.inc();
+            tracing::error!("audit record not stored in time (kept in this log)");
+        }
+        stored
     }
 
     fn queue(&self, r: Record) {
@@ -154,19 +185,30 @@ impl Audit {
         });
     }
 
-    /// A login succeeded: `auth.success` and the connection row gets its user.
-    pub fn login(&self, id: &str, source: SocketAddr, ev: Event, user: &str, method: &str) {
-        self.emit(
-            ev.connection(id, source)
-                .user(user)
-                .detail("method", method),
-        );
+    /// A login succeeded: the connection row gets its user, and
+    /// `auth.success` is stored before this returns. `false`: it was not
+    /// (the caller refuses the login).
+    pub async fn login(
+        &self,
+        id: &str,
+        source: SocketAddr,
+        ev: Event,
+        user: &str,
+        method: &str,
+    ) -> bool {
         self.queue(Record::ConnectionAuthenticated {
             id: id.to_string(),
             user: user.to_string(),
             method: method.to_string(),
             at: now_micros(),
         });
+        // The queue is written in order: once this is stored, so is the row.
+        self.record(
+            ev.connection(id, source)
+                .user(user)
+                .detail("method", method),
+        )
+        .await
     }
 
     pub fn connection_close(
@@ -362,7 +404,10 @@ async fn write_loop(
         let mut attempt = 0;
         loop {
             match write_batch(&store, &node, &batch).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    acknowledge(&mut batch, |_| true);
+                    break;
+                }
                 Err(e) if attempt < 3 => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "audit write failed; retrying");
@@ -372,12 +417,17 @@ async fn write_loop(
                     store.set_healthy(store.ping().await.is_ok());
                     // One bad record must not take the others with it.
                     let mut lost = 0u64;
+                    let mut stored = Vec::with_capacity(batch.len());
                     for r in &batch {
-                        if let Err(e) = write_batch(&store, &node, std::slice::from_ref(r)).await {
+                        let ok = write_batch(&store, &node, std::slice::from_ref(r)).await;
+                        if let Err(e) = &ok {
                             lost += 1;
                             tracing::error!(error = %e, record = ?r, "audit record lost to the database (kept in this log)");
                         }
+                        stored.push(ok.is_ok());
                     }
+                    let mut each = stored.into_iter();
+                    acknowledge(&mut batch, |_| each.next().unwrap_or(false));
                     if let Some(inner) = inner.upgrade() {
                         inner.dropped.fetch_add(lost, Ordering::Relaxed);
                     }
@@ -391,11 +441,23 @@ async fn write_loop(
     }
 }
 
+/// Tell whoever waits for a record of `batch` whether it was stored.
+fn acknowledge(batch: &mut [Record], mut stored: impl FnMut(&Record) -> bool) {
+    for r in batch.iter_mut() {
+        let ok = stored(r);
+        if let Record::Event(_, ack) = r
+            && let Some(ack) = ack.take()
+        {
+            let _ = ack.send(ok);
+        }
+    }
+}
+
 async fn write_batch(store: &Store, node: &str, batch: &[Record]) -> Result<(), sqlx::Error> {
     let mut tx = store.pool().begin().await?;
     for r in batch {
         match r {
-            Record::Event(ev) => {
+            Record::Event(ev, _) => {
                 sqlx::query(
                     "INSERT INTO audit_events (at, kind, node, connection_id, user_name, source, reason, detail) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

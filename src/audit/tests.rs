@@ -999,12 +999,17 @@ async fn connection_open_login_close() {
         let src: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
         let before = crate::clock::now_micros();
         audit.connection_open("c1", src);
-        audit.login(
-            "c1",
-            src,
-            Event::new(EventKind::AuthSuccess).detail("key_fingerprint", "SHA256:x"),
-            "alice",
-            "certificate",
+        assert!(
+            audit
+                .login(
+                    "c1",
+                    src,
+                    Event::new(EventKind::AuthSuccess).detail("key_fingerprint", "SHA256:x"),
+                    "alice",
+                    "certificate",
+                )
+                .await,
+            "the login's row is stored before login() returns"
         );
         audit.connection_close(
             "c1",

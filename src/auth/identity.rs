@@ -4,6 +4,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::SystemTime;
 
+use russh::keys::ssh_key::{Certificate, public::KeyData};
+
+use crate::config::Config;
+use crate::policy::Subject;
+
 /// How the connection logged in; the names are the `auth_method` values of
 /// the audit trail (DESIGN.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,6 +28,25 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
+    pub const ALL: [AuthMethod; 6] = [
+        AuthMethod::Certificate,
+        AuthMethod::Grant,
+        AuthMethod::PublickeyTotp,
+        AuthMethod::OidcTotp,
+        AuthMethod::Oidc,
+        AuthMethod::Publickey,
+    ];
+
+    /// The method of this name (as stored on grants).
+    pub fn parse(name: &str) -> Option<AuthMethod> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
+    /// Did the IdP take part in this login?
+    pub fn is_idp(self) -> bool {
+        matches!(self, AuthMethod::OidcTotp | AuthMethod::Oidc)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Certificate => "certificate",
@@ -41,13 +65,31 @@ impl fmt::Display for AuthMethod {
     }
 }
 
+/// What the client proved it holds, kept so that a reload can ask whether
+/// the new config would still let it in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Certificate(Box<Certificate>),
+    Key(KeyData),
+    /// An IdP login without a proven key (no grant).
+    None,
+}
+
 /// An authenticated user. The fields are private and the constructor is
 /// visible only inside `auth`, so holding an `Identity` proves a login.
+///
+/// It holds what the login proved, never what the config said then: groups
+/// from `[[users]]` are added at each use ([`Identity::subject`]), from the
+/// config in force at that moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     user: String,
-    groups: BTreeSet<String>,
+    /// Groups the IdP gave (IdP logins, and grants made by one).
+    idp_groups: BTreeSet<String>,
     method: AuthMethod,
+    /// For grant logins: how the grant was made.
+    grant_method: Option<AuthMethod>,
+    credential: Credential,
     /// The login stops being valid at this time (certificate `valid_before`,
     /// grant expiry); `None` for logins without an end of their own.
     expires_at: Option<SystemTime>,
@@ -67,14 +109,16 @@ pub struct Identity {
 impl Identity {
     pub(in crate::auth) fn new(
         user: String,
-        groups: BTreeSet<String>,
+        idp_groups: BTreeSet<String>,
         method: AuthMethod,
         key_fingerprint: String,
     ) -> Self {
         Identity {
             user,
-            groups,
+            idp_groups,
             method,
+            grant_method: None,
+            credential: Credential::None,
             expires_at: None,
             key_fingerprint,
             may_forward: true,
@@ -85,6 +129,16 @@ impl Identity {
 
     pub(in crate::auth) fn with_grant(mut self, id: i64) -> Self {
         self.grant_id = Some(id);
+        self
+    }
+
+    pub(in crate::auth) fn with_grant_method(mut self, method: Option<AuthMethod>) -> Self {
+        self.grant_method = method;
+        self
+    }
+
+    pub(in crate::auth) fn with_credential(mut self, credential: Credential) -> Self {
+        self.credential = credential;
         self
     }
 
@@ -117,8 +171,27 @@ impl Identity {
     pub fn user(&self) -> &str {
         &self.user
     }
-    pub fn groups(&self) -> impl Iterator<Item = &str> + Clone {
-        self.groups.iter().map(String::as_str)
+    /// Groups the IdP gave this login.
+    pub fn idp_groups(&self) -> impl Iterator<Item = &str> + Clone {
+        self.idp_groups.iter().map(String::as_str)
+    }
+    /// Who this is for a decision under `cfg` (the config in force now):
+    /// the IdP's groups plus those of the `[[users]]` entry of this name.
+    pub fn subject(&self, cfg: &Config) -> Subject {
+        let from_config = cfg
+            .user(&self.user)
+            .into_iter()
+            .flat_map(|u| u.groups.iter());
+        Subject::new(
+            self.user.clone(),
+            self.idp_groups.iter().chain(from_config).cloned(),
+        )
+    }
+    pub fn grant_method(&self) -> Option<AuthMethod> {
+        self.grant_method
+    }
+    pub fn credential(&self) -> &Credential {
+        &self.credential
     }
     pub fn method(&self) -> AuthMethod {
         self.method

@@ -17,8 +17,10 @@ use tokio::task::JoinHandle;
 use super::grants::{self, Grant, NewGrant};
 use super::oidc::{DeviceFlow, IdpLogin, OidcError};
 use super::totp::{Secret, TotpCheck, qr_text};
-use super::{AuthFailure, AuthMethod, Identity, Services};
-use crate::config::{Config, TotpMode};
+use russh::keys::ssh_key::public::KeyData;
+
+use super::{AuthFailure, AuthMethod, Credential, Identity, Services, fingerprint};
+use crate::config::{Config, SharedConfig, TotpMode};
 
 /// Device flows one connection may start (the OpenSSH client retries
 /// keyboard-interactive three times).
@@ -51,7 +53,9 @@ pub enum Step {
 /// A user who passed the first part and now needs TOTP (or nothing more).
 #[derive(Debug, Clone)]
 struct Pending {
-    groups: BTreeSet<String>,
+    /// Groups the IdP gave (none for a `[[users]]` key); `[[users]]` groups
+    /// are added at each use, from the config in force then.
+    idp_groups: BTreeSet<String>,
     /// The method to record once this succeeds.
     method: AuthMethod,
 }
@@ -79,13 +83,13 @@ impl Drop for AbortOnDrop {
 
 /// The keyboard-interactive state of one connection.
 pub struct Interactive {
-    cfg: Arc<Config>,
+    cfg: SharedConfig,
     svc: Arc<Services>,
     source: String,
     user: String,
-    /// Fingerprint of the key the client proved before (partial success),
-    /// and whether it is a `[[users]]` key that needs TOTP.
-    proven_key: Option<(String, bool)>,
+    /// The key the client proved before (partial success), and whether it
+    /// is a `[[users]]` key that needs TOTP.
+    proven_key: Option<(KeyData, bool)>,
     /// The IdP login of this connection, kept across retries so that a
     /// mistyped TOTP code does not mean another browser round.
     idp: Option<IdpLogin>,
@@ -96,7 +100,7 @@ pub struct Interactive {
 }
 
 impl Interactive {
-    pub fn new(cfg: Arc<Config>, svc: Arc<Services>, source: String) -> Self {
+    pub fn new(cfg: SharedConfig, svc: Arc<Services>, source: String) -> Self {
         Interactive {
             cfg,
             svc,
@@ -111,19 +115,23 @@ impl Interactive {
     }
 
     /// The client proved it holds this key for `user` (first factor).
-    pub fn key_proven(&mut self, user: &str, fingerprint: String, totp_user: bool) {
+    pub fn key_proven(&mut self, user: &str, key: KeyData, totp_user: bool) {
         self.switch_user(user);
-        self.proven_key = Some((fingerprint, totp_user));
+        self.proven_key = Some((key, totp_user));
+    }
+
+    fn cfg(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.cfg.load()
     }
 
     /// Is this the key already proven for `user` (offered again after the
     /// partial success)?
-    pub fn is_proven(&self, user: &str, fingerprint: &str) -> bool {
+    pub fn is_proven(&self, user: &str, fp: &str) -> bool {
         self.user == user
             && self
                 .proven_key
                 .as_ref()
-                .is_some_and(|(f, _)| f == fingerprint)
+                .is_some_and(|(k, _)| fingerprint(k) == fp)
     }
 
     /// A different user name starts over (russh does the same).
@@ -142,7 +150,7 @@ impl Interactive {
         self.switch_user(user);
         if let Some((_, true)) = &self.proven_key {
             let pending = Pending {
-                groups: self.config_groups(),
+                idp_groups: BTreeSet::new(),
                 method: AuthMethod::PublickeyTotp,
             };
             return self.totp_step(pending).await;
@@ -150,7 +158,7 @@ impl Interactive {
         if let Some(login) = self.idp.clone() {
             return self.after_idp(login).await;
         }
-        let Some(idp) = self.svc.idp.clone() else {
+        let Some(idp) = self.svc.idp().filter(|_| self.cfg().oidc.is_some()) else {
             return Step::Reject(AuthFailure::InteractiveUnavailable);
         };
         if self.flows >= MAX_FLOWS {
@@ -282,18 +290,18 @@ impl Interactive {
     /// The IdP part is done: TOTP unless the IdP did MFA itself (and that is
     /// trusted) or TOTP is off.
     async fn after_idp(&mut self, login: IdpLogin) -> Step {
-        let mut groups = self.config_groups();
-        groups.extend(login.groups.iter().cloned());
-        if self.cfg.mfa.totp == TotpMode::Off || (self.cfg.mfa.trust_idp_amr && login.has_mfa()) {
+        let idp_groups: BTreeSet<String> = login.groups.iter().cloned().collect();
+        let mfa = self.cfg().mfa.clone();
+        if mfa.totp == TotpMode::Off || (mfa.trust_idp_amr && login.has_mfa()) {
             return self
                 .finish(Pending {
-                    groups,
+                    idp_groups,
                     method: AuthMethod::Oidc,
                 })
                 .await;
         }
         self.totp_step(Pending {
-            groups,
+            idp_groups,
             method: AuthMethod::OidcTotp,
         })
         .await
@@ -313,7 +321,7 @@ impl Interactive {
                 false,
             );
         }
-        if pending.method != AuthMethod::OidcTotp || !self.cfg.mfa.self_enroll {
+        if pending.method != AuthMethod::OidcTotp || !self.cfg().mfa.self_enroll {
             return self.fail(
                 AuthFailure::TotpNotEnrolled,
                 "you have no TOTP secret yet; ask an admin to run `portvakt totp enroll` for you",
@@ -345,19 +353,22 @@ impl Interactive {
 
     /// Make the identity and, when a key was proven, the grant bound to it.
     async fn finish(&mut self, pending: Pending) -> Step {
-        let ttl = self.cfg.sessions.grant_ttl;
+        let ttl = self.cfg().sessions.grant_ttl;
         let method = pending.method;
-        let groups: Vec<String> = pending.groups.iter().cloned().collect();
-        let Some((fingerprint, _)) = self.proven_key.clone() else {
+        // The grant keeps what the IdP said, never config groups.
+        let groups: Vec<String> = pending.idp_groups.iter().cloned().collect();
+        let Some((key, _)) = self.proven_key.clone() else {
             // Nothing to bind a grant to: this connection only.
-            let identity = Identity::new(self.user.clone(), pending.groups, method, String::new())
-                .with_expiry(SystemTime::now() + ttl)
-                .with_detail("no key proven: no grant".into());
+            let identity =
+                Identity::new(self.user.clone(), pending.idp_groups, method, String::new())
+                    .with_expiry(SystemTime::now() + ttl)
+                    .with_detail("no key proven: no grant".into());
             return Step::Accept {
                 identity: Box::new(identity),
                 grant: None,
             };
         };
+        let fingerprint = fingerprint(&key);
         let new = NewGrant {
             user: &self.user,
             key_fingerprint: &fingerprint,
@@ -370,7 +381,8 @@ impl Interactive {
         match tokio::time::timeout(DB_WAIT, grants::create(&self.svc.store, &new)).await {
             Ok(Ok(grant)) => {
                 let identity =
-                    Identity::new(self.user.clone(), pending.groups, method, fingerprint)
+                    Identity::new(self.user.clone(), pending.idp_groups, method, fingerprint)
+                        .with_credential(Credential::Key(key))
                         .with_expiry(grant.expires())
                         .with_grant(grant.id)
                         .with_detail(format!("grant {}", grant.id));
@@ -385,13 +397,6 @@ impl Interactive {
             }
             Err(_) => Step::Reject(AuthFailure::DatabaseUnavailable),
         }
-    }
-
-    fn config_groups(&self) -> BTreeSet<String> {
-        self.cfg
-            .user(&self.user)
-            .map(|u| u.groups.iter().cloned().collect())
-            .unwrap_or_default()
     }
 
     fn fail(&mut self, failure: AuthFailure, message: &str) -> Step {

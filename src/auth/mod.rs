@@ -20,9 +20,11 @@ use std::time::SystemTime;
 
 use russh::keys::ssh_key::{Algorithm, Certificate, HashAlg, public::KeyData};
 
-pub use identity::{AuthMethod, Identity};
+pub use identity::{AuthMethod, Credential, Identity};
 
-use crate::config::{Config, UserMfa};
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::config::{Config, SharedConfig, UserMfa};
 use crate::store::Store;
 
 /// What logins need beyond the config; one per server, shared.
@@ -30,12 +32,19 @@ use crate::store::Store;
 pub struct Services {
     pub store: Store,
     pub totp: totp::Totp,
-    /// `None` without `[oidc]`.
-    pub idp: Option<Arc<oidc::Idp>>,
+    /// `None` without `[oidc]`; replaced when a reload changes `[oidc]`.
+    pub idp: ArcSwapOption<oidc::Idp>,
     /// This node's name (recorded on grants).
     pub node: String,
     /// Brute-force protection.
     pub lockout: Arc<lockout::Lockout>,
+}
+
+impl Services {
+    /// The identity provider in force now, if any.
+    pub fn idp(&self) -> Option<Arc<oidc::Idp>> {
+        self.idp.load_full()
+    }
 }
 
 /// What a verified plain key leads to.
@@ -46,7 +55,7 @@ pub enum KeyOutcome {
     /// The key is proven; keyboard-interactive must follow (TOTP for a
     /// `[[users]]` key, IdP login otherwise).
     SecondStep {
-        fingerprint: String,
+        key: KeyData,
         totp_user: bool,
     },
     Reject(AuthFailure),
@@ -101,6 +110,9 @@ pub enum AuthFailure {
     TotpNotEnrolled,
     /// The database did not answer: logins that need it fail closed.
     DatabaseUnavailable,
+    /// An IdP login (or a grant made by one) while `[oidc]` is not
+    /// configured (any more).
+    IdpDisabled,
 }
 
 impl AuthFailure {
@@ -137,6 +149,7 @@ impl AuthFailure {
             TotpReplayed => "totp_replayed",
             TotpNotEnrolled => "totp_not_enrolled",
             DatabaseUnavailable => "database_unavailable",
+            IdpDisabled => "idp_disabled",
         }
     }
 
@@ -152,6 +165,7 @@ impl AuthFailure {
                 | AuthFailure::IdpError
                 | AuthFailure::DatabaseUnavailable
                 | AuthFailure::InteractiveUnavailable
+                | AuthFailure::IdpDisabled
         )
     }
 
@@ -179,17 +193,23 @@ pub fn fingerprint(key: &KeyData) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// The login checks of one connection, against the config that was in force
-/// when the connection arrived.
+/// The login checks of one connection, always against the config in force
+/// at the moment of the check (a reload reaches the next one).
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    cfg: Arc<Config>,
+    cfg: SharedConfig,
     source: IpAddr,
     svc: Option<Arc<Services>>,
 }
 
 impl Authenticator {
+    /// Checks against one fixed config (tests, tools).
     pub fn new(cfg: Arc<Config>, source: IpAddr) -> Self {
+        Self::live(Arc::new(ArcSwap::new(cfg)), source)
+    }
+
+    /// Checks against whatever config `cfg` holds when each check runs.
+    pub fn live(cfg: SharedConfig, source: IpAddr) -> Self {
         Authenticator {
             cfg,
             source,
@@ -203,6 +223,10 @@ impl Authenticator {
         self
     }
 
+    fn cfg(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.cfg.load()
+    }
+
     /// May a plain key (not yet proven) lead anywhere? Refusing early saves
     /// the client a signature, as sshd does.
     pub fn offered_key(&self, user: &str, key: &KeyData) -> Result<(), AuthFailure> {
@@ -213,8 +237,9 @@ impl Authenticator {
         }
     }
 
-    fn idp_enabled(&self) -> bool {
-        self.svc.as_ref().is_some_and(|s| s.idp.is_some())
+    /// IdP logins are on: `[oidc]` in the config in force, and its client built.
+    pub fn idp_enabled(&self) -> bool {
+        self.cfg().oidc.is_some() && self.svc.as_ref().is_some_and(|s| s.idp().is_some())
     }
 
     /// A plain key whose possession the client proved: a service account
@@ -231,26 +256,93 @@ impl Authenticator {
             return KeyOutcome::Reject(AuthFailure::TotpRequired);
         };
         let fp = fingerprint(key);
+        let second_step = || KeyOutcome::SecondStep {
+            key: key.clone(),
+            totp_user,
+        };
         match tokio::time::timeout(GRANT_WAIT, grants::find_valid(&svc.store, user, &fp)).await {
             Ok(Ok(Some(g))) => {
-                let mut groups = self.groups_of(user);
-                groups.extend(g.groups.iter().cloned());
+                let made_by = AuthMethod::parse(&g.method);
+                // A grant made with a `[[users]]` key holds only while that
+                // key is still listed; one made at the IdP only while IdP
+                // logins are on.
+                let holds = match made_by {
+                    Some(AuthMethod::PublickeyTotp) => totp_user,
+                    Some(m) if m.is_idp() => self.idp_enabled(),
+                    _ => false,
+                };
+                if !holds {
+                    return second_step();
+                }
                 KeyOutcome::Accept(
-                    Identity::new(user.to_string(), groups, AuthMethod::Grant, fp)
-                        .with_expiry(g.expires())
-                        .with_grant(g.id)
-                        .with_detail(format!("grant {} ({})", g.id, g.method)),
+                    Identity::new(
+                        user.to_string(),
+                        g.groups.iter().cloned().collect(),
+                        AuthMethod::Grant,
+                        fp,
+                    )
+                    .with_expiry(g.expires())
+                    .with_grant(g.id)
+                    .with_grant_method(made_by)
+                    .with_credential(Credential::Key(key.clone()))
+                    .with_detail(format!("grant {} ({})", g.id, g.method)),
                 )
             }
-            Ok(Ok(None)) => KeyOutcome::SecondStep {
-                fingerprint: fp,
-                totp_user,
-            },
+            Ok(Ok(None)) => second_step(),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "grant lookup failed");
                 KeyOutcome::Reject(AuthFailure::DatabaseUnavailable)
             }
             Err(_) => KeyOutcome::Reject(AuthFailure::DatabaseUnavailable),
+        }
+    }
+
+    /// Would the config in force now still let this login in? Asked of
+    /// every live connection on reload (and once more right after a login,
+    /// to close the race with a reload): `deny_users`, revocation, trusted
+    /// CAs, `[[users]]` keys and `[oidc]` all count, as they would for a
+    /// new login. Groups need no check here: they are recomputed at each
+    /// decision.
+    pub fn revalidate(&self, id: &Identity, now: SystemTime) -> Result<(), AuthFailure> {
+        let user = id.user();
+        self.check_user(user)?;
+        let via_idp = id.method().is_idp() || id.grant_method().is_some_and(AuthMethod::is_idp);
+        if via_idp && !self.idp_enabled() {
+            return Err(AuthFailure::IdpDisabled);
+        }
+        match (id.method(), id.credential()) {
+            (AuthMethod::Certificate, Credential::Certificate(cert)) => {
+                self.certificate(user, cert, now).map(drop)
+            }
+            (AuthMethod::Publickey, Credential::Key(key)) => self.publickey(user, key).map(drop),
+            (AuthMethod::PublickeyTotp, Credential::Key(key)) => self.listed_key(user, key),
+            (AuthMethod::Grant, Credential::Key(key)) => match id.grant_method() {
+                Some(AuthMethod::PublickeyTotp) => self.listed_key(user, key),
+                Some(m) if m.is_idp() => self.not_revoked(key),
+                _ => Err(AuthFailure::UnknownKey),
+            },
+            (AuthMethod::OidcTotp | AuthMethod::Oidc, Credential::Key(key)) => {
+                self.not_revoked(key)
+            }
+            (AuthMethod::OidcTotp | AuthMethod::Oidc, Credential::None) => Ok(()),
+            // A login of a shape no check knows: it does not hold.
+            _ => Err(AuthFailure::UnknownKey),
+        }
+    }
+
+    fn not_revoked(&self, key: &KeyData) -> Result<(), AuthFailure> {
+        if self.cfg().auth.revoked.is_key_revoked(key) {
+            return Err(AuthFailure::KeyRevoked);
+        }
+        Ok(())
+    }
+
+    /// A `[[users]]` key that needs TOTP, still listed and not revoked.
+    fn listed_key(&self, user: &str, key: &KeyData) -> Result<(), AuthFailure> {
+        match self.publickey(user, key) {
+            Err(AuthFailure::TotpRequired) => Ok(()),
+            Ok(_) => Err(AuthFailure::TotpRequired),
+            Err(e) => Err(e),
         }
     }
 
@@ -265,7 +357,7 @@ impl Authenticator {
             return Err(AuthFailure::InvalidUserName);
         }
         if self
-            .cfg
+            .cfg()
             .auth
             .deny_users
             .iter()
@@ -293,17 +385,19 @@ impl Authenticator {
         now: SystemTime,
     ) -> Result<Identity, AuthFailure> {
         self.check_user(user)?;
+        let cfg = self.cfg();
         let policy = certificate::CertPolicy {
-            trusted_cas: &self.cfg.auth.trusted_cas,
-            revoked: &self.cfg.auth.revoked,
+            trusted_cas: &cfg.auth.trusted_cas,
+            revoked: &cfg.auth.revoked,
         };
         let login = certificate::check(cert, user, self.source, now, policy)?;
         let mut id = Identity::new(
             user.to_string(),
-            self.groups_of(user),
+            BTreeSet::new(),
             AuthMethod::Certificate,
             fingerprint(cert.public_key()),
         )
+        .with_credential(Credential::Certificate(Box::new(cert.clone())))
         .with_detail(login.detail);
         if let Some(at) = login.valid_before {
             id = id.with_expiry(at);
@@ -342,31 +436,22 @@ impl Authenticator {
     /// A plain public key whose possession the client proved.
     pub fn publickey(&self, user: &str, key: &KeyData) -> Result<Identity, AuthFailure> {
         self.check_user(user)?;
-        if self.cfg.auth.revoked.is_key_revoked(key) {
-            return Err(AuthFailure::KeyRevoked);
-        }
-        let entry = self
-            .cfg
+        self.not_revoked(key)?;
+        let cfg = self.cfg();
+        let entry = cfg
             .user(user)
             .filter(|u| u.keys.iter().any(|k| k == key))
             .ok_or(AuthFailure::UnknownKey)?;
         match entry.mfa {
             UserMfa::None => Ok(Identity::new(
                 user.to_string(),
-                self.groups_of(user),
+                BTreeSet::new(),
                 AuthMethod::Publickey,
                 fingerprint(key),
-            )),
+            )
+            .with_credential(Credential::Key(key.clone()))),
             UserMfa::Totp => Err(AuthFailure::TotpRequired),
         }
-    }
-
-    /// Groups added by the `[[users]]` entry of this name.
-    fn groups_of(&self, user: &str) -> BTreeSet<String> {
-        self.cfg
-            .user(user)
-            .map(|u| u.groups.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }
 

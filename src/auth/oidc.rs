@@ -185,6 +185,19 @@ impl Idp {
         let metadata = Metadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| OidcError::Unreachable(chain(&e)))?;
+        // Keys and tokens over plain http could be swapped on the way.
+        require_https("jwks_uri", metadata.jwks_uri().url().as_str())?;
+        if let Some(token) = metadata.token_endpoint() {
+            require_https("token_endpoint", token.url().as_str())?;
+        }
+        require_https(
+            "device_authorization_endpoint",
+            metadata
+                .additional_metadata()
+                .device_authorization_endpoint
+                .url()
+                .as_str(),
+        )?;
         let d = Arc::new(Discovered {
             metadata,
             at: Instant::now(),
@@ -195,7 +208,12 @@ impl Idp {
 
     /// Discovery done and fresh enough (for `/readyz`).
     pub async fn ready(&self) -> bool {
-        self.discover(false).await.is_ok()
+        self.check().await.is_ok()
+    }
+
+    /// Discover (or use what was discovered), saying what is wrong.
+    pub async fn check(&self) -> Result<(), OidcError> {
+        self.discover(false).await.map(drop)
     }
 
     fn client_id(&self) -> ClientId {
@@ -442,6 +460,35 @@ where
 }
 
 /// An error and its causes on one line.
+/// Is `url` https, or plain http to this machine (a local test IdP)?
+pub fn is_secure_url(url: &str) -> bool {
+    let Ok(u) = openidconnect::url::Url::parse(url) else {
+        return false;
+    };
+    match u.scheme() {
+        "https" => u.host().is_some(),
+        "http" => match u.host() {
+            Some(openidconnect::url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(openidconnect::url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(openidconnect::url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// Refuse an endpoint the IdP announced that is not https (loopback
+/// excepted, as for the issuer).
+pub fn require_https(what: &str, url: &str) -> Result<(), OidcError> {
+    if is_secure_url(url) {
+        Ok(())
+    } else {
+        Err(OidcError::Misconfigured(format!(
+            "the identity provider announced {what} {url:?}; it must be an https:// URL"
+        )))
+    }
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

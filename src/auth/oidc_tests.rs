@@ -885,3 +885,32 @@ fn invalid_configured_issuer_is_rejected_not_a_panic() {
         );
     }
 }
+
+/// Endpoints an IdP announces must be https; plain http only to this
+/// machine (a local test IdP), never to a name that merely starts like one.
+#[test]
+fn announced_endpoints_must_be_https() {
+    for good in [
+        "https://idp.example.com/jwks",
+        "http://127.0.0.1:8080/jwks",
+        "http://127.1.2.3/token",
+        "http://[::1]:9/device",
+        "http://localhost/jwks",
+    ] {
+        assert!(require_https("jwks_uri", good).is_ok(), "{good}");
+    }
+    for bad in [
+        "http://idp.example.com/jwks",
+        "http://127.0.0.1.evil.example/jwks",
+        "http://localhost.evil.example/token",
+        "http://10.0.0.1/token",
+        "ftp://idp.example.com/jwks",
+        "not a url",
+    ] {
+        let e = require_https("token_endpoint", bad).unwrap_err();
+        assert!(
+            matches!(&e, OidcError::Misconfigured(m) if m.contains("token_endpoint") && m.contains("https")),
+            "{bad}: {e:?}"
+        );
+    }
+}

@@ -388,7 +388,10 @@ fn good_certificate_gives_certificate_identity() {
     assert_eq!(id.method(), AuthMethod::Certificate);
     assert_eq!(id.method().as_str(), "certificate");
     // Groups come from the [[users]] entry of the same name.
-    assert_eq!(id.groups().collect::<Vec<_>>(), ["dba", "sre"]);
+    assert_eq!(
+        id.subject(&auth.cfg()).groups().collect::<Vec<_>>(),
+        ["dba", "sre"]
+    );
     assert_eq!(id.expires_at(), Some(at(NOW_S + 3600)));
     assert!(id.may_forward());
     assert_eq!(
@@ -440,10 +443,13 @@ fn certificate_for_a_user_without_users_entry_has_no_groups() {
     .signed();
     let id = auth.certificate("bob", &cert, now()).unwrap();
     assert_eq!(id.user(), "bob");
-    assert_eq!(id.groups().count(), 0);
+    assert_eq!(id.subject(&auth.cfg()).groups().count(), 0);
     // Another listed principal logs in as itself.
     let id = auth.certificate("alice", &cert, now()).unwrap();
-    assert_eq!(id.groups().collect::<Vec<_>>(), ["dba", "sre"]);
+    assert_eq!(
+        id.subject(&auth.cfg()).groups().collect::<Vec<_>>(),
+        ["dba", "sre"]
+    );
 }
 
 #[test]
@@ -522,7 +528,7 @@ fn service_account_key_gives_publickey_identity() {
     assert_eq!(id.user(), "deploy");
     assert_eq!(id.method(), AuthMethod::Publickey);
     assert_eq!(id.method().as_str(), "publickey");
-    assert_eq!(id.groups().collect::<Vec<_>>(), ["ci"]);
+    assert_eq!(id.subject(&auth.cfg()).groups().collect::<Vec<_>>(), ["ci"]);
     assert_eq!(id.expires_at(), None);
     assert_eq!(
         id.key_fingerprint(),

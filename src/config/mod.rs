@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use russh::keys::ssh_key::{Fingerprint, public::KeyData};
 
@@ -56,6 +59,10 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// The config in force, swapped whole on reload. Decisions load it at the
+/// moment they are made; nothing keeps a copy across them.
+pub type SharedConfig = Arc<ArcSwap<Config>>;
 
 /// A validated config. Immutable: a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -156,7 +163,7 @@ pub struct AuthConfig {
     pub max_auth_tries: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OidcConfig {
     pub issuer: String,
     pub client_id: String,

@@ -499,9 +499,8 @@ fn auth(cx: &mut Ctx<'_>, raw: &RawAuth) -> AuthConfig {
 
 fn oidc(cx: &mut Ctx<'_>, raw: &RawOidc) -> OidcConfig {
     let issuer = raw.issuer.get_ref().clone();
-    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
     if !issuer.starts_with("https://") {
-        if loopback.iter().any(|p| issuer.starts_with(p)) {
+        if crate::auth::oidc::is_secure_url(&issuer) {
             cx.warn(
                 &raw.issuer.span(),
                 "oidc.issuer: plain http is only acceptable for a local test identity provider",

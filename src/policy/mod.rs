@@ -6,7 +6,7 @@
 
 mod target;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -14,7 +14,29 @@ use std::net::SocketAddr;
 
 pub use target::{Destination, Target, canonical_ip};
 
-use crate::auth::Identity;
+/// Who asks, as the config in force now sees them: a user name and every
+/// group they are in (from the IdP and from `[[users]]`). Built fresh for
+/// each decision, never kept, so a reload changes the next answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    user: String,
+    groups: BTreeSet<String>,
+}
+
+impl Subject {
+    pub fn new(user: impl Into<String>, groups: impl IntoIterator<Item = String>) -> Self {
+        Subject {
+            user: user.into(),
+            groups: groups.into_iter().collect(),
+        }
+    }
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+    pub fn groups(&self) -> impl Iterator<Item = &str> + Clone {
+        self.groups.iter().map(String::as_str)
+    }
+}
 
 /// The validated `[[targets]]` of one config.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +64,7 @@ impl Policy {
     }
 
     /// Targets the identity may use, for the text shown on `ssh user@bastion`.
-    pub fn targets_for<'a>(&'a self, id: &'a Identity) -> impl Iterator<Item = &'a Target> + 'a {
+    pub fn targets_for<'a>(&'a self, id: &'a Subject) -> impl Iterator<Item = &'a Target> + 'a {
         self.targets
             .iter()
             .filter(move |t| t.allows(id.user(), id.groups()))
@@ -170,7 +192,7 @@ impl Refusal {
 /// user or one of their groups yields an [`Authorized`].
 pub async fn decide<R: Resolver>(
     policy: &Policy,
-    id: &Identity,
+    id: &Subject,
     req: &Request<'_>,
     resolver: &R,
 ) -> Result<Authorized, Denied> {

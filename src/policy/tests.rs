@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use super::*;
-use crate::auth::Identity;
 
 /// A resolver with fixed answers that records what it was asked.
 #[derive(Default)]
@@ -84,7 +83,7 @@ fn resolver() -> FakeResolver {
     }
 }
 
-fn run(id: &Identity, host: &str, port: u32) -> Result<Authorized, Refusal> {
+fn run(id: &Subject, host: &str, port: u32) -> Result<Authorized, Refusal> {
     let p = policy();
     let r = resolver();
     let req = Request { host, port };
@@ -97,17 +96,17 @@ fn addrs(a: &Authorized) -> Vec<String> {
 
 #[test]
 fn named_target_by_user_and_by_group() {
-    let alice = Identity::for_test("alice", &[]);
+    let alice = subject("alice", &[]);
     let a = run(&alice, "db-1", 22).unwrap();
     assert_eq!(a.target(), "db-1");
     assert_eq!(addrs(&a), vec!["10.0.1.5:22"]);
-    let carol = Identity::for_test("carol", &["dba"]);
+    let carol = subject("carol", &["dba"]);
     assert_eq!(run(&carol, "db-1", 22).unwrap().target(), "db-1");
 }
 
 #[test]
 fn names_match_exactly_and_case_insensitively() {
-    let alice = Identity::for_test("alice", &[]);
+    let alice = subject("alice", &[]);
     assert_eq!(run(&alice, "DB-1", 22).unwrap().target(), "db-1");
     for other in [
         "db-1.",
@@ -129,7 +128,7 @@ fn names_match_exactly_and_case_insensitively() {
 
 #[test]
 fn the_address_of_a_named_target_is_not_a_way_in() {
-    let alice = Identity::for_test("alice", &[]);
+    let alice = subject("alice", &[]);
     // 10.0.1.5 is db-1's host, but only the name is allowed.
     assert_eq!(
         run(&alice, "10.0.1.5", 22).unwrap_err(),
@@ -139,7 +138,7 @@ fn the_address_of_a_named_target_is_not_a_way_in() {
 
 #[test]
 fn ports_must_match() {
-    let alice = Identity::for_test("alice", &[]);
+    let alice = subject("alice", &[]);
     assert_eq!(
         run(&alice, "db-1", 2222).unwrap_err(),
         Refusal::PortNotAllowed
@@ -153,7 +152,7 @@ fn ports_must_match() {
         run(&alice, "db-1", u32::MAX).unwrap_err(),
         Refusal::PortNotAllowed
     );
-    let sre = Identity::for_test("sam", &["sre"]);
+    let sre = subject("sam", &["sre"]);
     assert!(run(&sre, "10.20.0.7", 2222).is_ok());
     assert_eq!(
         run(&sre, "10.20.0.7", 23).unwrap_err(),
@@ -163,7 +162,7 @@ fn ports_must_match() {
 
 #[test]
 fn users_not_allowed() {
-    let bob = Identity::for_test("bob", &["dev"]);
+    let bob = subject("bob", &["dev"]);
     assert_eq!(run(&bob, "db-1", 22).unwrap_err(), Refusal::UserNotAllowed);
     assert_eq!(run(&bob, "web", 2222).unwrap_err(), Refusal::UserNotAllowed);
     assert_eq!(
@@ -176,7 +175,7 @@ fn users_not_allowed() {
 
 #[test]
 fn cidr_targets_take_canonical_ip_literals_only() {
-    let sre = Identity::for_test("sam", &["sre"]);
+    let sre = subject("sam", &["sre"]);
     let a = run(&sre, "10.20.0.7", 22).unwrap();
     assert_eq!(a.target(), "lab");
     assert_eq!(addrs(&a), vec!["10.20.0.7:22"]);
@@ -209,7 +208,7 @@ fn cidr_targets_take_canonical_ip_literals_only() {
             "{spelling}"
         );
     }
-    let bob = Identity::for_test("bob", &[]);
+    let bob = subject("bob", &[]);
     assert!(run(&bob, "fd00::1", 22).is_ok());
     assert_eq!(
         run(&bob, "FD00::1", 22).unwrap_err(),
@@ -223,7 +222,7 @@ fn cidr_targets_take_canonical_ip_literals_only() {
 
 #[test]
 fn names_are_resolved_by_portvakt_and_those_addresses_dialled() {
-    let sre = Identity::for_test("sam", &["sre"]);
+    let sre = subject("sam", &["sre"]);
     let p = policy();
     let r = resolver();
     let a = futures::executor::block_on(decide(
@@ -239,7 +238,7 @@ fn names_are_resolved_by_portvakt_and_those_addresses_dialled() {
     assert_eq!(addrs(&a), vec!["10.0.9.9:2222", "10.0.9.10:2222"]);
     assert_eq!(*r.asked.lock().unwrap(), vec!["web.internal".to_string()]);
     // Refused requests never reach the resolver.
-    let bob = Identity::for_test("bob", &[]);
+    let bob = subject("bob", &[]);
     let _ = futures::executor::block_on(decide(
         &p,
         &bob,
@@ -263,7 +262,7 @@ fn resolution_failure_fails_closed() {
         allow_users: set(&["alice"]),
         allow_groups: set(&[]),
     }]);
-    let alice = Identity::for_test("alice", &[]);
+    let alice = subject("alice", &[]);
     let r = FakeResolver::default();
     let e = futures::executor::block_on(decide(
         &p,
@@ -282,7 +281,7 @@ fn resolution_failure_fails_closed() {
 
 #[test]
 fn targets_for_lists_only_allowed_ones() {
-    let sre = Identity::for_test("sam", &["sre"]);
+    let sre = subject("sam", &["sre"]);
     let p = policy();
     let names: Vec<&str> = p.targets_for(&sre).map(|t| t.name.as_str()).collect();
     assert_eq!(names, vec!["web", "lab"]);
@@ -312,14 +311,18 @@ fn request_display_brackets_ipv6() {
 fn denials_name_the_target_they_matched() {
     let p = policy();
     let r = resolver();
-    let bob = Identity::for_test("bob", &["dev"]);
-    let d = |id: &Identity, host: &str, port: u32| {
+    let bob = subject("bob", &["dev"]);
+    let d = |id: &Subject, host: &str, port: u32| {
         futures::executor::block_on(decide(&p, id, &Request { host, port }, &r)).unwrap_err()
     };
     assert_eq!(d(&bob, "db-1", 22).target.as_deref(), Some("db-1"));
     assert_eq!(d(&bob, "10.20.0.7", 22).target.as_deref(), Some("lab"));
     assert_eq!(d(&bob, "nope", 22).target, None);
     assert_eq!(d(&bob, "10.99.0.1", 22).target, None);
-    let alice = Identity::for_test("alice", &[]);
+    let alice = subject("alice", &[]);
     assert_eq!(d(&alice, "db-1", 23).target.as_deref(), Some("db-1"));
+}
+
+fn subject(user: &str, groups: &[&str]) -> Subject {
+    Subject::new(user, groups.iter().map(|g| g.to_string()))
 }

@@ -12,7 +12,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure};
 use super::connection::ConnCtx;
 use crate::audit::{Audit, ForwardRecord};
 use crate::auth::Identity;
-use crate::config::Config;
+use crate::config::SharedConfig;
 use crate::forward::{self, Counters, Limits};
 use crate::policy::{self, Refusal, Request, SystemResolver};
 
@@ -81,7 +81,8 @@ pub struct ForwardJob {
     pub audit: Audit,
     /// This node's live forwards (reload re-checks them).
     pub forwards: Arc<super::forwards::Forwards>,
-    pub cfg: Arc<Config>,
+    /// The config in force; loaded when the decision is made.
+    pub config: SharedConfig,
     pub ctx: Arc<ConnCtx>,
     pub identity: Identity,
     pub host: String,
@@ -95,7 +96,7 @@ pub async fn forward(job: ForwardJob) {
     let ForwardJob {
         audit,
         forwards,
-        cfg,
+        config,
         ctx,
         identity,
         host,
@@ -103,6 +104,12 @@ pub async fn forward(job: ForwardJob) {
         channel,
         reply,
     } = job;
+    // Registered before deciding: a reload from here on re-checks this
+    // forward too (and ends it through `live.forward.cancel`); one that came
+    // before is seen by loading the config below.
+    let live = forwards.register(identity.clone(), host.clone(), port, ctx.forwards_token());
+    let cancelled = &live.forward.cancel;
+    let cfg = config.load_full();
     let mut rec = ForwardRecord {
         connection_id: ctx.id().to_string(),
         user: identity.user().to_string(),
@@ -116,9 +123,10 @@ pub async fn forward(job: ForwardJob) {
     let user = identity.user();
 
     let decided = if identity.may_forward() {
+        let subject = identity.subject(&cfg);
         tokio::select! {
-            d = policy::decide(&cfg.policy, &identity, &req, &SystemResolver) => d,
-            () = ctx.forwards_ending() => return,
+            d = policy::decide(&cfg.policy, &subject, &req, &SystemResolver) => d,
+            () = cancelled.cancelled() => return,
         }
     } else {
         audit
@@ -185,8 +193,9 @@ pub async fn forward(job: ForwardJob) {
     let dial_start = Instant::now();
     let dialled = tokio::select! {
         d = forward::dial(&authorized, cfg.sessions.connect_timeout) => d,
-        () = ctx.forwards_ending() => {
-            audit.forward_failed(id, &rec, ctx.forward_close_reason()).await;
+        () = cancelled.cancelled() => {
+            let reason = live.forward.reason().unwrap_or_else(|| ctx.forward_close_reason());
+            audit.forward_failed(id, &rec, reason).await;
             return;
         }
     };
@@ -215,7 +224,6 @@ pub async fn forward(job: ForwardJob) {
         audit.forward_dialled(id, &addr.to_string()).await;
     }
     reply.accept().await;
-    let live = forwards.register(identity.clone(), host.clone(), port, ctx.forwards_token());
     let started = Instant::now();
     let counters = Counters {
         totals: Some(crate::metrics::bytes_counters()),

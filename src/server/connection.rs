@@ -270,7 +270,6 @@ fn expiry_reason(id: &Identity) -> &'static str {
 /// The russh handler of one connection.
 pub struct Connection {
     state: Arc<ServerState>,
-    cfg: Arc<Config>,
     ctx: Arc<ConnCtx>,
     auth: Authenticator,
     /// Held while logging in (`max_unauthenticated`), dropped on login.
@@ -284,29 +283,28 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(
-        state: Arc<ServerState>,
-        cfg: Arc<Config>,
-        ctx: Arc<ConnCtx>,
-        permit: LoginSlot,
-    ) -> Self {
-        let auth = Authenticator::new(cfg.clone(), ctx.source().ip())
+    pub fn new(state: Arc<ServerState>, ctx: Arc<ConnCtx>, permit: LoginSlot) -> Self {
+        let auth = Authenticator::live(state.config.clone(), ctx.source().ip())
             .with_services(state.services.clone());
         let interactive = Interactive::new(
-            cfg.clone(),
+            state.config.clone(),
             state.services.clone(),
             ctx.source().to_string(),
         );
         Connection {
             interactive,
             state,
-            cfg,
             ctx,
             auth,
             login_permit: Some(permit),
             tries: 0,
             sessions: channel::Sessions::default(),
         }
+    }
+
+    /// The config in force now (a reload reaches the next decision).
+    fn cfg(&self) -> Arc<Config> {
+        self.state.config.load_full()
     }
 
     fn event(&self, kind: EventKind) -> Event {
@@ -321,6 +319,31 @@ impl Connection {
         failure: AuthFailure,
         key: Option<String>,
     ) -> Auth {
+        self.refuse_as(user, method, failure, key, failure.counts())
+    }
+
+    /// A refusal before the client proved it holds the key (the unsigned
+    /// probe, or russh's checks of a certificate before the signature):
+    /// audited, but never counted towards bans. Clients offer every key and
+    /// certificate they have, and anyone may replay a public certificate.
+    fn refuse_unproven(
+        &mut self,
+        user: &str,
+        method: &str,
+        failure: AuthFailure,
+        key: Option<String>,
+    ) -> Auth {
+        self.refuse_as(user, method, failure, key, false)
+    }
+
+    fn refuse_as(
+        &mut self,
+        user: &str,
+        method: &str,
+        failure: AuthFailure,
+        key: Option<String>,
+        counts: bool,
+    ) -> Auth {
         if failure == AuthFailure::UnknownKey {
             // Clients offer every key they have before the right one (a plain
             // key before its certificate): recorded only if the connection
@@ -334,18 +357,18 @@ impl Connection {
                 .user(user)
                 .reason(failure.as_str())
                 .detail("method", method)
-                .detail("counts", failure.counts());
+                .detail("counts", counts);
             if let Some(fp) = key {
                 ev = ev.detail("key_fingerprint", fp);
             }
             self.state.audit.emit(ev);
             self.ctx.refused.store(true, Ordering::Relaxed);
         }
-        if failure.counts() {
+        if counts {
             self.count_failure(user, failure);
         }
         self.tries += 1;
-        if self.tries >= self.cfg.auth.max_auth_tries && !self.ctx.is_closing() {
+        if self.tries >= self.cfg().auth.max_auth_tries && !self.ctx.is_closing() {
             self.state.audit.emit(
                 self.event(EventKind::AuthFailure)
                     .user(user)
@@ -363,7 +386,7 @@ impl Connection {
         let lockout = self.state.services.lockout.clone();
         let audit = self.state.audit.clone();
         let ctx = self.ctx.clone();
-        let cfg = self.cfg.lockout.clone();
+        let cfg = self.cfg().lockout.clone();
         let user = user.to_string();
         self.ctx.spawn(async move {
             match lockout
@@ -394,17 +417,17 @@ impl Connection {
             .state
             .services
             .lockout
-            .user_delay(user, &self.cfg.lockout);
+            .user_delay(user, &self.cfg().lockout);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
     }
 
-    fn accept(&mut self, id: Identity) -> Auth {
+    async fn accept(&mut self, id: Identity) -> Auth {
+        let user = id.user().to_string();
+        let method = id.method().as_str();
         // Fail closed: without the audit database, nobody gets in.
         if !self.state.services.store.is_healthy() {
-            let user = id.user().to_string();
-            let method = id.method().as_str();
             let auth = self.refuse(&user, method, AuthFailure::DatabaseUnavailable, None);
             self.ctx.close("database_unavailable");
             return auth;
@@ -418,14 +441,29 @@ impl Connection {
             ev = ev.detail("grant_id", g);
             self.state.grant_watch.register(g, &self.ctx);
         }
-        self.state.audit.login(
-            self.ctx.id(),
-            self.ctx.source(),
-            ev,
-            id.user(),
-            id.method().as_str(),
-        );
-        self.ctx.authenticated(id, self.cfg.sessions.max_duration);
+        self.ctx.authenticated(id, self.cfg().sessions.max_duration);
+        // From here a reload sees this login; one that came after the checks
+        // above but before this line is caught by asking once more.
+        self.state.live.register(&self.ctx);
+        let Some(id) = self.ctx.identity() else {
+            return Auth::reject();
+        };
+        if let Err(why) = self.auth.revalidate(id, SystemTime::now()) {
+            let auth = self.refuse(&user, method, why, None);
+            self.ctx.close("config_revoked");
+            return auth;
+        }
+        // The login waits for its row, as forwards do: no row, no login.
+        if !self
+            .state
+            .audit
+            .login(self.ctx.id(), self.ctx.source(), ev, &user, method)
+            .await
+        {
+            let auth = self.refuse(&user, method, AuthFailure::DatabaseUnavailable, None);
+            self.ctx.close("database_unavailable");
+            return auth;
+        }
         Auth::Accept
     }
 
@@ -440,7 +478,7 @@ impl Handler for Connection {
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
         Ok(self
-            .cfg
+            .cfg()
             .server
             .banner
             .as_ref()
@@ -507,7 +545,7 @@ impl Handler for Connection {
         };
         match checked {
             Ok(()) => Ok(Auth::Accept),
-            Err(e) => Ok(self.refuse(user, method, e, Some(fingerprint(key)))),
+            Err(e) => Ok(self.refuse_unproven(user, method, e, Some(fingerprint(key)))),
         }
     }
 
@@ -523,12 +561,9 @@ impl Handler for Connection {
         }
         let key = key.public_key.key_data();
         match self.auth.key_login(user, key).await {
-            KeyOutcome::Accept(id) => Ok(self.accept(id)),
-            KeyOutcome::SecondStep {
-                fingerprint,
-                totp_user,
-            } => {
-                self.interactive.key_proven(user, fingerprint, totp_user);
+            KeyOutcome::Accept(id) => Ok(self.accept(id).await),
+            KeyOutcome::SecondStep { key, totp_user } => {
+                self.interactive.key_proven(user, key, totp_user);
                 // publickey stays listed so that a certificate offered after
                 // this key still gets its turn (OpenSSH retries its keys
                 // after a partial success).
@@ -584,16 +619,19 @@ impl Handler for Connection {
             },
             Step::Accept { identity, grant } => {
                 if let Some(g) = grant {
-                    self.state.audit.emit(
-                        self.event(EventKind::GrantCreate)
-                            .user(g.user.clone())
-                            .detail("grant_id", g.id)
-                            .detail("key_fingerprint", g.key_fingerprint.clone())
-                            .detail("method", g.method.clone())
-                            .detail("expires_at", crate::clock::rfc3339(g.expires())),
-                    );
+                    self.state
+                        .audit
+                        .record(
+                            self.event(EventKind::GrantCreate)
+                                .user(g.user.clone())
+                                .detail("grant_id", g.id)
+                                .detail("key_fingerprint", g.key_fingerprint.clone())
+                                .detail("method", g.method.clone())
+                                .detail("expires_at", crate::clock::rfc3339(g.expires())),
+                        )
+                        .await;
                 }
-                self.accept(*identity)
+                self.accept(*identity).await
             }
             Step::Reject(f) => self.refuse(user, "keyboard-interactive", f, None),
         })
@@ -610,7 +648,7 @@ impl Handler for Connection {
             return Ok(Auth::reject());
         }
         match self.auth.certificate(user, cert, SystemTime::now()) {
-            Ok(id) => Ok(self.accept(id)),
+            Ok(id) => Ok(self.accept(id).await),
             Err(e) => Ok(self.refuse(user, "certificate", e, Some(fingerprint(cert.public_key())))),
         }
     }
@@ -627,7 +665,8 @@ impl Handler for Connection {
             let failure =
                 self.auth
                     .certificate_refused_early(user, cert, outside, SystemTime::now());
-            self.refuse(
+            // russh checks the certificate before the client's signature.
+            self.refuse_unproven(
                 user,
                 "certificate",
                 failure,
@@ -821,7 +860,7 @@ impl Handler for Connection {
         if self.ctx.is_closing() {
             return Ok(());
         }
-        if self.ctx.forward_started() > self.cfg.server.max_channels_per_connection {
+        if self.ctx.forward_started() > self.cfg().server.max_channels_per_connection {
             self.ctx.forward_ended();
             self.refused(Refused::TooManyChannels, Some(&format!("{host}:{port}")));
             reply
@@ -829,7 +868,7 @@ impl Handler for Connection {
                     code: 4,
                     reason: format!(
                         "portvakt: at most {} forwards per connection",
-                        self.cfg.server.max_channels_per_connection
+                        self.cfg().server.max_channels_per_connection
                     ),
                 })
                 .await;
@@ -840,7 +879,7 @@ impl Handler for Connection {
         let job = channel::ForwardJob {
             audit: self.state.audit.clone(),
             forwards: self.state.forwards.clone(),
-            cfg: self.cfg.clone(),
+            config: self.state.config.clone(),
             ctx: self.ctx.clone(),
             identity,
             host: host.to_string(),
@@ -937,7 +976,7 @@ impl Connection {
         };
         let text = super::session_text::render(
             id,
-            &self.cfg,
+            &self.cfg(),
             self.ctx.local(),
             self.sessions.has_pty(channel),
         );

@@ -88,8 +88,9 @@ impl Forwards {
         self.len() == 0
     }
 
-    /// Close every forward the config `cfg` would refuse now (its user is
-    /// denied, or the policy says no). Returns how many were closed.
+    /// Close every forward (open, or still being decided or dialled) the
+    /// config `cfg` would refuse now (its user is denied, or the policy says
+    /// no for the user's groups under `cfg`). Returns how many were closed.
     pub async fn recheck(&self, cfg: &Config) -> usize {
         let live: Vec<Arc<LiveForward>> = self
             .live
@@ -108,7 +109,8 @@ impl Forwards {
                 host: &f.host,
                 port: f.port,
             };
-            let verdict = policy::decide(&cfg.policy, &f.identity, &req, &SystemResolver).await;
+            let subject = f.identity.subject(cfg);
+            let verdict = policy::decide(&cfg.policy, &subject, &req, &SystemResolver).await;
             // A name that no longer resolves is not a policy change: keep it.
             let refused = matches!(verdict, Err(ref d) if d.reason != Refusal::ResolveFailed);
             if denied_user || refused {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use russh::Disconnect;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -74,8 +74,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     if let Some(idp) = &idp {
         // Discover now so that a broken [oidc] shows at start; logins retry.
-        if !idp.ready().await {
-            tracing::warn!(issuer = %idp.config().issuer, "identity provider not reachable yet; IdP logins will retry");
+        if let Err(e) = idp.check().await {
+            tracing::warn!(issuer = %idp.config().issuer, error = %e, "identity provider not usable yet; IdP logins will retry");
         }
     }
     let lockout = Arc::new(Lockout::new(store.clone(), cfg.server.node_name.clone()));
@@ -84,7 +84,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         lockout: lockout.clone(),
         totp: Totp::open(store.clone(), &cfg.mfa.secret_key_file)?,
         store: store.clone(),
-        idp,
+        idp: ArcSwapOption::new(idp.clone()),
         node: cfg.server.node_name.clone(),
     });
     let grant_watch = Arc::new(GrantWatch::default());
@@ -96,17 +96,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(l);
     }
+    let max_connections = u32::try_from(cfg.server.max_connections).unwrap_or(u32::MAX);
     let state = Arc::new(ServerState {
         ssh: Arc::new(ssh_config(&cfg, host_key)),
-        connections: Arc::new(Semaphore::new(cfg.server.max_connections)),
+        connections: Arc::new(Semaphore::new(max_connections as usize)),
+        max_connections,
         unauthenticated: Arc::new(Semaphore::new(cfg.server.max_unauthenticated)),
         unauthenticated_per_source: Arc::default(),
-        config: ArcSwap::from_pointee(cfg),
+        config: Arc::new(ArcSwap::from_pointee(cfg)),
         audit,
         shutdown: CancellationToken::new(),
         services,
         grant_watch: grant_watch.clone(),
         forwards: Arc::default(),
+        live: Default::default(),
         refusals: Arc::default(),
     });
     let watch_stop = CancellationToken::new();
@@ -149,7 +152,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     wait_for_stop(&state).await?;
     tracing::info!("stopping: no new connections; letting forwards drain");
     state.shutdown.cancel();
-    let max = state.config.load().server.max_connections as u32;
+    let max = state.max_connections;
     let all_closed = state.connections.clone().acquire_many_owned(max);
     if tokio::time::timeout(DRAIN, all_closed).await.is_err() {
         tracing::info!("drain time over; closing the remaining connections");
@@ -178,39 +181,7 @@ async fn wait_for_stop(state: &ServerState) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(state).await,
-        }
-    }
-}
-
-/// Read the config file again; keep the old one if the new one is broken.
-/// Live forwards the new config refuses are closed.
-async fn reload(state: &ServerState) {
-    let old = state.config.load_full();
-    let ev = Event::new(EventKind::ConfigReload).detail("path", old.path.display().to_string());
-    match Config::load(&old.path) {
-        Ok(new) => {
-            for w in &new.warnings {
-                tracing::warn!(problem = %w, "config warning");
-            }
-            let new = Arc::new(new);
-            state.config.store(new.clone());
-            let closed = state.forwards.recheck(&new).await;
-            tracing::info!(closed_forwards = closed, "config reloaded");
-            state.audit.emit(
-                ev.detail("result", "applied")
-                    .detail("closed_forwards", closed),
-            );
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                tracing::error!(problem = %e, "config reload rejected");
-            }
-            state.audit.emit(
-                ev.reason("invalid_config")
-                    .detail("result", "rejected")
-                    .detail("errors", errors.to_string()),
-            );
+            _ = hup.recv() => super::reload::reload(state).await,
         }
     }
 }
@@ -327,12 +298,11 @@ async fn serve(
     login_permit: LoginSlot,
     terminate: CancellationToken,
 ) {
-    let cfg = state.config.load_full();
     let ctx = Arc::new(ConnCtx::new(peer, local));
     let audit = state.audit.clone();
     audit.connection_open(ctx.id(), peer);
-    let grace_end = ctx.opened() + cfg.server.login_grace_time;
-    let handler = Connection::new(state.clone(), cfg.clone(), ctx.clone(), login_permit);
+    let grace_end = ctx.opened() + state.config.load().server.login_grace_time;
+    let handler = Connection::new(state.clone(), ctx.clone(), login_permit);
 
     let started = tokio::time::timeout_at(
         grace_end,
@@ -360,7 +330,8 @@ async fn serve(
         let mut deadline: Option<Instant> = None;
         loop {
             let open = !ctx.is_closing();
-            let idle_at = ctx.idle_deadline(cfg.sessions.idle_timeout);
+            let idle_timeout = state.config.load().sessions.idle_timeout;
+            let idle_at = ctx.idle_deadline(idle_timeout);
             tokio::select! {
                 r = &mut session => {
                     // The reason only: forwards get a moment below to finish
@@ -387,7 +358,7 @@ async fn serve(
                 }
                 () = sleep_until(idle_at.unwrap_or(grace_end)), if open && idle_at.is_some() && ctx.is_authenticated() => {
                     // Re-checked: a forward may have moved bytes meanwhile.
-                    if ctx.idle_deadline(cfg.sessions.idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                    if ctx.idle_deadline(idle_timeout).is_some_and(|at| at <= Instant::now()) {
                         ctx.close("idle_timeout");
                     }
                 }
@@ -412,6 +383,7 @@ async fn serve(
     // Forwards whose channels the client closed before leaving finish by
     // themselves in a moment; the rest end now. Either way they write their
     // close rows before the connection's.
+    state.live.remove(ctx.id());
     ctx.settle(SETTLE).await;
     ctx.close("connection_closed");
     ctx.end_forwards();
@@ -453,6 +425,9 @@ fn disconnect_message(reason: &str) -> &'static str {
         "certificate_expired" => "portvakt: your certificate expired",
         "grant_expired" => "portvakt: your login grant expired; log in again",
         "grant_revoked" => "portvakt: your login grant was revoked",
+        "config_revoked" => {
+            "portvakt: the bastion's configuration no longer allows your login; log in again"
+        }
         "max_duration" => "portvakt: maximum connection time reached",
         "idle_timeout" => "portvakt: connection idle for too long",
         "too_many_attempts" => "portvakt: too many authentication attempts",
@@ -481,7 +456,7 @@ impl crate::metrics::Readiness for Ready {
             .ping()
             .await
             .map_err(|e| format!("database: {e}"))?;
-        if let Some(idp) = &self.state.services.idp
+        if let Some(idp) = self.state.services.idp()
             && !idp.ready().await
         {
             return Err("identity provider discovery failed".into());

@@ -8,15 +8,16 @@ mod grant_watch;
 pub mod hostkey;
 mod limits;
 mod listener;
+mod live;
 mod proxy;
 pub(crate) mod refusals;
+mod reload;
 mod session_text;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::{Algorithm, EcdsaCurve, HashAlg};
 use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, compression, kex, mac};
@@ -27,13 +28,14 @@ pub use listener::run;
 
 use crate::audit::Audit;
 use crate::auth::Services;
-use crate::config::{Config, UserMfa};
+use crate::config::{Config, SharedConfig, UserMfa};
 
 /// What every connection of this server shares.
 #[derive(Debug)]
 pub struct ServerState {
-    /// The config in force; swapped whole on reload, read once per connection.
-    pub config: ArcSwap<Config>,
+    /// The config in force; swapped whole on reload. Every decision loads
+    /// it when it is made.
+    pub config: SharedConfig,
     pub audit: Audit,
     /// russh settings (host key, algorithms, windows); fixed for the process.
     pub ssh: Arc<russh::server::Config>,
@@ -41,6 +43,9 @@ pub struct ServerState {
     pub shutdown: CancellationToken,
     /// `max_connections`: a permit per open connection.
     pub connections: Arc<Semaphore>,
+    /// The number of permits `connections` was made with (a reload does
+    /// not resize it; the drain waits for all of them).
+    pub max_connections: u32,
     /// `max_unauthenticated`: a permit per connection still logging in.
     pub unauthenticated: Arc<Semaphore>,
     /// `max_unauthenticated_per_source`.
@@ -49,8 +54,11 @@ pub struct ServerState {
     pub services: Arc<Services>,
     /// Connections by login grant, to end them when it is revoked.
     pub grant_watch: Arc<grant_watch::GrantWatch>,
-    /// Live forwards, re-checked on reload.
+    /// Live forwards (and those being decided or dialled), re-checked on
+    /// reload.
     pub forwards: Arc<forwards::Forwards>,
+    /// Logged-in connections, whose logins a reload asks again.
+    pub live: live::LiveConnections,
     /// Connections refused before the handshake, audited in batches.
     pub refusals: Arc<refusals::Refusals>,
 }

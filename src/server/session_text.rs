@@ -11,7 +11,8 @@ use crate::policy::Destination;
 
 pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> String {
     let mut t = String::new();
-    let groups: Vec<&str> = id.groups().collect();
+    let subject = id.subject(cfg);
+    let groups: Vec<&str> = subject.groups().collect();
     let _ = writeln!(
         t,
         "portvakt: this bastion has no shell; it only forwards to allowed targets."
@@ -45,7 +46,7 @@ pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> Stri
         (false, 22) => format!("{}@{}", id.user(), host_of(local)),
         (false, p) => format!("{}@{}:{p}", id.user(), host_of(local)),
     };
-    let mine: Vec<_> = cfg.policy.targets_for(id).collect();
+    let mine: Vec<_> = cfg.policy.targets_for(&subject).collect();
     if mine.is_empty() {
         let _ = writeln!(t, "No target is allowed for you; ask the bastion's admins.");
     } else {
