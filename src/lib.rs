@@ -18,3 +18,4 @@ pub mod policy;
 pub mod secret_file;
 pub mod server;
 pub mod store;
+pub mod text;

@@ -363,11 +363,17 @@ pub fn observe(ev: &Event) {
         // Counted as they happen (server::refusals), not per audit row.
         EventKind::AuditPrune | EventKind::ConnectionRefused => {}
         EventKind::ChannelRefused => {
+            // A connection's repeats of one refusal come as one summary row.
+            let n = ev
+                .detail
+                .get("repeated")
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
             m.channels_refused
                 .get_or_create(&ReasonLabels {
                     reason: s(ev.reason.as_deref()),
                 })
-                .inc();
+                .inc_by(n);
         }
     }
 }

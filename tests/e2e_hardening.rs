@@ -94,6 +94,15 @@ fn wait_count(pv: &Portvakt, kind: &str, reason: &str, n: usize) -> Vec<AuditEve
     })
 }
 
+/// One guessed password for `user` from 127.0.0.`n` (a counted failure:
+/// refusals before a client proves a key never count, guesses do).
+fn guess_password(port: u16, user: &str, n: u8) {
+    let mut raw = RawSsh::connect_from(loopback(n), port).expect("SSH handshake");
+    assert!(raw.request_userauth().expect("ssh-userauth"));
+    let reply = raw.auth_password(user, b"hunter2").expect("password reply");
+    assert_eq!(reply[0], attack::msg::USERAUTH_FAILURE);
+}
+
 /// `connection.refused` rows for `reason` from 127.0.0.`n`, and how many
 /// refusals they count in all.
 fn refused_from(pv: &Portvakt, reason: &str, n: u8) -> (Vec<AuditEvent>, u64) {
@@ -172,22 +181,18 @@ impl Setup {
 fn failed_logins_ban_the_source_before_the_handshake_and_slow_the_user_name() {
     let s = Setup::new();
     let metrics = free_port();
-    let mut pv = s
-        .env
-        .portvakt(&s.config().lockout(3, "10m", "15m").metrics(metrics));
-    // mallory holds a certificate for "alice" from a CA nobody trusts.
-    let evil = s.env.ca("evil_ca");
-    let mallory = s
-        .env
-        .signed_key(&evil, "mallory", &CertSpec::user(&["alice"]));
-
-    let attempt = |n: u8| {
-        let out = client_from(&s.env, &pv, "alice", &mallory, n).run(&["-W", "echo:1", BASTION]);
-        assert_login_refused(&out);
-    };
+    // classic_kex: the raw client (the password guesser) speaks curve25519.
+    let mut pv = s.env.portvakt(
+        &s.config()
+            .lockout(3, "10m", "15m")
+            .metrics(metrics)
+            .classic_kex(),
+    );
+    // mallory guesses alice's password (portvakt takes none).
+    let attempt = |n: u8| guess_password(pv.port, "alice", n);
     for n in 1..=2 {
         attempt(2);
-        wait_count(&pv, "auth.failure", "certificate_untrusted_ca", n);
+        wait_count(&pv, "auth.failure", "password_refused", n);
     }
     thread::sleep(Duration::from_millis(500)); // a (wrong) ban would be written by now
     assert!(lockout_sources(&pv).is_empty(), "banned after two failures");
@@ -239,7 +244,7 @@ fn failed_logins_ban_the_source_before_the_handshake_and_slow_the_user_name() {
     for _ in 0..2 {
         attempt(3);
     }
-    wait_count(&pv, "auth.failure", "certificate_untrusted_ca", 5);
+    wait_count(&pv, "auth.failure", "password_refused", 5);
     assert!(attack::greeting_from(loopback(3), pv.port).is_banner());
     // The real alice, from 127.0.0.1 with her valid certificate, still gets in.
     let started = Instant::now();
@@ -275,7 +280,9 @@ fn failed_logins_ban_the_source_before_the_handshake_and_slow_the_user_name() {
 #[test]
 fn offered_but_unknown_keys_do_not_count_towards_a_ban() {
     let s = Setup::new();
-    let pv = s.env.portvakt(&s.config().lockout(3, "10m", "15m"));
+    let pv = s
+        .env
+        .portvakt(&s.config().lockout(3, "10m", "15m").classic_kex());
     let stranger = s.env.key("stranger");
     for _ in 0..6 {
         let out = client_from(&s.env, &pv, "alice", &stranger, 2).run(&["-W", "echo:1", BASTION]);
@@ -293,23 +300,59 @@ fn offered_but_unknown_keys_do_not_count_towards_a_ban() {
 
     // Two counted failures do not ban either (3 are needed), a third does:
     // the six unknown keys were not counted.
-    let evil = s.env.ca("evil_ca");
-    let mallory = s
-        .env
-        .signed_key(&evil, "mallory", &CertSpec::user(&["alice"]));
     for _ in 0..2 {
-        let out = client_from(&s.env, &pv, "alice", &mallory, 2).run(&["-W", "echo:1", BASTION]);
-        assert_login_refused(&out);
+        guess_password(pv.port, "alice", 2);
     }
-    wait_count(&pv, "auth.failure", "certificate_untrusted_ca", 2);
+    wait_count(&pv, "auth.failure", "password_refused", 2);
     thread::sleep(Duration::from_millis(500)); // let a (wrong) ban be written
     assert!(
         lockout_sources(&pv).is_empty(),
         "banned before the third failure"
     );
-    let out = client_from(&s.env, &pv, "alice", &mallory, 2).run(&["-W", "echo:1", BASTION]);
-    assert_login_refused(&out);
+    guess_password(pv.port, "alice", 2);
     pv.wait_for_audit("lockout.ban", |e| e.kind == "lockout.ban");
+}
+
+/// Clients offer every certificate they hold before the one that works (an
+/// expired one, one from another CA): refused at the probe, before any
+/// signature, so they are audited but never counted, and the address of a
+/// busy client (an Ansible controller, a NAT) is never banned for them.
+#[test]
+fn certificates_refused_at_the_probe_never_ban_the_clients_address() {
+    let s = Setup::new();
+    let pv = s.env.portvakt(&s.config().lockout(3, "10m", "15m"));
+    // alice's own key, certified twice more: by a CA this bastion does not
+    // trust, and by the right CA but long expired.
+    let staging = s.alice.copy_as("alice-staging");
+    s.env
+        .ca("staging_ca")
+        .sign(&staging, &CertSpec::user(&["alice"]));
+    let expired = s.alice.copy_as("alice-expired");
+    s.ca.sign(
+        &expired,
+        &CertSpec::user(&["alice"]).validity("20200101:20200102"),
+    );
+    let client = s
+        .env
+        .client(&pv, "alice")
+        .certificate(&staging.cert_path())
+        .certificate(&expired.cert_path())
+        .certificate(&s.alice.cert_path())
+        .identity(&s.alice);
+    for _ in 0..20 {
+        let out = forward_stdio(&client, "echo", s.echo.port, b"ping\n");
+        assert!(out.code() == 0, "{out}\n{}", pv.log());
+    }
+    let untrusted = wait_count(&pv, "auth.failure", "certificate_untrusted_ca", 20);
+    let expired = wait_count(&pv, "auth.failure", "certificate_expired", 20);
+    for e in untrusted.iter().chain(&expired) {
+        assert_eq!(e.detail["counts"], false, "{e:?}");
+    }
+    assert!(
+        lockout_sources(&pv).is_empty(),
+        "the client's address was banned"
+    );
+    assert!(attack::greeting_from(loopback(1), pv.port).is_banner());
 }
 
 // ---------------------------------------------------------------------------

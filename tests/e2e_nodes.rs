@@ -457,10 +457,10 @@ fn a_ban_made_by_failures_on_node_a_refuses_connections_on_node_b_within_5s() {
         echo.port,
     );
 
-    // Failed logins on node A (a certificate from an untrusted CA counts)
+    // Failed logins on node A (each try as the denied user root counts)
     // until node A bans the source. The clock starts with the attempt that
     // made the ban.
-    let via_a = pair.client(&env, &pair.a, "alice").identity(&mallory);
+    let via_a = pair.client(&env, &pair.a, "root").identity(&mallory);
     let mut banned_during = None;
     for _ in 0..6 {
         let started = Instant::now();

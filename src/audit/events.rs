@@ -83,7 +83,7 @@ impl Event {
     }
 
     pub fn user(mut self, user: impl Into<String>) -> Self {
-        self.user = Some(clean(&user.into()));
+        self.user = Some(crate::text::user_name(&user.into()));
         self
     }
 
@@ -99,11 +99,9 @@ impl Event {
 }
 
 /// Client-supplied text as it may be stored: NUL (which PostgreSQL refuses
-/// in text) and other control characters become U+FFFD, and it is cut at
-/// 256 characters. An attacker must not be able to make an audit write fail.
+/// in text), other control characters and bidi overrides become U+FFFD, and
+/// it is cut at 256 characters. An attacker must not be able to make an
+/// audit write fail.
 pub fn clean(s: &str) -> String {
-    s.chars()
-        .take(256)
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
+    crate::text::clean(s, 256)
 }

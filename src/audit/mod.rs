@@ -227,14 +227,15 @@ impl Audit {
         if let Some(u) = user {
             ev = ev.user(u);
         }
-        if let Some(v) = client_version {
-            ev = ev.detail("client_version", v);
+        let client_version = client_version.map(clean);
+        if let Some(v) = &client_version {
+            ev = ev.detail("client_version", v.clone());
         }
         self.emit(ev);
         self.queue(Record::ConnectionClose {
             id: id.to_string(),
-            reason: reason.to_string(),
-            client_version: client_version.map(str::to_string),
+            reason: clean(reason),
+            client_version,
             at: now_micros(),
         });
     }

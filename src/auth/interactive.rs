@@ -236,7 +236,8 @@ impl Interactive {
                             tracing::info!(ssh_user = %self.user, idp_user = %login.username, "IdP user name differs from the SSH user name");
                             let message = format!(
                                 "you logged in at the identity provider as {}, not as {}",
-                                login.username, self.user
+                                crate::text::for_prompt(&login.username, 64),
+                                self.user
                             );
                             return self.fail_with(AuthFailure::IdpUserMismatch, message);
                         }
@@ -431,7 +432,8 @@ fn device_prompt(flow: &DeviceFlow, note: Option<&str>) -> Step {
     }
     text.push_str(&format!(
         "portvakt: log in at your identity provider.\nOpen {}\nand check that it shows the code {}\nPress Enter once you have approved: ",
-        flow.url, flow.user_code
+        crate::text::for_prompt(&flow.url, 512),
+        crate::text::for_prompt(&flow.user_code, 64)
     ));
     prompt(String::new(), text, true)
 }

@@ -114,6 +114,10 @@ impl Lockout {
         let key = source_key(ip);
         let now = now_micros();
         let since = now - cfg.window.as_micros() as i64;
+        // A name of any length and content can be tried; the index takes 64
+        // clean characters (a longer one can never log in anyway).
+        let user = user.map(crate::text::user_name);
+        let user = user.as_deref();
         sqlx::query(
             "INSERT INTO auth_failures (at, source, user_name, reason) VALUES ($1, $2, $3, $4)",
         )

@@ -67,6 +67,10 @@ pub struct ConnCtx {
     refused: std::sync::atomic::AtomicBool,
     /// The last key refused as unknown (audited only if no login follows).
     unknown_key: std::sync::Mutex<Option<String>>,
+    /// Channel refusals by reason: the first of each is audited at once,
+    /// the rest counted and audited as one row when the connection ends,
+    /// so a client flooding requests cannot crowd out other rows.
+    channel_refusals: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 impl ConnCtx {
@@ -89,7 +93,31 @@ impl ConnCtx {
             attempted: std::sync::Mutex::new(None),
             refused: std::sync::atomic::AtomicBool::new(false),
             unknown_key: std::sync::Mutex::new(None),
+            channel_refusals: Default::default(),
         }
+    }
+
+    /// Count a channel refusal; true for the first of its kind.
+    fn channel_refused(&self, reason: &'static str) -> bool {
+        let Ok(mut m) = self.channel_refusals.lock() else {
+            return true;
+        };
+        let n = m.entry(reason).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Refusals after the first of each kind, by reason.
+    pub fn repeated_channel_refusals(&self) -> Vec<(&'static str, u64)> {
+        self.channel_refusals
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, n)| **n > 1)
+                    .map(|(r, n)| (*r, n - 1))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn id(&self) -> &str {
@@ -162,7 +190,7 @@ impl ConnCtx {
         if let Ok(mut a) = self.attempted.lock()
             && a.as_deref() != Some(user)
         {
-            *a = Some(user.chars().take(64).collect());
+            *a = Some(crate::text::user_name(user));
         }
     }
 
@@ -683,7 +711,7 @@ impl Handler for Connection {
         let _ = self
             .ctx
             .client_version
-            .set(version.chars().take(200).collect());
+            .set(crate::text::clean(&version, 200));
         Ok(())
     }
 
@@ -898,12 +926,15 @@ impl Handler for Connection {
 
 impl Connection {
     fn refused(&self, what: Refused, detail: Option<&str>) {
+        if !self.ctx.channel_refused(what.as_str()) {
+            return;
+        }
         let mut ev = self.event(EventKind::ChannelRefused).reason(what.as_str());
         if let Some(id) = self.ctx.identity() {
             ev = ev.user(id.user());
         }
         if let Some(d) = detail {
-            ev = ev.detail("request", d);
+            ev = ev.detail("request", crate::audit::clean(d));
         }
         self.state.audit.emit(ev);
     }

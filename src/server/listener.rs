@@ -408,6 +408,16 @@ async fn serve(
         }
         audit.emit(ev);
     }
+    for (reason, repeated) in ctx.repeated_channel_refusals() {
+        let mut ev = Event::new(EventKind::ChannelRefused)
+            .connection(ctx.id(), peer)
+            .reason(reason)
+            .detail("repeated", repeated);
+        if let Some(u) = ctx.user_name() {
+            ev = ev.user(u);
+        }
+        audit.emit(ev);
+    }
     audit.connection_close(
         ctx.id(),
         peer,

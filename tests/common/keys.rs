@@ -39,6 +39,18 @@ impl UserKey {
         UserKey { path }
     }
 
+    /// The same key pair under another name (so that another certificate
+    /// for it can sit beside the copy).
+    pub fn copy_as(&self, name: &str) -> UserKey {
+        let dir = self.path.parent().expect("key folder");
+        let copy = UserKey {
+            path: dir.join(name),
+        };
+        std::fs::copy(&self.path, &copy.path).expect("copy private key");
+        std::fs::copy(self.public_path(), copy.public_path()).expect("copy public key");
+        copy
+    }
+
     /// The public key file.
     pub fn public_path(&self) -> PathBuf {
         with_suffix(&self.path, ".pub")
