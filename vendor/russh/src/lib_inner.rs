@@ -239,6 +239,24 @@ pub enum Error {
     #[error("Invalid config: {0}")]
     InvalidConfig(String),
 
+    /// The peer sent more channel data than the receive window it was
+    /// granted (RFC 4254 section 5.2). (portvakt patch 6)
+    #[error("Channel {channel}: {len} bytes of data with only {window} bytes of window left")]
+    ChannelWindowExceeded {
+        channel: ChannelId,
+        len: usize,
+        window: u32,
+    },
+
+    /// The peer sent a channel data packet larger than the maximum packet
+    /// size advertised for the channel. (portvakt patch 6)
+    #[error("Channel {channel}: data packet of {len} bytes, above the maximum packet size {max}")]
+    ChannelPacketTooLarge {
+        channel: ChannelId,
+        len: usize,
+        max: u32,
+    },
+
     /// This error occurs when the channel is closed and there are no remaining messages in the channel buffer.
     /// This is common in SSH-Agent, for example when the Agent client directly rejects an authorization request.
     #[error("Unable to receive more messages from the channel")]

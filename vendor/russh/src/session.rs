@@ -302,6 +302,37 @@ impl Encrypted {
         }
     }
 
+    /// Refuses channel data the peer was not allowed to send: more bytes
+    /// than the receive window it was granted, or a packet larger than the
+    /// maximum packet size advertised for the channel (RFC 4254 section 5.2).
+    /// Such data is a protocol error that ends the connection; accepting it
+    /// would let a peer queue any amount for a reader that does not keep up.
+    /// (portvakt patch 6)
+    pub(crate) fn check_channel_data(
+        &self,
+        channel: ChannelId,
+        len: usize,
+    ) -> Result<(), crate::Error> {
+        let Some(ch) = self.channels.get(&channel) else {
+            return Ok(());
+        };
+        if len > ch.sender_maximum_packet_size as usize {
+            return Err(crate::Error::ChannelPacketTooLarge {
+                channel,
+                len,
+                max: ch.sender_maximum_packet_size,
+            });
+        }
+        if len > ch.sender_window_size as usize {
+            return Err(crate::Error::ChannelWindowExceeded {
+                channel,
+                len,
+                window: ch.sender_window_size,
+            });
+        }
+        Ok(())
+    }
+
     pub fn adjust_window_size(
         &mut self,
         channel: ChannelId,

@@ -705,6 +705,189 @@ mod tests {
         );
     }
 
+    /// Accepts every direct-tcpip channel and keeps it unread, like a
+    /// forward whose target stopped reading.
+    #[derive(Default)]
+    struct Hoarder {
+        channels: Vec<Channel<Msg>>,
+    }
+
+    impl Handler for Hoarder {
+        type Error = Error;
+
+        async fn channel_open_direct_tcpip(
+            &mut self,
+            channel: Channel<Msg>,
+            _host_to_connect: &str,
+            _port_to_connect: u32,
+            _originator_address: &str,
+            _originator_port: u32,
+            reply: ChannelOpenHandle,
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            self.channels.push(channel);
+            reply.accept().await;
+            Ok(())
+        }
+    }
+
+    /// Opens a direct-tcpip channel as a client does; returns the server's
+    /// id for it and its pacer.
+    async fn open_forward(
+        session: &mut Session,
+        handler: &mut Hoarder,
+    ) -> (ChannelId, std::sync::Arc<crate::channels::Pacer>) {
+        let mut open = vec![msg::CHANNEL_OPEN];
+        "direct-tcpip".encode(&mut open).unwrap();
+        7u32.encode(&mut open).unwrap();
+        (2u32 * 1024 * 1024).encode(&mut open).unwrap();
+        32768u32.encode(&mut open).unwrap();
+        "db-1".encode(&mut open).unwrap();
+        22u32.encode(&mut open).unwrap();
+        "127.0.0.1".encode(&mut open).unwrap();
+        40000u32.encode(&mut open).unwrap();
+        session.process_packet(handler, &open).await.unwrap();
+        let reply = session
+            .priority_receiver
+            .try_recv()
+            .expect("the handler accepted the channel");
+        session.dispatch_msg(reply).unwrap();
+        let (id, channel) = session.channels.iter().next().expect("channel registered");
+        let pacer = channel
+            .pacer
+            .clone()
+            .expect("client-opened channels are paced");
+        (*id, pacer)
+    }
+
+    /// CHANNEL_DATA (`ext` None) or CHANNEL_EXTENDED_DATA of `len` bytes.
+    fn data_packet(channel: ChannelId, ext: Option<u32>, len: usize) -> Vec<u8> {
+        let mut packet = vec![if ext.is_some() {
+            msg::CHANNEL_EXTENDED_DATA
+        } else {
+            msg::CHANNEL_DATA
+        }];
+        channel.encode(&mut packet).unwrap();
+        if let Some(ext) = ext {
+            ext.encode(&mut packet).unwrap();
+        }
+        vec![b'x'; len].encode(&mut packet).unwrap();
+        packet
+    }
+
+    fn window_left(session: &Session, channel: ChannelId) -> usize {
+        session
+            .common
+            .encrypted
+            .as_ref()
+            .unwrap()
+            .sender_window_size(channel)
+    }
+
+    #[tokio::test]
+    async fn data_past_the_receive_window_ends_the_connection() {
+        for ext in [None, Some(1)] {
+            let mut session = test_authenticated_session();
+            let mut handler = Hoarder::default();
+            let (channel, pacer) = open_forward(&mut session, &mut handler).await;
+            let window = session.common.config.window_size as usize;
+            let packet = session.common.config.maximum_packet_size as usize;
+
+            // The whole window, in full packets, while nobody reads: accepted
+            // and queued, and no new window is granted.
+            for _ in 0..window / packet {
+                session
+                    .process_packet(&mut handler, &data_packet(channel, ext, packet))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(window_left(&session, channel), 0, "{ext:?}");
+            assert_eq!(
+                pacer.queued.load(std::sync::atomic::Ordering::Acquire),
+                window
+            );
+
+            // One byte more is a protocol error, and is not queued.
+            let err = session
+                .process_packet(&mut handler, &data_packet(channel, ext, 1))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::ChannelWindowExceeded { channel: c, len: 1, window: 0 } if c == channel
+                ),
+                "{ext:?}: {err:?}"
+            );
+            assert_eq!(
+                pacer.queued.load(std::sync::atomic::Ordering::Acquire),
+                window
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn data_packet_above_the_maximum_packet_size_ends_the_connection() {
+        for ext in [None, Some(1)] {
+            let mut session = test_authenticated_session();
+            let mut handler = Hoarder::default();
+            let (channel, pacer) = open_forward(&mut session, &mut handler).await;
+            let max = session.common.config.maximum_packet_size;
+
+            session
+                .process_packet(&mut handler, &data_packet(channel, ext, max as usize))
+                .await
+                .unwrap();
+            let err = session
+                .process_packet(&mut handler, &data_packet(channel, ext, max as usize + 1))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::ChannelPacketTooLarge { channel: c, len, max: m }
+                        if c == channel && len == max as usize + 1 && m == max
+                ),
+                "{ext:?}: {err:?}"
+            );
+            assert_eq!(
+                pacer.queued.load(std::sync::atomic::Ordering::Acquire),
+                max as usize
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_keeps_to_the_window_may_send_on_once_the_reader_caught_up() {
+        let mut session = test_authenticated_session();
+        let mut handler = Hoarder::default();
+        let (channel, _pacer) = open_forward(&mut session, &mut handler).await;
+        let window = session.common.config.window_size as usize;
+        let packet = session.common.config.maximum_packet_size as usize;
+
+        for round in 0..3 {
+            for _ in 0..window / packet {
+                session
+                    .process_packet(&mut handler, &data_packet(channel, None, packet))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(window_left(&session, channel), 0, "round {round}");
+            // The reader takes everything; the pacer wakes the session,
+            // which grants the whole window again.
+            for _ in 0..window / packet {
+                let msg = handler.channels[0].wait().await;
+                assert!(matches!(msg, Some(ChannelMsg::Data { .. })), "{msg:?}");
+            }
+            let refill = session
+                .priority_receiver
+                .try_recv()
+                .expect("the reader woke the session");
+            session.dispatch_msg(refill).unwrap();
+            assert_eq!(window_left(&session, channel), window, "round {round}");
+        }
+    }
+
     #[derive(Default)]
     struct ChannelCallbackProbe {
         exec_called: bool,
@@ -1509,6 +1692,12 @@ impl Session {
                 trace!("handler.data {ext:?} {channel_num:?}");
                 let data = map_err!(Bytes::decode(r))?;
                 map_err!(ensure_end(r))?;
+                // Data past the granted window, or in a packet above the
+                // advertised maximum, ends the connection before anything
+                // is queued (portvakt patch 6).
+                if let Some(enc) = self.common.encrypted.as_ref() {
+                    enc.check_channel_data(channel_num, data.len())?;
+                }
                 let target = self.target_window_size;
                 let pacer = self.channels.get(&channel_num).and_then(|c| c.pacer.clone());
                 if let Some(p) = &pacer {

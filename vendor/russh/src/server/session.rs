@@ -502,7 +502,7 @@ impl Session {
     /// Dispatch a single message received on the session's internal channel
     /// (sent via [`Handle`]). Shared by the `select!` receiver arm and the
     /// pre-`select!` backlog drain so the two can't drift apart.
-    fn dispatch_msg(&mut self, msg: Msg) -> Result<(), Error> {
+    pub(crate) fn dispatch_msg(&mut self, msg: Msg) -> Result<(), Error> {
         match msg {
             Msg::Channel(id, ChannelMsg::Data { data }) => {
                 self.data(id, data)?;
