@@ -965,3 +965,147 @@ fn channel_messages_in_the_wrong_order_are_refused() {
     );
     b.assert_survived();
 }
+
+/// svc logs in with the raw client from 127.0.0.`n` and opens a forward
+/// to `target`; the session, the server's channel id, and the window and
+/// maximum packet size the server granted.
+fn svc_forward(b: &Bastion, n: u8, target: &str, port: u16) -> (RawSsh, u32, u32, u32) {
+    let mut ssh = RawSsh::connect_from(loopback(n), b.pv.port)
+        .unwrap_or_else(|g| panic!("no SSH session: {g:?}"));
+    assert!(ssh.request_userauth().unwrap(), "ssh-userauth refused");
+    let reply = ssh.auth_publickey("svc", &b.svc).unwrap();
+    assert_eq!(reply[0], msg::USERAUTH_SUCCESS, "svc login failed");
+    let reply = ssh
+        .open_direct_tcpip(0, target.as_bytes(), port as u32)
+        .unwrap();
+    let remote = confirmed_channel(&reply)
+        .unwrap_or_else(|| panic!("{target} refused: {}", open_failure_text(&reply)));
+    let (window, max_packet) = attack::confirmed_window(&reply).unwrap();
+    (ssh, remote, window, max_packet)
+}
+
+/// Issue 10, item 3: a client that ignores the channel receive window once
+/// grew portvakt by 200 MB per connection, and the stuck sessions outlived
+/// the clients. Data past the granted window, or in a packet above the
+/// advertised maximum, must end that connection at once with an audited
+/// reason; memory stays bounded while it happens, and others are still
+/// served.
+#[test]
+fn a_client_that_ignores_the_channel_window_is_disconnected() {
+    /// portvakt's whole resident memory during the attack.
+    const RSS_LIMIT_KIB: u64 = 64 * 1024;
+    /// Data messages per flooding connection: 32 KiB each, 37.5 MiB in all.
+    const FLOOD_PACKETS: usize = 1200;
+    const FLOODERS: u8 = 3;
+
+    let sink = StallServer::start();
+    let sink_port = sink.port();
+    let mut b = Bastion::start(|c| {
+        c.target(Target::host("sink", "127.0.0.1", sink_port).allow_users(&["svc"]))
+    });
+    let pid = b.pv.pid();
+
+    // Sample portvakt's memory all through the attack.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = Arc::clone(&sampling);
+        thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(Ordering::SeqCst) {
+                // Gone: a failed test dropped portvakt.
+                let Some(rss) = attack::try_vm_rss_kib(pid) else {
+                    break;
+                };
+                peak = peak.max(rss);
+                thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+
+    // Several connections at once flood full-size packets and never look
+    // at a window adjustment.
+    let started = Instant::now();
+    let floods: Vec<_> = (0..FLOODERS)
+        .map(|i| {
+            let (mut ssh, remote, window, max_packet) = svc_forward(&b, 40 + i, "sink", sink_port);
+            assert_eq!(max_packet, 32 * 1024, "advertised maximum packet size");
+            thread::spawn(move || {
+                let sent =
+                    ssh.flood_channel_data(remote, max_packet as usize, FLOOD_PACKETS, DROP_WAIT);
+                (sent, window, ssh.closed_within(DROP_WAIT))
+            })
+        })
+        .collect();
+    for flood in floods {
+        let (sent, window, closed) = flood.join().expect("flood thread");
+        assert!(closed, "still open after the client ignored the window");
+        assert!(
+            sent < FLOOD_PACKETS * 32 * 1024,
+            "the server took all {sent} bytes (window {window})"
+        );
+        eprintln!("flood: {sent} bytes sent before the server closed (window {window})");
+    }
+    // One packet above the advertised maximum, well inside the window.
+    let (mut ssh, remote, window, max_packet) = svc_forward(&b, 40 + FLOODERS, "sink", sink_port);
+    assert!(max_packet < window);
+    ssh.channel_data(remote, &vec![b'x'; max_packet as usize + 1])
+        .unwrap();
+    assert!(
+        ssh.closed_within(DROP_WAIT),
+        "still open after an oversized data packet"
+    );
+    let elapsed = started.elapsed();
+
+    // Each connection was closed for what it did, not by a timer. (The
+    // harness's own readiness probe adds a close of its own.)
+    let count = |reasons: &[String], reason: &str| reasons.iter().filter(|r| *r == reason).count();
+    let reasons = poll_for(AUDIT_TIMEOUT, || {
+        let r = b.close_reasons();
+        (count(&r, "window_exceeded") + count(&r, "packet_too_large") > FLOODERS as usize)
+            .then_some(r)
+    })
+    .unwrap_or_else(|| panic!("closes not audited: {:?}", b.close_reasons()));
+    assert_eq!(
+        count(&reasons, "window_exceeded"),
+        FLOODERS as usize,
+        "{reasons:?}"
+    );
+    assert_eq!(count(&reasons, "packet_too_large"), 1, "{reasons:?}");
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "the attack took {elapsed:?} to be stopped"
+    );
+    // The forwards to the sink ended with their connections (the sink
+    // still holds its sockets open and reads nothing).
+    let rows = poll_until("the sink forwards to end", AUDIT_TIMEOUT, || {
+        let rows: Vec<SessionRow> =
+            b.pv.sessions()
+                .into_iter()
+                .filter(|r| r.target.as_deref() == Some("sink"))
+                .collect();
+        (rows.len() == FLOODERS as usize + 1 && rows.iter().all(|r| r.ended_at.is_some()))
+            .then_some(rows)
+    });
+    for r in &rows {
+        assert_eq!(
+            r.close_reason.as_deref(),
+            Some("connection_closed"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(sink.server.connections(), FLOODERS as u64 + 1);
+
+    sampling.store(false, Ordering::SeqCst);
+    let peak = sampler.join().expect("sampler");
+    eprintln!(
+        "portvakt VmRSS: {} KiB before, {peak} KiB at the peak of the attack",
+        b.rss_before
+    );
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "portvakt reached {peak} KiB during the attack (limit {RSS_LIMIT_KIB} KiB)"
+    );
+    // alice still logs in and forwards.
+    b.assert_survived();
+}

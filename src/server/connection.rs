@@ -178,9 +178,8 @@ impl ConnCtx {
     /// The close reason of a forward that ends because its connection does.
     pub fn forward_close_reason(&self) -> &'static str {
         match self.close_reason() {
-            "client_closed" | "protocol_error" | "keepalive_timeout" | "too_many_attempts" => {
-                "connection_closed"
-            }
+            "client_closed" | "protocol_error" | "window_exceeded" | "packet_too_large"
+            | "keepalive_timeout" | "too_many_attempts" => "connection_closed",
             other => other,
         }
     }

@@ -344,6 +344,15 @@ async fn serve(
                             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
                         ) => "client_closed",
                         Err(russh::Error::KeepaliveTimeout) | Err(russh::Error::InactivityTimeout) => "keepalive_timeout",
+                        // The client ignored flow control (russh patch 6).
+                        Err(e @ russh::Error::ChannelWindowExceeded { .. }) => {
+                            tracing::info!(%peer, error = %e, "client sent data past its channel window");
+                            "window_exceeded"
+                        }
+                        Err(e @ russh::Error::ChannelPacketTooLarge { .. }) => {
+                            tracing::info!(%peer, error = %e, "client sent an oversized channel data packet");
+                            "packet_too_large"
+                        }
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "connection error");
                             "protocol_error"

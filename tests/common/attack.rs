@@ -203,14 +203,17 @@ pub fn send_ignoring_close(stream: &mut TcpStream, data: &[u8]) {
 
 /// Resident memory of process `pid` in KiB (VmRSS of /proc/PID/status).
 pub fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    status
+    try_vm_rss_kib(pid).unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Like [`vm_rss_kib`], `None` once the process is gone.
+pub fn try_vm_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// Open file descriptors of process `pid`.
@@ -792,6 +795,31 @@ impl RawSsh {
         ]))
     }
 
+    /// Sends `count` CHANNEL_DATA messages of `size` bytes to the server's
+    /// channel `remote` as fast as the socket takes them, reading nothing:
+    /// no window is waited for (a client that ignores flow control). Stops
+    /// at the first failed write (the server closed the connection, or
+    /// stopped reading for `stall`); returns the data bytes sent.
+    pub fn flood_channel_data(
+        &mut self,
+        remote: u32,
+        size: usize,
+        count: usize,
+        stall: Duration,
+    ) -> usize {
+        let data = vec![b'x'; size];
+        let _ = self.stream.set_write_timeout(Some(stall));
+        let mut sent = 0;
+        for _ in 0..count {
+            if self.channel_data(remote, &data).is_err() {
+                break;
+            }
+            sent += size;
+        }
+        let _ = self.stream.set_write_timeout(None);
+        sent
+    }
+
     /// Sends CHANNEL_DATA to the server's channel `remote`.
     pub fn channel_data(&mut self, remote: u32, data: &[u8]) -> io::Result<()> {
         self.send(&payload(&[
@@ -800,6 +828,16 @@ impl RawSsh {
             &string(data),
         ]))
     }
+}
+
+/// The receive window and maximum packet size the server grants in a
+/// CHANNEL_OPEN_CONFIRMATION (None for a failure).
+pub fn confirmed_window(reply: &[u8]) -> Option<(u32, u32)> {
+    if reply.first() != Some(&msg::CHANNEL_OPEN_CONFIRMATION) {
+        return None;
+    }
+    let mut at = 9;
+    Some((read_u32(reply, &mut at)?, read_u32(reply, &mut at)?))
 }
 
 /// The server's channel id in a CHANNEL_OPEN_CONFIRMATION (None for a failure).

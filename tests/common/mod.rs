@@ -6,7 +6,7 @@
 //! - [`TestEnv`]: the per-test folder, with shortcuts for keys and CAs;
 //! - [`UserKey`], [`UserCa`] + [`CertSpec`], [`SshAgent`] (keys.rs);
 //! - [`Sshd`], a real target sshd (sshd.rs);
-//! - [`EchoServer`], [`SinkServer`], [`SourceServer`], [`DeadTarget`] (net.rs);
+//! - [`EchoServer`], [`SinkServer`], [`SourceServer`], [`StallServer`], [`DeadTarget`] (net.rs);
 //! - [`Config`], [`Target`], [`User`]: the portvakt config file (config.rs);
 //! - [`Portvakt`] and the audit rows read back through its CLI (portvakt.rs),
 //!   on SQLite or a fresh PostgreSQL database (database.rs);
@@ -39,7 +39,9 @@ pub use client::{BASTION, SshClient};
 pub use config::{Config, Mfa, Oidc, Target, User};
 pub use idp::{Idp, IdpOptions};
 pub use keys::{CertSpec, SshAgent, UserCa, UserKey};
-pub use net::{DeadTarget, EchoServer, SinkServer, SourceServer, TcpServer, random_bytes};
+pub use net::{
+    DeadTarget, EchoServer, SinkServer, SourceServer, StallServer, TcpServer, random_bytes,
+};
 pub use portvakt::{
     AUDIT_KEYS, AUDIT_TIMEOUT, AuditEvent, Portvakt, SESSION_KEYS, SessionRow, check_config,
 };

@@ -158,6 +158,39 @@ impl SinkServer {
     }
 }
 
+/// Accepts connections and never reads from them: a wedged service, or an
+/// `nc -l` nobody types into. What a peer sends piles up in the socket
+/// buffers until they are full, and then the peer's writes block. Each
+/// connection is held until the server is dropped.
+pub struct StallServer {
+    pub server: TcpServer,
+    release: Arc<AtomicBool>,
+}
+
+impl StallServer {
+    pub fn start() -> StallServer {
+        let release = Arc::new(AtomicBool::new(false));
+        let held = Arc::clone(&release);
+        let server = TcpServer::start(move |stream, _counters| {
+            while !held.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(100));
+            }
+            drop(stream);
+        });
+        StallServer { server, release }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+}
+
+impl Drop for StallServer {
+    fn drop(&mut self) {
+        self.release.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Sends a fixed payload to each connection, then closes it. It reads
 /// nothing, so what the peer sends is not counted.
 pub struct SourceServer;
