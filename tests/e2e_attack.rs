@@ -1109,3 +1109,50 @@ fn a_client_that_ignores_the_channel_window_is_disconnected() {
     // alice still logs in and forwards.
     b.assert_survived();
 }
+
+/// Issue 10, item 3: a write towards a target that stopped reading times
+/// out. The client keeps to its window, the target talks (so the forward
+/// is never idle) but reads nothing: once the socket buffers are full the
+/// forward ends with `write_timeout` (the idle timeout, 5 s here, being
+/// shorter than forward::WRITE_TIMEOUT), and the connection goes on.
+#[test]
+fn a_forward_whose_target_stops_reading_ends_after_the_write_timeout() {
+    let sink = StallServer::talking(Duration::from_millis(500));
+    let sink_port = sink.port();
+    let mut b = Bastion::start(|c| {
+        c.idle_timeout("5s")
+            .target(Target::host("sink", "127.0.0.1", sink_port).allow_users(&["svc"]))
+    });
+    let (mut ssh, remote, window, _) = svc_forward(&b, 50, "sink", sink_port);
+    let started = Instant::now();
+    let sent = ssh.send_within_window(remote, window, Duration::from_secs(30));
+    let elapsed = started.elapsed();
+    eprintln!("sent {sent} bytes within the window; the forward ended after {elapsed:?}");
+    assert!(
+        ssh.skipped.iter().any(|m| m[0] == msg::CHANNEL_CLOSE),
+        "the server did not close the forward"
+    );
+    assert!(
+        ssh.skipped.iter().any(|m| m[0] == msg::CHANNEL_DATA),
+        "the target's bytes never arrived"
+    );
+    let row = b.pv.wait_for_session("the sink forward to end", |r| {
+        r.target.as_deref() == Some("sink") && r.ended_at.is_some()
+    });
+    assert_eq!(
+        row.close_reason.as_deref(),
+        Some("write_timeout"),
+        "{row:?}"
+    );
+    assert!(row.bytes_to_target < sent as u64, "{row:?}");
+    assert!(elapsed < Duration::from_secs(25), "{elapsed:?}");
+    // Only the forward ended: the connection still opens channels.
+    let reply = ssh
+        .open_direct_tcpip(1, b"db-1", b.echo.port as u32)
+        .unwrap();
+    let remote = confirmed_channel(&reply).expect("db-1 opens after the stuck forward");
+    ssh.channel_data(remote, b"ping").unwrap();
+    let echo = ssh.recv_skipping(|t| t == msg::CHANNEL_DATA).unwrap();
+    assert!(echo.ends_with(b"ping"), "{echo:?}");
+    b.assert_survived();
+}

@@ -27,6 +27,13 @@ const BUF: usize = 32 * 1024;
 /// How long a quiet forward keeps its read buffer before giving it back.
 const KEEP_BUF: Duration = Duration::from_secs(2);
 
+/// The longest a write towards the target may make no progress (the idle
+/// timeout, if shorter, is the bound instead). One write carries one SSH
+/// packet's data, at most 32 KiB, so a write this slow means a target that
+/// stopped reading. Without a bound, a stuck write holds the channel's queue
+/// full and, once the queue is full, the connection's whole session loop.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why dialling a target failed; the names are audit reasons.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -89,9 +96,20 @@ pub struct Counters {
 pub struct Limits {
     /// No byte in either direction for this long.
     pub idle_timeout: Duration,
+    /// A write towards the target that has not finished after this long
+    /// ends the forward ([`End::WriteTimeout`]); see [`Limits::write_timeout`].
+    pub write_timeout: Duration,
     /// The connection's end (certificate expiry, `max_duration`), with the
     /// reason to record when it is reached.
     pub deadline: Option<(Instant, &'static str)>,
+}
+
+impl Limits {
+    /// The write timeout for a given idle timeout: [`WRITE_TIMEOUT`], or
+    /// the idle timeout if that is shorter.
+    pub fn write_timeout(idle_timeout: Duration) -> Duration {
+        idle_timeout.min(WRITE_TIMEOUT)
+    }
 }
 
 /// Why a pump ended; the names are audit close reasons.
@@ -100,6 +118,9 @@ pub enum End {
     /// Both sides finished (EOF both ways) or one side closed.
     Closed,
     IdleTimeout,
+    /// The target took no bytes for [`Limits::write_timeout`] while the
+    /// client had bytes for it.
+    WriteTimeout,
     /// The deadline of [`Limits`] was reached.
     Deadline(&'static str),
     /// The connection ended or the server is shutting down.
@@ -113,6 +134,7 @@ impl End {
         match self {
             End::Closed => "closed",
             End::IdleTimeout => "idle_timeout",
+            End::WriteTimeout => "write_timeout",
             End::Deadline(r) | End::Cancelled(r) => r,
             End::Error(_) => "error",
         }
@@ -127,6 +149,8 @@ enum ClientSide {
     Gone,
     /// The target refused more bytes (it closed or reset).
     TargetGone,
+    /// The target stopped taking bytes.
+    TargetStuck,
 }
 
 /// Carry bytes between the client's channel and the target until both sides
@@ -161,10 +185,13 @@ pub async fn pump(
         loop {
             match from_client.wait().await {
                 Some(ChannelMsg::Data { data }) if !eof => {
-                    match target_w.write_all(&data).await {
-                        Ok(()) => {}
-                        Err(e) if peer_gone(&e) => return Ok(ClientSide::TargetGone),
-                        Err(e) => return Err(e),
+                    match tokio::time::timeout(limits.write_timeout, target_w.write_all(&data))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) if peer_gone(&e) => return Ok(ClientSide::TargetGone),
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => return Ok(ClientSide::TargetStuck),
                     }
                     counters
                         .to_target
@@ -202,31 +229,37 @@ pub async fn pump(
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(up, down, deadline);
-    let (mut client_done, mut target_done) = (false, false);
-    let end = loop {
-        tokio::select! {
-            r = &mut up => match r {
-                Ok(ClientSide::Closed) | Ok(ClientSide::TargetGone) => break End::Closed,
-                Ok(ClientSide::Gone) => break End::Cancelled(cancel_reason()),
-                Err(e) => break End::Error(e.to_string()),
-            },
-            () = client_eof.notified(), if !client_done => {
-                client_done = true;
-                if target_done {
-                    break End::Closed;
+    let end = {
+        tokio::pin!(up, down, deadline);
+        let (mut client_done, mut target_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut up => match r {
+                    Ok(ClientSide::Closed) | Ok(ClientSide::TargetGone) => break End::Closed,
+                    Ok(ClientSide::Gone) => break End::Cancelled(cancel_reason()),
+                    Ok(ClientSide::TargetStuck) => break End::WriteTimeout,
+                    Err(e) => break End::Error(e.to_string()),
+                },
+                () = client_eof.notified(), if !client_done => {
+                    client_done = true;
+                    if target_done {
+                        break End::Closed;
+                    }
                 }
+                r = &mut down, if !target_done => match r {
+                    Ok(()) if client_done => break End::Closed,
+                    Ok(()) => target_done = true,
+                    Err(e) => break End::Error(e.to_string()),
+                },
+                () = idle(limits.idle_timeout, &activity, start) => break End::IdleTimeout,
+                reason = &mut deadline => break End::Deadline(reason),
+                () = cancel.cancelled() => break End::Cancelled(cancel_reason()),
             }
-            r = &mut down, if !target_done => match r {
-                Ok(()) if client_done => break End::Closed,
-                Ok(()) => target_done = true,
-                Err(e) => break End::Error(e.to_string()),
-            },
-            () = idle(limits.idle_timeout, &activity, start) => break End::IdleTimeout,
-            reason = &mut deadline => break End::Deadline(reason),
-            () = cancel.cancelled() => break End::Cancelled(cancel_reason()),
         }
     };
+    // Stop taking the client's data first: the session loop may be waiting
+    // for room in this channel's queue, and must run to send the close.
+    drop(from_client);
     // Tell the client the channel is over (a no-op if the connection is gone).
     let _ = to_client.close().await;
     end

@@ -231,6 +231,7 @@ pub async fn forward(job: ForwardJob) {
     };
     let limits = Limits {
         idle_timeout: cfg.sessions.idle_timeout,
+        write_timeout: Limits::write_timeout(cfg.sessions.idle_timeout),
         deadline: ctx.deadline(),
     };
     let end = forward::pump(

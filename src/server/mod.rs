@@ -159,9 +159,13 @@ pub fn ssh_config(cfg: &Config, host_key: PrivateKey) -> russh::server::Config {
         keepalive_max: 3,
         nodelay: true,
         // Messages a channel may queue for its reader. The receive window
-        // (paced by what the reader takes, see vendor/russh/PATCHES.md) is
-        // what bounds a channel's memory; this only has to exceed
-        // window_size / packet size so the session loop never waits on it.
+        // (paced by what the reader takes, and enforced: data past it ends
+        // the connection, see vendor/russh/PATCHES.md patches 3 and 6) is
+        // what bounds a channel's queued bytes, to window_size (2 MiB). This
+        // exceeds window_size / packet size (64), so full-size packets never
+        // make the session loop wait on it; a client sending tiny packets
+        // to a target that stopped reading can fill it, and then the loop
+        // waits until the forward's write timeout (forward::WRITE_TIMEOUT).
         channel_buffer_size: 1024,
         ..Default::default()
     }

@@ -820,6 +820,45 @@ impl RawSsh {
         sent
     }
 
+    /// Sends 32 KiB CHANNEL_DATA messages to the server's channel `remote`
+    /// as a well-behaved client does: only as far as the window allows,
+    /// starting from `window` and adding each WINDOW_ADJUST. Other messages
+    /// are kept in `skipped`. Returns the data bytes sent once the server
+    /// closed the channel or the connection, or granted no window for
+    /// `stall`.
+    pub fn send_within_window(&mut self, remote: u32, mut window: u32, stall: Duration) -> usize {
+        let data = vec![b'x'; 32 * 1024];
+        let mut sent = 0;
+        let mut granted = Instant::now();
+        loop {
+            while window > 0 {
+                let n = window.min(data.len() as u32);
+                if self.channel_data(remote, &data[..n as usize]).is_err() {
+                    return sent;
+                }
+                window -= n;
+                sent += n as usize;
+            }
+            let left = stall.saturating_sub(granted.elapsed());
+            if left.is_zero() {
+                return sent;
+            }
+            match self.recv_within(left) {
+                Ok(m) if m.first() == Some(&msg::CHANNEL_WINDOW_ADJUST) => {
+                    let mut at = 5;
+                    window += read_u32(&m, &mut at).unwrap_or(0);
+                    granted = Instant::now();
+                }
+                Ok(m) if matches!(m.first(), Some(&msg::CHANNEL_CLOSE | &msg::DISCONNECT)) => {
+                    self.skipped.push(m);
+                    return sent;
+                }
+                Ok(m) => self.skipped.push(m),
+                Err(_) => return sent,
+            }
+        }
+    }
+
     /// Sends CHANNEL_DATA to the server's channel `remote`.
     pub fn channel_data(&mut self, remote: u32, data: &[u8]) -> io::Result<()> {
         self.send(&payload(&[

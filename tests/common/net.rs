@@ -168,12 +168,27 @@ pub struct StallServer {
 }
 
 impl StallServer {
+    /// Silent: it sends nothing either.
     pub fn start() -> StallServer {
+        Self::start_with(None)
+    }
+
+    /// Sends one byte every `every` (so its connections never look idle),
+    /// and still reads nothing.
+    pub fn talking(every: Duration) -> StallServer {
+        Self::start_with(Some(every))
+    }
+
+    fn start_with(talk: Option<Duration>) -> StallServer {
         let release = Arc::new(AtomicBool::new(false));
         let held = Arc::clone(&release);
-        let server = TcpServer::start(move |stream, _counters| {
+        let server = TcpServer::start(move |mut stream, counters| {
+            let step = talk.unwrap_or(Duration::from_millis(100));
             while !held.load(Ordering::SeqCst) {
-                thread::sleep(Duration::from_millis(100));
+                thread::sleep(step);
+                if talk.is_some() && stream.write_all(b".").is_ok() {
+                    counters.bytes_out.fetch_add(1, Ordering::SeqCst);
+                }
             }
             drop(stream);
         });
