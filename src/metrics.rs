@@ -362,6 +362,11 @@ pub fn observe(ev: &Event) {
         }
         // Counted as they happen (server::refusals), not per audit row.
         EventKind::AuditPrune | EventKind::ConnectionRefused => {}
+        // Rare admin and account events: the audit trail is their record.
+        EventKind::TotpEnroll
+        | EventKind::TotpReset
+        | EventKind::LockoutClear
+        | EventKind::LockoutUser => {}
         EventKind::ChannelRefused => {
             // A connection's repeats of one refusal come as one summary row.
             let n = ev

@@ -1156,3 +1156,98 @@ fn a_forward_whose_target_stops_reading_ends_after_the_write_timeout() {
     assert!(echo.ends_with(b"ping"), "{echo:?}");
     b.assert_survived();
 }
+
+/// A user name of 100 kB (the SSH packet allows it) is stored cut to 64
+/// characters and marked, so no database index refuses the failure row:
+/// the failures are counted and the source is banned, on SQLite and on
+/// PostgreSQL alike.
+#[test]
+fn a_hundred_kilobyte_user_name_is_counted_and_banned() {
+    let b = Bastion::start(|c| c.lockout(3, "10m", "15m"));
+    let huge = "x".repeat(100_000);
+    for _ in 0..3 {
+        let Ok(mut ssh) = RawSsh::connect_from(loopback(4), b.pv.port) else {
+            break;
+        };
+        assert!(ssh.request_userauth().unwrap());
+        let reply = ssh.auth_password(&huge, b"guess").unwrap();
+        assert_eq!(reply[0], msg::USERAUTH_FAILURE);
+    }
+    let ban =
+        b.pv.wait_for_audit("lockout.ban", |e| e.kind == "lockout.ban");
+    assert_eq!(ban.detail_str("banned"), Some("127.0.0.4"), "{ban:?}");
+    let failures: Vec<AuditEvent> =
+        b.pv.audit()
+            .into_iter()
+            .filter(|e| e.is("auth.failure", "invalid_user_name"))
+            .collect();
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    for f in &failures {
+        let user = f.user.as_deref().unwrap_or_default();
+        assert_eq!(user.chars().count(), 64, "{user}");
+        assert!(user.ends_with('…'), "a cut name is marked: {user}");
+        assert_eq!(f.detail["counts"], true, "{f:?}");
+    }
+}
+
+/// One client sending 100,000 requests portvakt refuses cannot crowd other
+/// users' rows out of the audit trail: its refusals are aggregated (one row
+/// at once, one with the count when it leaves), and every login of another
+/// user made meanwhile is stored.
+#[test]
+fn a_flood_of_refused_requests_crowds_out_no_other_row() {
+    let mut b = Bastion::start(|c| c);
+    const FLOOD: u32 = 100_000;
+    let mut flooder = b.svc_session();
+    let flood = thread::spawn(move || {
+        for i in 0..FLOOD {
+            let request = payload(&[
+                &[msg::GLOBAL_REQUEST],
+                &string(b"tcpip-forward"),
+                &[0],
+                &string(b"0.0.0.0"),
+                &u32be(1024 + i % 1000),
+            ]);
+            flooder.send(&request).expect("send a refused request");
+        }
+        flooder
+    });
+    for _ in 0..3 {
+        assert_echo_works(&b.alice(), "db-1", b.echo.port);
+    }
+    let flooder = flood.join().expect("the flood thread");
+    for _ in 0..2 {
+        assert_echo_works(&b.alice(), "db-1", b.echo.port);
+    }
+    poll_until("alice's five logins", AUDIT_TIMEOUT, || {
+        let n =
+            b.pv.audit()
+                .iter()
+                .filter(|e| e.kind == "auth.success" && e.user.as_deref() == Some("alice"))
+                .count();
+        (n >= 5).then_some(())
+    });
+    drop(flooder);
+    let summary = b.pv.wait_for_audit("the flood's summary row", |e| {
+        e.is("channel.refused", "remote_forward_refused") && e.detail.get("repeated").is_some()
+    });
+    let refused: Vec<AuditEvent> =
+        b.pv.audit()
+            .into_iter()
+            .filter(|e| e.is("channel.refused", "remote_forward_refused"))
+            .collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "one row at once, one summary: {}",
+        refused.len()
+    );
+    // The server may still have been reading when the client left; it
+    // cannot have counted more than was sent.
+    let repeated = summary.detail["repeated"].as_u64().unwrap();
+    assert!(
+        repeated > u64::from(FLOOD) / 2 && repeated < u64::from(FLOOD),
+        "{summary:?}"
+    );
+    b.assert_survived();
+}

@@ -258,6 +258,13 @@ fn failed_logins_ban_the_source_before_the_handshake_and_slow_the_user_name() {
     // `lockout clear` lifts the ban within seconds.
     pv.cli(&["lockout", "clear", "127.0.0.2"]).assert_success();
     assert!(lockout_sources(&pv).is_empty());
+    let cleared = pv.wait_for_audit("lockout.clear", |e| e.kind == "lockout.clear");
+    assert_eq!(
+        cleared.detail_str("source"),
+        Some("127.0.0.2"),
+        "{cleared:?}"
+    );
+    assert_eq!(cleared.detail["lifted"], 1, "{cleared:?}");
     poll_until(
         "the cleared source to be served again",
         AUDIT_TIMEOUT,

@@ -305,6 +305,14 @@ fn idp_and_totp_login_self_enrols_and_reaches_a_group_target() {
     let askpass = w.askpass("alice", "alice-pw");
 
     w.login(&askpass, &w.client("alice", &key));
+    let enrolled =
+        w.pv.wait_for_audit("totp.enroll", |e| e.kind == "totp.enroll");
+    assert_eq!(enrolled.user.as_deref(), Some("alice"), "{enrolled:?}");
+    assert_eq!(enrolled.detail_str("by"), Some("self"), "{enrolled:?}");
+    assert!(
+        enrolled.source.is_some(),
+        "self-enrolment names the source: {enrolled:?}"
+    );
 
     // The device prompt as the client showed it: URL with the code, the
     // code itself, and the Enter instruction, in the prompt text itself.
@@ -1089,6 +1097,12 @@ fn a_users_key_with_totp_logs_in_with_key_and_code_and_gets_a_grant() {
     );
     let again = w.pv.cli(&["totp", "reset", "deploy"]);
     assert_eq!(again.code(), 1, "{again}");
+    // Both CLI actions are in the audit trail.
+    for kind in ["totp.enroll", "totp.reset"] {
+        let ev = w.pv.wait_for_audit(kind, |e| e.kind == kind);
+        assert_eq!(ev.user.as_deref(), Some("deploy"), "{ev:?}");
+        assert_eq!(ev.detail_str("by"), Some("cli"), "{ev:?}");
+    }
 }
 
 // ------------------------------------------------------------------ 8

@@ -24,9 +24,39 @@ pub enum EventKind {
     /// Connections refused before the SSH handshake (bans, limits), counted
     /// per source and reason (server::refusals).
     ConnectionRefused,
+    /// A TOTP secret was stored (self-enrolment at login, or the CLI).
+    TotpEnroll,
+    /// A TOTP secret was removed (CLI).
+    TotpReset,
+    /// Bans or user lockouts were lifted (CLI).
+    LockoutClear,
+    /// A user's TOTP step is locked after too many wrong codes.
+    LockoutUser,
 }
 
 impl EventKind {
+    /// Every kind, for tests and docs that must not drift.
+    pub const ALL: [EventKind; 18] = [
+        EventKind::AuthSuccess,
+        EventKind::AuthFailure,
+        EventKind::ConnectionOpen,
+        EventKind::ConnectionClose,
+        EventKind::ForwardOpen,
+        EventKind::ForwardDenied,
+        EventKind::ForwardClose,
+        EventKind::GrantCreate,
+        EventKind::GrantRevoke,
+        EventKind::LockoutBan,
+        EventKind::ConfigReload,
+        EventKind::ChannelRefused,
+        EventKind::AuditPrune,
+        EventKind::ConnectionRefused,
+        EventKind::TotpEnroll,
+        EventKind::TotpReset,
+        EventKind::LockoutClear,
+        EventKind::LockoutUser,
+    ];
+
     pub fn as_str(self) -> &'static str {
         use EventKind::*;
         match self {
@@ -44,6 +74,10 @@ impl EventKind {
             ChannelRefused => "channel.refused",
             AuditPrune => "audit.prune",
             ConnectionRefused => "connection.refused",
+            TotpEnroll => "totp.enroll",
+            TotpReset => "totp.reset",
+            LockoutClear => "lockout.clear",
+            LockoutUser => "lockout.user",
         }
     }
 }

@@ -913,27 +913,13 @@ async fn event_detail_round_trips_as_json() {
 #[tokio::test]
 async fn every_event_kind_is_stored_under_its_name() {
     on_each_store(|store| async move {
-        use EventKind::*;
-        let all = [
-            AuthSuccess,
-            AuthFailure,
-            ConnectionOpen,
-            ConnectionClose,
-            ForwardOpen,
-            ForwardDenied,
-            ForwardClose,
-            GrantCreate,
-            GrantRevoke,
-            LockoutBan,
-            ConfigReload,
-            ChannelRefused,
-        ];
         let (audit, writer) = Audit::start(store.clone(), "node-a".into());
-        for (i, kind) in all.iter().enumerate() {
+        for (i, kind) in EventKind::ALL.iter().enumerate() {
             audit.emit(event_at(*kind, T0 + i as i64));
         }
         flush(audit, writer).await;
         let rows = events(&store, EventFilter::default()).await;
+        // DESIGN.md §5's twelve, then the ones added since (docs/AUDIT.md).
         assert_eq!(
             kinds(&rows),
             [
@@ -949,6 +935,12 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "lockout.ban",
                 "config.reload",
                 "channel.refused",
+                "audit.prune",
+                "connection.refused",
+                "totp.enroll",
+                "totp.reset",
+                "lockout.clear",
+                "lockout.user",
             ]
         );
     })
@@ -1264,6 +1256,34 @@ async fn concurrent_store_open_on_fresh_sqlite() {
 }
 
 // ---- hostile input ----
+
+/// The client's SSH version string is any UTF-8 after `SSH-2.0-`: a NUL in
+/// it must not cost the connection its close row (PostgreSQL refuses NUL).
+#[tokio::test]
+async fn a_nul_in_the_client_version_keeps_the_close_row() {
+    on_each_store(|store| async move {
+        let (audit, writer) = Audit::start(store.clone(), "node-a".into());
+        let src = source();
+        audit.connection_open("c-nul", src);
+        audit.connection_close(
+            "c-nul",
+            src,
+            Some("alice"),
+            "client_closed",
+            Duration::from_secs(1),
+            Some("SSH-2.0-evil\0x\u{202E}"),
+        );
+        flush(audit, writer).await;
+        let row = connection_row(&store, "c-nul").await.unwrap();
+        assert_eq!(
+            row.7.as_deref(),
+            Some("client_closed"),
+            "the close row is missing"
+        );
+        assert_eq!(row.8.as_deref(), Some("SSH-2.0-evil\u{FFFD}x\u{FFFD}"));
+    })
+    .await;
+}
 
 /// Client-controlled text (an SSH user name, a requested host) may hold any
 /// character, NUL included: `auth.failure` records the user name as sent,

@@ -96,6 +96,8 @@ pub struct Interactive {
     flows: u32,
     /// The secret shown for enrolment, kept so the QR code scanned stays valid.
     enroll_secret: Option<Secret>,
+    /// A TOTP secret was stored by this connection and not yet audited.
+    enrolled: bool,
     state: State,
 }
 
@@ -110,8 +112,14 @@ impl Interactive {
             idp: None,
             flows: 0,
             enroll_secret: None,
+            enrolled: false,
             state: State::Idle,
         }
+    }
+
+    /// Did the last step store a TOTP secret (self-enrolment)? Asked once.
+    pub fn take_enrolled(&mut self) -> bool {
+        std::mem::take(&mut self.enrolled)
     }
 
     /// The client proved it holds this key for `user` (first factor).
@@ -279,6 +287,7 @@ impl Interactive {
                     Ok(Ok(TotpCheck::Ok)) => {
                         tracing::info!(user = %self.user, "TOTP enrolled");
                         self.enroll_secret = None;
+                        self.enrolled = true;
                         self.finish(pending).await
                     }
                     Ok(Ok(_)) => Step::Reject(AuthFailure::TotpInvalid),

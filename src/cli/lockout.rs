@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 use super::{Outcome, print_json};
+use crate::audit::{Event, EventKind};
 use crate::auth::lockout;
 use crate::config::Config;
 use crate::store::Store;
@@ -24,7 +25,7 @@ pub enum LockoutCmd {
     },
 }
 
-pub async fn run(cmd: &LockoutCmd, _cfg: &Config, store: &Store) -> Outcome {
+pub async fn run(cmd: &LockoutCmd, cfg: &Config, store: &Store) -> Outcome {
     match cmd {
         LockoutCmd::List { json } => match lockout::list(store).await {
             Ok(rows) if *json => print_json(&rows),
@@ -45,6 +46,12 @@ pub async fn run(cmd: &LockoutCmd, _cfg: &Config, store: &Store) -> Outcome {
         },
         LockoutCmd::Clear { source, .. } => match lockout::clear(store, source.as_deref()).await {
             Ok(n) => {
+                let ev = Event::new(EventKind::LockoutClear)
+                    .detail("source", source.clone().unwrap_or_else(|| "all".into()))
+                    .detail("lifted", n);
+                if let Err(o) = super::record(cfg, store, ev).await {
+                    return o;
+                }
                 println!("lifted {n} ban(s)");
                 Outcome::Ok
             }

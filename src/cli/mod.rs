@@ -126,6 +126,25 @@ where
 }
 
 /// Print `value` as one JSON document.
+/// Store one event from a CLI command and wait for it (the command fails
+/// if its audit row cannot be written).
+async fn record(
+    cfg: &crate::config::Config,
+    store: &Store,
+    ev: crate::audit::Event,
+) -> Result<(), Outcome> {
+    let (audit, writer) =
+        crate::audit::Audit::start(store.clone(), format!("{} (cli)", cfg.server.node_name));
+    let stored = audit.record(ev).await;
+    drop(audit);
+    let _ = writer.await;
+    if stored {
+        Ok(())
+    } else {
+        Err(Outcome::Failed("cannot write the audit row".into()))
+    }
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> Outcome {
     match serde_json::to_string_pretty(value) {
         Ok(s) => {

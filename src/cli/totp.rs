@@ -4,6 +4,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::{Outcome, print_json};
+use crate::audit::{Event, EventKind};
 use crate::auth::totp::{Secret, Totp, TotpCheck, qr_text};
 use crate::config::Config;
 use crate::store::Store;
@@ -53,6 +54,12 @@ pub async fn run(cmd: &TotpCmd, cfg: &Config, store: &Store) -> Outcome {
                 }
                 Err(e) => return Outcome::Failed(e.to_string()),
             }
+            let ev = Event::new(EventKind::TotpEnroll)
+                .user(user.as_str())
+                .detail("by", "cli");
+            if let Err(o) = super::record(cfg, store, ev).await {
+                return o;
+            }
             let out = Enrolled {
                 user: user.clone(),
                 secret: secret.base32(),
@@ -71,6 +78,12 @@ pub async fn run(cmd: &TotpCmd, cfg: &Config, store: &Store) -> Outcome {
         }
         TotpCmd::Reset { user } => match totp.reset(user).await {
             Ok(true) => {
+                let ev = Event::new(EventKind::TotpReset)
+                    .user(user.as_str())
+                    .detail("by", "cli");
+                if let Err(o) = super::record(cfg, store, ev).await {
+                    return o;
+                }
                 println!("removed the TOTP secret of {user}");
                 Outcome::Ok
             }

@@ -421,16 +421,18 @@ impl Connection {
                 .await
             {
                 Ok(Some(ban)) => {
-                    audit.emit(
-                        Event::new(EventKind::LockoutBan)
-                            .connection(ctx.id(), ctx.source())
-                            .user(user)
-                            .reason("too_many_failures")
-                            .detail("banned", ban.source)
-                            .detail("failures", ban.failures)
-                            .detail("until", crate::clock::rfc3339_micros(ban.until)),
-                    );
                     ctx.close("banned");
+                    audit
+                        .record(
+                            Event::new(EventKind::LockoutBan)
+                                .connection(ctx.id(), ctx.source())
+                                .user(user)
+                                .reason("too_many_failures")
+                                .detail("banned", ban.source)
+                                .detail("failures", ban.failures)
+                                .detail("until", crate::clock::rfc3339_micros(ban.until)),
+                        )
+                        .await;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot record a login failure"),
@@ -630,6 +632,16 @@ impl Handler for Connection {
                 self.interactive.respond(user, answers).await
             }
         };
+        if self.interactive.take_enrolled() {
+            self.state
+                .audit
+                .record(
+                    self.event(EventKind::TotpEnroll)
+                        .user(user)
+                        .detail("by", "self"),
+                )
+                .await;
+        }
         Ok(match step {
             Step::Prompt {
                 instructions,
@@ -967,7 +979,7 @@ impl Connection {
             let revoked = crate::auth::grants::revoke(&store, Some(grant), None, "logout").await;
             let (text, status) = match &revoked {
                 Ok(r) if !r.is_empty() => {
-                    audit.emit(ev);
+                    audit.record(ev).await;
                     ("portvakt: your login grant is revoked; the next connection asks you to log in again.\n", 0)
                 }
                 Ok(_) => ("portvakt: your login grant had already ended.\n", 0),
