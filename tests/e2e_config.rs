@@ -6,6 +6,9 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::keys::read_line;
+use common::portvakt::portvakt_bin;
+use common::proc::RUN_TIMEOUT;
 use common::*;
 
 /// A small, valid config; relative paths are relative to its folder.
@@ -191,4 +194,81 @@ fn every_problem_of_a_file_is_reported_at_once() {
     assert_problem(&out, &[dup - 1, dup], &["db-1"]);
     let orphan = line_of(&text, "name = \"orphan\"", 0);
     assert_problem(&out, &[orphan - 1, orphan], &["orphan"]);
+}
+
+/// The README's first command: `config/dev.toml`, started from the
+/// repository root with a relative `--config`, opens its SQLite database
+/// (`sqlite://../data/dev/portvakt.db`, relative to the config's folder),
+/// serves a certificate login and records it. The checkout is copied into
+/// the test's folder (only the listen port changed) so that a developer's
+/// own `data/dev` stays untouched.
+#[test]
+fn the_dev_config_serves_when_started_from_the_repository_root() {
+    let env = TestEnv::new();
+    let root = env.path().join("checkout");
+    let dev = root.join("data/dev");
+    std::fs::create_dir_all(root.join("config")).unwrap();
+    std::fs::create_dir_all(&dev).unwrap();
+    let port = free_port();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev.toml"))
+        .expect("read config/dev.toml");
+    let listen = "\"127.0.0.1:2222\"";
+    assert!(text.contains(listen), "config/dev.toml listens elsewhere");
+    let text = text.replace(listen, &format!("\"127.0.0.1:{port}\""));
+    std::fs::write(root.join("config/dev.toml"), text).unwrap();
+    // What scripts/dev makes: a throw-away CA in data/dev.
+    let ca = UserCa::new(&dev, "user_ca");
+    let key = env.signed_key(&ca, "dev", &CertSpec::user(&["dev"]));
+
+    let log = env.path().join("serve.log");
+    let mut server = ChildGuard::spawn(
+        "portvakt",
+        std::process::Command::new(portvakt_bin())
+            .current_dir(&root)
+            .args(["serve", "--config", "config/dev.toml"])
+            .env_remove("PORTVAKT_CONFIG"),
+        Some(&log),
+    );
+    server.wait_for_port(port);
+    let host_key_file = dev.join("ssh_host_ed25519_key.pub");
+    let host_key = poll_until("the host key", std::time::Duration::from_secs(10), || {
+        host_key_file.exists().then(|| read_line(&host_key_file))
+    });
+    let client = SshClient::new(
+        env.path(),
+        port,
+        format!("[127.0.0.1]:{port} {host_key}"),
+        "dev",
+    )
+    .identity(&key);
+
+    let out = client.run(&[BASTION]);
+    out.assert_code(1);
+    let said = format!("{}{}", out.stdout_text(), out.stderr);
+    assert!(
+        said.contains("dev"),
+        "the session text names the user: {out}"
+    );
+    assert!(
+        dev.join("portvakt.db").is_file(),
+        "the database is in data/dev"
+    );
+    let audit = poll_until("the login in the audit trail", AUDIT_TIMEOUT, || {
+        let out = run(
+            std::process::Command::new(portvakt_bin())
+                .current_dir(&root)
+                .args(["audit", "list", "--json", "--config", "config/dev.toml"])
+                .env_remove("PORTVAKT_CONFIG"),
+            None,
+            RUN_TIMEOUT,
+        );
+        out.assert_success();
+        let events: Vec<AuditEvent> = serde_json::from_str(&out.stdout_text()).unwrap();
+        events
+            .iter()
+            .any(|e| e.kind == "auth.success" && e.user.as_deref() == Some("dev"))
+            .then_some(events)
+    });
+    assert!(!audit.is_empty());
+    server.assert_running();
 }

@@ -146,11 +146,15 @@ impl Ctx<'_> {
 pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let mut cx = Ctx {
         file,
-        dir: file
-            .parent()
-            .map(Path::to_path_buf)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from(".")),
+        // Absolute, so that what the file names stays put whatever the
+        // working folder of the process that reads it.
+        dir: {
+            let dir = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+        },
         text,
         errors: Vec::new(),
         warnings: Vec::new(),

@@ -54,6 +54,46 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
 }
 
+/// The URL sqlx needs for a SQLite file given as a plain filesystem path
+/// (what follows `sqlite://`, with optional `?options`). The folder is made
+/// and resolved by the filesystem first: a URL parser would resolve `..`
+/// against the URL's root, or take the first folder for a host name.
+fn sqlite_url(path: &str) -> Result<String, StoreError> {
+    use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+    /// Characters that would end or change the path part of the URL.
+    const PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'?').add(b'#');
+    let (file, query) = path.split_once('?').unwrap_or((path, ""));
+    let folder_err = |dir: &Path, source| StoreError::Folder {
+        path: dir.display().to_string(),
+        source,
+    };
+    let file = Path::new(file);
+    let absolute = std::path::absolute(file).map_err(|e| folder_err(file, e))?;
+    let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return Err(folder_err(
+            &absolute,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+        ));
+    };
+    std::fs::create_dir_all(dir).map_err(|e| folder_err(dir, e))?;
+    let dir = dir.canonicalize().map_err(|e| folder_err(dir, e))?;
+    let resolved = dir.join(name);
+    let Some(text) = resolved.to_str() else {
+        return Err(folder_err(
+            &resolved,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path is not UTF-8"),
+        ));
+    };
+    let encoded = utf8_percent_encode(text, PATH);
+    Ok(if query.contains("mode=") {
+        format!("sqlite://{encoded}?{query}")
+    } else if query.is_empty() {
+        format!("sqlite://{encoded}?mode=rwc")
+    } else {
+        format!("sqlite://{encoded}?{query}&mode=rwc")
+    })
+}
+
 impl Store {
     /// Connect, create the SQLite file if needed, and bring the schema up to
     /// date. Several nodes may run this at once: sqlx takes an advisory lock
@@ -86,23 +126,7 @@ impl Store {
             source,
         };
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://") {
-            let (file, _) = path.split_once('?').unwrap_or((path, ""));
-            if let Some(dir) = Path::new(file).parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-            }
-            let url = if path.contains("mode=") {
-                url.to_string()
-            } else if path.contains('?') {
-                format!("{url}&mode=rwc")
-            } else {
-                format!("{url}?mode=rwc")
-            };
-            (Backend::Sqlite, url)
+            (Backend::Sqlite, sqlite_url(path)?)
         } else {
             (Backend::Postgres, url.to_string())
         };
@@ -236,5 +260,36 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite:///x/y.db"), "sqlite:///x/y.db");
+    }
+
+    /// `config/../data/x.db` read as a URL makes `config` a host name and
+    /// drops the `..`: the filesystem must resolve it first.
+    #[tokio::test]
+    async fn sqlite_paths_are_resolved_by_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::create_dir(&config).unwrap();
+        let odd = dir.path().join("with space#%");
+        let path = format!("{}/../with space#%/pv.db", config.display());
+        let url = sqlite_url(&path).unwrap();
+        assert!(!url.contains(".."), "{url}");
+        let store = Store::open(&format!("sqlite://{path}")).await.unwrap();
+        store.close().await;
+        assert!(
+            odd.join("pv.db").is_file(),
+            "the file is where the path said"
+        );
+        assert!(!dir.path().join("data").exists());
+    }
+
+    /// A relative path is taken from the working folder, never as a host.
+    #[test]
+    fn relative_sqlite_paths_become_absolute() {
+        let url = sqlite_url("target/../target/store-test/x.db").unwrap();
+        let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+        assert_eq!(
+            url,
+            format!("sqlite://{}/target/store-test/x.db?mode=rwc", cwd.display())
+        );
     }
 }

@@ -53,7 +53,9 @@ impl SshClient {
         Self::new(parent, sshd.port, sshd.known_hosts_line("127.0.0.1"), user)
     }
 
-    fn new(parent: &Path, port: u16, known_host: String, user: &str) -> SshClient {
+    /// A client of whatever listens on 127.0.0.1:`port` with the host key
+    /// in `known_host` (a whole known_hosts line), logging in as `user`.
+    pub fn new(parent: &Path, port: u16, known_host: String, user: &str) -> SshClient {
         let n = NEXT_CLIENT.fetch_add(1, Ordering::SeqCst);
         let dir = parent.join(format!("ssh-client-{n}"));
         fs::create_dir_all(&dir).expect("create client dir");
