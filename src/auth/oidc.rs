@@ -145,11 +145,25 @@ pub struct IdpLogin {
 }
 
 impl IdpLogin {
-    /// The IdP says it did a second factor itself.
+    /// The IdP says it did more than one factor itself: `amr` holds `mfa`,
+    /// or methods (RFC 8176) of at least two different kinds, something
+    /// known (pwd, pin, kba), something held (otp, hwk, swk, sms, tel, sc)
+    /// and something one is (fpt, face, iris, retina, vbm). One method
+    /// alone (`otp` for an emailed code, `swk` for a device key) is one
+    /// factor, however strong.
     pub fn has_mfa(&self) -> bool {
-        self.amr
-            .iter()
-            .any(|m| matches!(m.as_str(), "otp" | "mfa" | "hwk" | "swk" | "fido" | "sc"))
+        if self.amr.iter().any(|m| m == "mfa") {
+            return true;
+        }
+        let kind = |m: &str| match m {
+            "pwd" | "pin" | "kba" => Some(0),
+            "otp" | "hwk" | "swk" | "sms" | "tel" | "sc" => Some(1),
+            "fpt" | "face" | "iris" | "retina" | "vbm" => Some(2),
+            _ => None,
+        };
+        let kinds: std::collections::BTreeSet<u8> =
+            self.amr.iter().filter_map(|m| kind(m)).collect();
+        kinds.len() >= 2
     }
 }
 

@@ -806,12 +806,29 @@ fn amr_and_has_mfa() {
     assert!(login(json!(null)).amr.is_empty());
     assert!(!login(json!(["pwd"])).has_mfa());
     assert!(!login(json!(["pwd", "kba", "sms-but-not-listed"])).has_mfa());
-    for m in ["otp", "mfa", "hwk", "swk", "fido", "sc"] {
-        assert!(login(json!(["pwd", m])).has_mfa(), "{m}");
+    // `mfa`, or two kinds of factor.
+    assert!(login(json!(["mfa"])).has_mfa());
+    for m in ["otp", "hwk", "swk", "sms", "sc", "fpt", "face"] {
+        assert!(login(json!(["pwd", m])).has_mfa(), "pwd + {m}");
+    }
+    assert!(login(json!(["hwk", "fpt"])).has_mfa());
+    // One method, or two of one kind, is one factor.
+    for one in [
+        json!(["otp"]),
+        json!(["swk"]),
+        json!(["hwk"]),
+        json!(["sc"]),
+        json!(["fido"]),
+        json!(["pwd", "kba"]),
+        json!(["otp", "sms"]),
+        json!(["hwk", "swk"]),
+        json!(["pwd", "fido"]),
+    ] {
+        assert!(!login(one.clone()).has_mfa(), "{one}");
     }
     // A single string is read as a one-element list.
     assert_eq!(login(json!("otp")).amr, vec!["otp"]);
-    assert!(login(json!("otp")).has_mfa());
+    assert!(!login(json!("otp")).has_mfa());
     // Case matters: RFC 8176 values are lower case.
     assert!(!login(json!(["OTP"])).has_mfa());
 }
