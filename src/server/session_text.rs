@@ -67,15 +67,28 @@ pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> Stri
                 }
             }
         }
-        let example = mine
+        let (example, port) = mine
             .iter()
-            .find(|t| matches!(t.destination, Destination::Host { .. }))
-            .map_or("TARGET", |t| t.name.as_str());
+            .find_map(|t| match t.destination {
+                Destination::Host { port, .. } => Some((t.name.as_str(), port)),
+                Destination::Cidr { .. } => None,
+            })
+            .unwrap_or(("TARGET", 22));
+        // The client asks for name:port; a target on another port than 22
+        // needs it said.
+        let p = if port == 22 {
+            String::new()
+        } else {
+            format!("-p {port} ")
+        };
         let _ = writeln!(t, "Connect with:");
-        let _ = writeln!(t, "  ssh -J {bastion} USER@{example}");
+        let _ = writeln!(t, "  ssh -J {bastion} {p}USER@{example}");
         let _ = writeln!(t, "or put this in ~/.ssh/config and run `ssh {example}`:");
         let _ = writeln!(t, "  Host {example}");
         let _ = writeln!(t, "    ProxyJump {bastion}");
+        if port != 22 {
+            let _ = writeln!(t, "    Port {port}");
+        }
     }
     if pty { t.replace('\n', "\r\n") } else { t }
 }
@@ -84,5 +97,41 @@ fn host_of(addr: SocketAddr) -> String {
     match addr {
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
         SocketAddr::V4(a) => a.ip().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Identity;
+
+    /// The `ssh -J` line names the target's port when it is not 22: the
+    /// client asks the bastion for `name:port`, and 22 is what it assumes.
+    #[test]
+    fn the_jump_line_names_a_port_other_than_22() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let cfg = Config::parse(
+            &path,
+            r#"
+[[users]]
+name = "alice"
+keys = []
+mfa = "none"
+[[targets]]
+name = "demo"
+host = "127.0.0.1"
+port = 2200
+allow_users = ["alice"]
+"#,
+        )
+        .unwrap();
+        let id = Identity::for_test("alice", &[]);
+        let text = render(&id, &cfg, "127.0.0.1:2222".parse().unwrap(), false);
+        assert!(
+            text.contains("ssh -J alice@127.0.0.1:2222 -p 2200 USER@demo"),
+            "{text}"
+        );
+        assert!(text.contains("    Port 2200"), "{text}");
     }
 }
