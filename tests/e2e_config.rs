@@ -272,3 +272,17 @@ fn the_dev_config_serves_when_started_from_the_repository_root() {
     assert!(!audit.is_empty());
     server.assert_running();
 }
+
+/// A target host in a legacy address spelling ("010.0.0.1" dials 8.0.0.1,
+/// a name like "127.1" dials 127.0.0.1) is refused with its line.
+#[test]
+fn a_host_in_a_legacy_address_spelling_is_reported_with_its_line() {
+    for host in ["010.0.0.1", "127.1", "0x7f000001", "db_1"] {
+        let text = GOOD.replace("host = \"127.0.0.1\"", &format!("host = {host:?}"));
+        assert_reported(
+            &text,
+            &[line_of(&text, host, 0)],
+            &["canonical", "DNS name"],
+        );
+    }
+}

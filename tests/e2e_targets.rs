@@ -181,3 +181,55 @@ fn the_refusal_text_is_the_same_whatever_the_reason() {
     assert_eq!(text("echo", w.echo.port.wrapping_add(1).max(1)), unknown);
     assert_eq!(text("10.1.2.3", w.echo.port), unknown);
 }
+
+/// A range as broad as 0.0.0.0/0 does not reach the bastion's own loopback
+/// (nor unspecified, link-local or multicast addresses): only a range that
+/// names such a block does (here "lab", 127.0.0.0/8, for group sre).
+#[test]
+fn a_broad_range_does_not_reach_loopback_unless_a_range_names_it() {
+    let env = TestEnv::new();
+    let ca = env.ca("user_ca");
+    let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
+    let bob = env.signed_key(&ca, "bob", &CertSpec::user(&["bob"]));
+    let echo = EchoServer::start();
+    let pv = env.portvakt(
+        &Config::new()
+            .trust(&ca)
+            .target(
+                Target::cidr("anywhere", "0.0.0.0/0", &[echo.port]).allow_users(&["alice", "bob"]),
+            )
+            .target(Target::cidr("lab", "127.0.0.0/8", &[echo.port]).allow_users(&["bob"])),
+    );
+    let out = forward_stdio(
+        &env.client(&pv, "alice").identity(&alice).log_level("INFO"),
+        "127.0.0.1",
+        echo.port,
+        b"x",
+    );
+    assert_forward_prohibited(&out, "alice");
+    // Only "lab" contains it, and lab is bob's.
+    let denied = pv.wait_for_event("forward.denied", "user_not_allowed");
+    assert_eq!(denied.detail_str("target"), Some("lab"), "{denied:?}");
+    for zero in ["0.0.0.0", "169.254.169.254", "224.0.0.1"] {
+        let out = forward_stdio(
+            &env.client(&pv, "alice").identity(&alice).log_level("INFO"),
+            zero,
+            echo.port,
+            b"x",
+        );
+        assert_forward_prohibited(&out, "alice");
+    }
+    let outside = pv
+        .audit()
+        .into_iter()
+        .filter(|e| e.is("forward.denied", "address_not_allowed"))
+        .count();
+    assert_eq!(outside, 3, "0.0.0.0/0 reached a special address");
+    assert_eq!(echo.connections(), 0, "a special address was dialled");
+    // bob reaches loopback through "lab", which names it.
+    assert_echo_works(
+        &env.client(&pv, "bob").identity(&bob),
+        "127.0.0.1",
+        echo.port,
+    );
+}

@@ -684,7 +684,21 @@ fn targets(cx: &mut Ctx<'_>, raw: &[Spanned<RawTarget>]) -> Vec<Target> {
                     ok = false;
                 }
                 let net = match cidr.get_ref().parse::<IpNet>() {
-                    Ok(net) if net.trunc() == net => Some(net),
+                    Ok(net) if net.trunc() == net => {
+                        let broad = match net {
+                            IpNet::V4(n) => n.prefix_len() < 8,
+                            IpNet::V6(n) => n.prefix_len() < 16,
+                        };
+                        if broad {
+                            cx.warn(
+                                &cidr.span(),
+                                format!(
+                                    "target {name}: cidr {net} is very broad; loopback, link-local, multicast and unspecified addresses stay out unless a range names them"
+                                ),
+                            );
+                        }
+                        Some(net)
+                    }
                     Ok(net) => {
                         cx.err(
                             &cidr.span(),
@@ -745,13 +759,15 @@ fn targets(cx: &mut Ctx<'_>, raw: &[Spanned<RawTarget>]) -> Vec<Target> {
                     .host
                     .as_ref()
                     .map_or(name.clone(), |h| h.get_ref().clone());
-                if host.is_empty()
-                    || host.contains(char::is_whitespace)
-                    || host.ends_with('.') && host.len() == 1
-                {
+                // What portvakt dials must be what the admin meant: glibc
+                // reads "010.0.0.1" as 8.0.0.1 and a name "127.1" as
+                // 127.0.0.1.
+                if canonical_ip(&host).is_none() && !crate::policy::is_dns_name(&host) {
                     cx.err(
                         &t.host.as_ref().map_or(span.clone(), |h| h.span()),
-                        format!("target {name}: bad host {host:?}"),
+                        format!(
+                            "target {name}: host {host:?} is neither an IP address in canonical form (like 10.0.1.5 or fd00::5) nor a DNS name"
+                        ),
                     );
                     ok = false;
                 }

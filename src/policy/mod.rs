@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-pub use target::{Destination, Target, canonical_ip};
+pub use target::{Destination, Target, canonical_ip, is_dns_name, is_legacy_ipv4, range_reaches};
 
 /// Who asks, as the config in force now sees them: a user name and every
 /// group they are in (from the IdP and from `[[users]]`). Built fresh for

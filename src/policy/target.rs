@@ -38,9 +38,12 @@ impl Target {
 
     /// Does this target's range contain `ip`? IPv4-mapped IPv6 addresses are
     /// not IPv4 addresses here: a v4 range never contains `::ffff:a.b.c.d`.
+    ///
+    /// Special addresses (loopback, unspecified, link-local, multicast) are
+    /// in a range only when the range names them: see [`range_reaches`].
     pub fn contains(&self, ip: IpAddr) -> bool {
         match &self.destination {
-            Destination::Cidr { net, .. } => net.contains(&ip),
+            Destination::Cidr { net, .. } => range_reaches(net, ip),
             Destination::Host { .. } => false,
         }
     }
@@ -54,6 +57,76 @@ impl Target {
     }
 }
 
+/// Address blocks a range reaches only when it names them itself: the
+/// bastion's own loopback, "this host" (unspecified), link-local, multicast
+/// and broadcast, and IPv6's views of IPv4 (mapped and compatible).
+/// `0.0.0.0/0` or `::/0` does not open them; `127.0.0.0/8` opens loopback.
+const SPECIAL: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+    "::/96",
+    "::1/128",
+    "::ffff:0:0/96",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// The special block `ip` lies in, if any.
+fn special_block(ip: IpAddr) -> Option<IpNet> {
+    SPECIAL
+        .iter()
+        .filter_map(|b| b.parse::<IpNet>().ok())
+        .find(|b| b.contains(&ip))
+}
+
+/// May a range `net` lead to `ip`? Only if `ip` is an ordinary address, or
+/// `net` lies wholly inside the special block `ip` is in.
+pub fn range_reaches(net: &IpNet, ip: IpAddr) -> bool {
+    net.contains(&ip)
+        && match special_block(ip) {
+            None => true,
+            Some(block) => block.contains(net),
+        }
+}
+
+/// Would a resolver (glibc's `inet_aton`) read `host` as an IPv4 address in
+/// one of the legacy spellings: "127.1", "010.0.0.1", "0x7f000001",
+/// "2130706433"? Such a host is not a name, and not a canonical address.
+pub fn is_legacy_ipv4(host: &str) -> bool {
+    let parts: Vec<&str> = host.split('.').collect();
+    let number = |p: &str| {
+        let p = p.to_ascii_lowercase();
+        match p.strip_prefix("0x") {
+            Some(hex) => hex.chars().all(|c| c.is_ascii_hexdigit()),
+            None => !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()),
+        }
+    };
+    (1..=4).contains(&parts.len()) && parts.iter().all(|p| number(p))
+}
+
+/// A DNS host name portvakt will resolve: letters, digits and hyphens in
+/// dot-separated labels of 1 to 63 characters, no label starting or ending
+/// with a hyphen, at most 253 characters, and a last label that is not all
+/// digits (else it reads as an address).
+pub fn is_dns_name(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    host.len() <= 253
+        && !is_legacy_ipv4(host)
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && labels
+            .last()
+            .is_some_and(|l| !l.chars().all(|c| c.is_ascii_digit()))
+}
+
 /// Parse `host` as an IP literal only if it is written in canonical form
 /// (the form Rust prints), so "127.1", "0177.0.0.1" or "[::1]" never pass
 /// as addresses.
@@ -65,6 +138,75 @@ pub fn canonical_ip(host: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broad_ranges_do_not_reach_special_addresses() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (range, addr) in [
+            ("0.0.0.0/0", "127.0.0.1"),
+            ("0.0.0.0/0", "0.0.0.0"),
+            ("0.0.0.0/0", "169.254.169.254"),
+            ("0.0.0.0/0", "224.0.0.1"),
+            ("0.0.0.0/0", "255.255.255.255"),
+            ("96.0.0.0/3", "127.0.0.1"),
+            ("::/0", "::"),
+            ("::/0", "::1"),
+            ("::/0", "::ffff:10.0.0.1"),
+            ("::/0", "fe80::1"),
+            ("::/0", "ff02::1"),
+        ] {
+            assert!(
+                !range_reaches(&net(range), ip(addr)),
+                "{range} reached {addr}"
+            );
+        }
+        for (range, addr) in [
+            ("0.0.0.0/0", "10.0.0.1"),
+            ("127.0.0.0/8", "127.0.0.1"),
+            ("127.0.0.1/32", "127.0.0.1"),
+            ("169.254.0.0/16", "169.254.1.1"),
+            ("::/0", "2001:db8::1"),
+            ("fe80::/64", "fe80::1"),
+        ] {
+            assert!(
+                range_reaches(&net(range), ip(addr)),
+                "{range} did not reach {addr}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_names_and_legacy_address_spellings() {
+        for legacy in [
+            "127.1",
+            "010.0.0.1",
+            "0x7f000001",
+            "2130706433",
+            "0x7f.1",
+            "1.2.3.4",
+        ] {
+            assert!(is_legacy_ipv4(legacy), "{legacy}");
+            assert!(!is_dns_name(legacy), "{legacy}");
+        }
+        for name in ["db-1", "db-1.corp.example", "a1.b2", "x", "0abc.example"] {
+            assert!(is_dns_name(name), "{name}");
+        }
+        for bad in [
+            "",
+            "a..b",
+            "-a.example",
+            "a-.example",
+            "db_1",
+            "db 1",
+            "a.123",
+            "é.example",
+            "a.",
+            ".a",
+        ] {
+            assert!(!is_dns_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn canonical_ip_accepts_only_canonical_forms() {
