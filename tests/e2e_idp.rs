@@ -1309,3 +1309,52 @@ fn removing_oidc_and_reloading_stops_idp_logins_without_a_restart() {
         askpass.describe()
     );
 }
+
+/// The IdP is asked only for clients that proved a key (the grant is bound
+/// to it): a client without any key gets a clear message, and no device
+/// flow is started at the IdP.
+#[test]
+fn an_idp_login_needs_a_proven_key_first() {
+    let w = World::new();
+    let askpass = w.askpass("alice", "alice-pw");
+    // No identity at all: the client's config names a key file that is not there.
+    let keyless = w.env.client(&w.pv, "alice");
+    let out = w.askpass_forward(&askpass, &keyless);
+    assert_refused(&out, &askpass);
+    w.wait_failure("alice", "key_required");
+    assert!(
+        askpass.prompts_of("device").is_empty(),
+        "{}",
+        askpass.describe()
+    );
+    assert!(
+        askpass
+            .prompts_of("failure")
+            .iter()
+            .any(|p| p.prompt.contains("offer an SSH key first")),
+        "{}",
+        askpass.describe()
+    );
+}
+
+/// One source starts at most six device flows a minute, whatever the
+/// number of connections.
+#[test]
+fn one_source_starts_at_most_six_device_flows_a_minute() {
+    let w = World::new();
+    let askpass = Askpass::new(w.env.path(), w.idp(), Decision::Deny);
+    for i in 0..3 {
+        let key = w.env.key(&format!("k{i}"));
+        let client = w
+            .client("alice", &key)
+            .bastion_option("NumberOfPasswordPrompts 5");
+        assert_refused(&w.askpass_forward(&askpass, &client), &askpass);
+    }
+    let codes: std::collections::BTreeSet<String> = askpass
+        .prompts_of("device")
+        .into_iter()
+        .filter_map(|p| p.user_code)
+        .collect();
+    assert_eq!(codes.len(), 6, "{}", askpass.describe());
+    w.wait_count_reason("auth.failure", "idp_flow_limit", "alice", 3);
+}

@@ -86,6 +86,9 @@ pub struct Interactive {
     cfg: SharedConfig,
     svc: Arc<Services>,
     source: String,
+    /// The source as brute-force limits count it (an IPv4 address or an
+    /// IPv6 prefix).
+    source_key: String,
     user: String,
     /// The key the client proved before (partial success), and whether it
     /// is a `[[users]]` key that needs TOTP.
@@ -102,11 +105,12 @@ pub struct Interactive {
 }
 
 impl Interactive {
-    pub fn new(cfg: SharedConfig, svc: Arc<Services>, source: String) -> Self {
+    pub fn new(cfg: SharedConfig, svc: Arc<Services>, source: std::net::SocketAddr) -> Self {
         Interactive {
+            source_key: super::lockout::source_key(source.ip()),
             cfg,
             svc,
-            source,
+            source: source.to_string(),
             user: String::new(),
             proven_key: None,
             idp: None,
@@ -169,7 +173,15 @@ impl Interactive {
         let Some(idp) = self.svc.idp().filter(|_| self.cfg().oidc.is_some()) else {
             return Step::Reject(AuthFailure::InteractiveUnavailable);
         };
-        if self.flows >= MAX_FLOWS {
+        // The IdP is asked only for clients that proved a key (the grant is
+        // bound to it), and only so often per source and per node.
+        if self.proven_key.is_none() {
+            return self.fail(
+                AuthFailure::KeyRequired,
+                "offer an SSH key first: portvakt binds your login to it (make one with ssh-keygen -t ed25519)",
+            );
+        }
+        if self.flows >= MAX_FLOWS || !self.svc.flows.try_start(&self.source_key) {
             return Step::Reject(AuthFailure::IdpFlowLimit);
         }
         self.flows += 1;
@@ -361,22 +373,15 @@ impl Interactive {
         prompt(String::new(), text, false)
     }
 
-    /// Make the identity and, when a key was proven, the grant bound to it.
+    /// Make the identity and the grant bound to the proven key.
     async fn finish(&mut self, pending: Pending) -> Step {
         let ttl = self.cfg().sessions.grant_ttl;
         let method = pending.method;
         // The grant keeps what the IdP said, never config groups.
         let groups: Vec<String> = pending.idp_groups.iter().cloned().collect();
+        // start() asks the IdP only for clients that proved a key.
         let Some((key, _)) = self.proven_key.clone() else {
-            // Nothing to bind a grant to: this connection only.
-            let identity =
-                Identity::new(self.user.clone(), pending.idp_groups, method, String::new())
-                    .with_expiry(SystemTime::now() + ttl)
-                    .with_detail("no key proven: no grant".into());
-            return Step::Accept {
-                identity: Box::new(identity),
-                grant: None,
-            };
+            return Step::Reject(AuthFailure::KeyRequired);
         };
         let fingerprint = fingerprint(&key);
         let new = NewGrant {

@@ -5,6 +5,7 @@
 //! callbacks into these calls.
 
 pub mod certificate;
+pub mod flow_limit;
 pub mod grants;
 mod identity;
 pub mod interactive;
@@ -38,6 +39,8 @@ pub struct Services {
     pub node: String,
     /// Brute-force protection.
     pub lockout: Arc<lockout::Lockout>,
+    /// Device flows started per source and in all.
+    pub flows: flow_limit::FlowLimit,
 }
 
 impl Services {
@@ -103,8 +106,11 @@ pub enum AuthFailure {
     IdpTokenInvalid,
     /// The IdP's user name differs from the SSH user name.
     IdpUserMismatch,
-    /// This connection already started the most device flows it may.
+    /// This connection already started the most device flows it may, or its
+    /// source or this node started too many in the last minute.
     IdpFlowLimit,
+    /// An IdP login was asked for before the client proved it holds a key.
+    KeyRequired,
     TotpInvalid,
     TotpReplayed,
     TotpNotEnrolled,
@@ -145,6 +151,7 @@ impl AuthFailure {
             IdpTokenInvalid => "idp_token_invalid",
             IdpUserMismatch => "idp_user_mismatch",
             IdpFlowLimit => "idp_flow_limit",
+            KeyRequired => "key_required",
             TotpInvalid => "totp_invalid",
             TotpReplayed => "totp_replayed",
             TotpNotEnrolled => "totp_not_enrolled",
@@ -166,6 +173,7 @@ impl AuthFailure {
                 | AuthFailure::DatabaseUnavailable
                 | AuthFailure::InteractiveUnavailable
                 | AuthFailure::IdpDisabled
+                | AuthFailure::KeyRequired
         )
     }
 

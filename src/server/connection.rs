@@ -313,11 +313,8 @@ impl Connection {
     pub fn new(state: Arc<ServerState>, ctx: Arc<ConnCtx>, permit: LoginSlot) -> Self {
         let auth = Authenticator::live(state.config.clone(), ctx.source().ip())
             .with_services(state.services.clone());
-        let interactive = Interactive::new(
-            state.config.clone(),
-            state.services.clone(),
-            ctx.source().to_string(),
-        );
+        let interactive =
+            Interactive::new(state.config.clone(), state.services.clone(), ctx.source());
         Connection {
             interactive,
             state,

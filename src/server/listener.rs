@@ -85,6 +85,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         totp: Totp::open(store.clone(), &cfg.mfa.secret_key_file)?,
         store: store.clone(),
         idp: ArcSwapOption::new(idp.clone()),
+        flows: Default::default(),
         node: cfg.server.node_name.clone(),
     });
     let grant_watch = Arc::new(GrantWatch::default());
