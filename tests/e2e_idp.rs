@@ -1358,3 +1358,24 @@ fn one_source_starts_at_most_six_device_flows_a_minute() {
     assert_eq!(codes.len(), 6, "{}", askpass.describe());
     w.wait_count_reason("auth.failure", "idp_flow_limit", "alice", 3);
 }
+
+/// A name whose `[[users]]` entry has keys logs in with those keys only: an
+/// IdP identity of the same name cannot log in as it (nor enrol TOTP for it).
+#[test]
+fn an_idp_login_cannot_take_over_an_account_with_configured_keys() {
+    let owner = TestEnv::new();
+    let alice_key = owner.key("alice-configured");
+    let w = World::start_in(owner, &IdpOptions::new(), |c, _, _| {
+        c.user(User::totp("alice", &alice_key))
+    });
+    let askpass = w.askpass("alice", "alice-pw");
+    let other = w.env.key("another-key");
+    let out = w.askpass_forward(&askpass, &w.client("alice", &other));
+    assert_refused(&out, &askpass);
+    w.wait_failure("alice", "idp_key_account");
+    assert!(
+        askpass.prompts_of("device").is_empty(),
+        "{}",
+        askpass.describe()
+    );
+}

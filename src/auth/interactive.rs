@@ -173,6 +173,15 @@ impl Interactive {
         let Some(idp) = self.svc.idp().filter(|_| self.cfg().oidc.is_some()) else {
             return Step::Reject(AuthFailure::InteractiveUnavailable);
         };
+        // A [[users]] account with keys (a service account, a key+TOTP
+        // user) logs in with those keys: an IdP identity of the same name
+        // must not take it over, nor enrol a TOTP secret for it.
+        if self.cfg().user(user).is_some_and(|u| !u.keys.is_empty()) {
+            return self.fail(
+                AuthFailure::IdpKeyAccount,
+                "this account logs in with its SSH key, not at the identity provider",
+            );
+        }
         // The IdP is asked only for clients that proved a key (the grant is
         // bound to it), and only so often per source and per node.
         if self.proven_key.is_none() {

@@ -111,6 +111,9 @@ pub enum AuthFailure {
     IdpFlowLimit,
     /// An IdP login was asked for before the client proved it holds a key.
     KeyRequired,
+    /// An IdP login for a name whose `[[users]]` entry has keys: such an
+    /// account logs in with its keys only.
+    IdpKeyAccount,
     TotpInvalid,
     TotpReplayed,
     TotpNotEnrolled,
@@ -152,6 +155,7 @@ impl AuthFailure {
             IdpUserMismatch => "idp_user_mismatch",
             IdpFlowLimit => "idp_flow_limit",
             KeyRequired => "key_required",
+            IdpKeyAccount => "idp_key_account",
             TotpInvalid => "totp_invalid",
             TotpReplayed => "totp_replayed",
             TotpNotEnrolled => "totp_not_enrolled",

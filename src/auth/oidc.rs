@@ -440,6 +440,13 @@ pub fn login_from_claims(
         Some(Value::String(one)) => vec![one.clone()],
         _ => Vec::new(),
     };
+    // Anyone can type an address into a profile; it names a user only once
+    // the IdP has verified it.
+    if username_claim == "email" && claims.get("email_verified") != Some(&Value::Bool(true)) {
+        return Err(TokenError::Rejected(
+            "username_claim is email, but email_verified is not true".into(),
+        ));
+    }
     Ok(IdpLogin {
         username: string(username_claim)
             .ok_or_else(|| TokenError::MissingClaim(username_claim.into()))?,

@@ -234,6 +234,7 @@ fn claims() -> Value {
         "exp": ts(270),
         "preferred_username": "alice",
         "email": "alice@example.com",
+        "email_verified": true,
         "groups": ["ops", "db-admins"],
         "amr": ["pwd", "otp"],
     })
@@ -930,4 +931,21 @@ fn announced_endpoints_must_be_https() {
             "{bad}: {e:?}"
         );
     }
+}
+
+/// An e-mail address names a user only once the IdP verified it: anyone
+/// may type one into a self-service profile.
+#[test]
+fn an_email_user_name_needs_email_verified() {
+    for verified in [json!(false), json!(null), json!("true")] {
+        let c = claims_with(json!({ "email_verified": verified }));
+        let e = login_from_claims(&c, "email", "groups").unwrap_err();
+        assert!(
+            matches!(&e, TokenError::Rejected(m) if m.contains("email_verified")),
+            "{verified}: {e:?}"
+        );
+    }
+    // Other claims do not need it.
+    let c = claims_with(json!({ "email_verified": false }));
+    assert!(login_from_claims(&c, "preferred_username", "groups").is_ok());
 }

@@ -68,6 +68,10 @@ allow_users = ["alice"]
     assert_eq!(cfg.auth.max_auth_tries, 6);
     assert_eq!(cfg.auth.trusted_cas.len(), 1);
     assert_eq!(cfg.mfa.totp, TotpMode::Required);
+    assert!(
+        !cfg.mfa.self_enroll,
+        "self-enrolment is off unless asked for"
+    );
     assert_eq!(cfg.lockout.max_failures, 5);
     let t = &cfg.policy.targets()[0];
     assert_eq!(

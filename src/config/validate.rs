@@ -554,7 +554,9 @@ fn mfa(cx: &mut Ctx<'_>, raw: &RawMfa, host_key_dir: &Path) -> MfaConfig {
             &[("required", TotpMode::Required), ("off", TotpMode::Off)],
         ),
         trust_idp_amr: raw.trust_idp_amr.unwrap_or(false),
-        self_enroll: raw.self_enroll.unwrap_or(true),
+        // Off unless asked for: enrolment at the first IdP login trusts
+        // whoever completes that login (docs/SECURITY.md).
+        self_enroll: raw.self_enroll.unwrap_or(false),
         secret_key_file: raw
             .secret_key_file
             .as_ref()

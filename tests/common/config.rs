@@ -338,7 +338,14 @@ impl Config {
         if let Some(oidc) = &self.oidc {
             s += &oidc.render();
         }
-        if let Some(mfa) = &self.mfa {
+        // portvakt's default is no self-enrolment; the IdP tests enrol
+        // through the login unless they say otherwise.
+        let mut mfa = self.mfa.clone();
+        if self.oidc.is_some() {
+            let m = mfa.get_or_insert_with(Mfa::new);
+            m.self_enroll = m.self_enroll.or(Some(true));
+        }
+        if let Some(mfa) = &mfa {
             s += &mfa.render();
         }
         if let Some(max) = self.lockout_max_failures {
