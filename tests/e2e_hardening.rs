@@ -1178,3 +1178,45 @@ fn a_sqlite_database_that_cannot_be_written_refuses_new_logins_and_readyz_says_w
     });
     assert_echo_works(&s.alice(&pv), "echo", s.echo.port);
 }
+
+/// A ban ends every connection of the banned source that is still logging
+/// in, not only the one whose failure tripped it: idle logins held open
+/// from that address would otherwise keep guessing.
+#[test]
+fn a_ban_closes_every_unauthenticated_connection_of_the_source() {
+    let s = Setup::new();
+    let pv = s.env.portvakt(
+        &s.config()
+            .lockout(3, "10m", "15m")
+            .login_grace_time("2m")
+            .classic_kex(),
+    );
+    let mut waiting: Vec<RawSsh> = (0..3)
+        .map(|_| {
+            let mut raw = RawSsh::connect_from(loopback(5), pv.port).expect("handshake");
+            assert!(raw.request_userauth().unwrap());
+            raw
+        })
+        .collect();
+    for _ in 0..3 {
+        guess_password(pv.port, "alice", 5);
+    }
+    pv.wait_for_audit("lockout.ban", |e| e.kind == "lockout.ban");
+    for raw in &mut waiting {
+        assert!(
+            raw.closed_within(Duration::from_secs(10)),
+            "a connection of the banned source is still open"
+        );
+    }
+    // Their close rows say why (the guesser's own connection too).
+    let closes = wait_count(&pv, "connection.close", "banned", 4);
+    assert!(
+        closes.iter().all(|e| e
+            .source
+            .as_deref()
+            .is_some_and(|s| s.starts_with("127.0.0.5:"))),
+        "{closes:?}"
+    );
+    // Another address is not affected.
+    assert_echo_works(&s.alice(&pv), "echo", s.echo.port);
+}

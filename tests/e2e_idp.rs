@@ -1379,3 +1379,89 @@ fn an_idp_login_cannot_take_over_an_account_with_configured_keys() {
         askpass.describe()
     );
 }
+
+/// Someone holding a key+TOTP user's key guesses TOTP codes from eight
+/// addresses at once: after `totp_max_failures` (5) wrong codes in all, the
+/// user's TOTP step is locked (audited once as lockout.user), no further
+/// code is even checked, the real code is refused too until an admin
+/// clears the lock, and other users log in all along.
+#[test]
+fn parallel_totp_guessing_locks_the_user_not_the_bastion() {
+    let env = TestEnv::new();
+    let echo = EchoServer::start();
+    let key = env.key("deploy");
+    let ca = env.ca("user_ca");
+    let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
+    let pv = env.portvakt(
+        &Config::new()
+            .trust(&ca)
+            .user(User::totp("deploy", &key).with_groups(&["ops"]))
+            .target(Target::host("echo", "127.0.0.1", echo.port).allow_groups(&["ops"]))
+            .target(Target::host("echo2", "127.0.0.1", echo.port).allow_users(&["alice"])),
+    );
+    let w = World {
+        pv,
+        idp: None,
+        echo,
+        env,
+    };
+    let secret = w.enrol("deploy");
+    let mut guesser = Askpass::with_issuer(w.env.path(), "http://127.0.0.1:9", Decision::Ignore);
+    guesser.set_secret(&secret);
+    guesser.set_totp(TotpAnswer::Wrong);
+
+    std::thread::scope(|s| {
+        for n in 2..=9u8 {
+            let client = w
+                .client("deploy", &key)
+                .bastion_option(&format!("BindAddress 127.0.0.{n}"));
+            let guesser = &guesser;
+            let w = &w;
+            s.spawn(move || assert_refused(&w.askpass_forward(guesser, &client), guesser));
+        }
+        // Meanwhile another user logs in as usual.
+        assert_echo_works(&w.client("alice", &alice), "echo2", w.echo.port);
+    });
+    let lock =
+        w.pv.wait_for_event("lockout.user", "too_many_totp_failures");
+    assert_eq!(lock.user.as_deref(), Some("deploy"), "{lock:?}");
+    assert_eq!(lock.detail["failures"], 5, "{lock:?}");
+    let events = w.pv.audit();
+    let count = |reason: &str| {
+        events
+            .iter()
+            .filter(|e| e.is("auth.failure", reason) && e.user.as_deref() == Some("deploy"))
+            .count()
+    };
+    assert_eq!(count("totp_invalid"), 5, "codes checked past the limit");
+    assert!(count("totp_locked") >= 1, "no attempt met the lock");
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "lockout.user").count(),
+        1,
+        "one lock, audited once"
+    );
+    assert!(
+        w.pv.cli_json(&["lockout", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "no source was banned for TOTP guesses"
+    );
+
+    // The right code is refused while the lock holds; an admin lifts it.
+    let mut owner = Askpass::with_issuer(w.env.path(), "http://127.0.0.1:9", Decision::Ignore);
+    owner.set_secret(&secret);
+    owner.set_totp(TotpAnswer::Fresh);
+    assert_refused(
+        &w.askpass_forward(&owner, &w.client("deploy", &key)),
+        &owner,
+    );
+    w.pv.cli(&["lockout", "clear", "--user", "deploy"])
+        .assert_success();
+    let cleared = w.pv.wait_for_audit("lockout.clear of deploy", |e| {
+        e.kind == "lockout.clear" && e.user.as_deref() == Some("deploy")
+    });
+    assert_eq!(cleared.detail["lifted"], 1, "{cleared:?}");
+    w.login(&owner, &w.client("deploy", &key));
+    w.wait_login("deploy", "publickey+totp");
+}

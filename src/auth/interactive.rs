@@ -101,13 +101,15 @@ pub struct Interactive {
     enroll_secret: Option<Secret>,
     /// A TOTP secret was stored by this connection and not yet audited.
     enrolled: bool,
+    /// This connection's wrong code locked the user's TOTP step (to audit).
+    user_lock: Option<super::lockout::UserLock>,
     state: State,
 }
 
 impl Interactive {
     pub fn new(cfg: SharedConfig, svc: Arc<Services>, source: std::net::SocketAddr) -> Self {
         Interactive {
-            source_key: super::lockout::source_key(source.ip()),
+            source_key: svc.lockout.key_of(source.ip()),
             cfg,
             svc,
             source: source.to_string(),
@@ -117,8 +119,14 @@ impl Interactive {
             flows: 0,
             enroll_secret: None,
             enrolled: false,
+            user_lock: None,
             state: State::Idle,
         }
+    }
+
+    /// Did the last step lock the user's TOTP step? Asked once.
+    pub fn take_user_lock(&mut self) -> Option<super::lockout::UserLock> {
+        self.user_lock.take()
     }
 
     /// Did the last step store a TOTP secret (self-enrolment)? Asked once.
@@ -275,24 +283,7 @@ impl Interactive {
                     }
                 }
             }
-            State::Totp(pending) => {
-                let check = tokio::time::timeout(
-                    DB_WAIT,
-                    self.svc.totp.verify(&self.user, &answer, SystemTime::now()),
-                )
-                .await;
-                match check {
-                    Ok(Ok(TotpCheck::Ok)) => self.finish(pending).await,
-                    Ok(Ok(TotpCheck::Wrong)) => Step::Reject(AuthFailure::TotpInvalid),
-                    Ok(Ok(TotpCheck::Replayed)) => Step::Reject(AuthFailure::TotpReplayed),
-                    Ok(Ok(TotpCheck::NotEnrolled)) => Step::Reject(AuthFailure::TotpNotEnrolled),
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "TOTP check failed");
-                        Step::Reject(AuthFailure::DatabaseUnavailable)
-                    }
-                    Err(_) => Step::Reject(AuthFailure::DatabaseUnavailable),
-                }
-            }
+            State::Totp(pending) => self.check_totp(pending, &answer).await,
             State::Enroll(pending) => {
                 let Some(secret) = self.enroll_secret.clone() else {
                     return Step::Reject(AuthFailure::TotpNotEnrolled);
@@ -315,6 +306,59 @@ impl Interactive {
                     _ => Step::Reject(AuthFailure::DatabaseUnavailable),
                 }
             }
+        }
+    }
+
+    /// One TOTP code, checked while no other code of this user is being
+    /// checked on this node, and refused unchecked while the user's TOTP
+    /// step is locked (on any node).
+    async fn check_totp(&mut self, pending: Pending, answer: &str) -> Step {
+        let lockout = self.svc.lockout.clone();
+        let gate = lockout.totp_gate(&self.user);
+        let Ok(_serial) = tokio::time::timeout(DB_WAIT, gate.lock()).await else {
+            return Step::Reject(AuthFailure::DatabaseUnavailable);
+        };
+        match tokio::time::timeout(DB_WAIT, lockout.totp_locked(&self.user)).await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                return self.fail(
+                    AuthFailure::TotpLocked,
+                    "too many wrong TOTP codes; try again later or ask an admin",
+                );
+            }
+            _ => return Step::Reject(AuthFailure::DatabaseUnavailable),
+        }
+        let check = tokio::time::timeout(
+            DB_WAIT,
+            self.svc.totp.verify(&self.user, answer, SystemTime::now()),
+        )
+        .await;
+        match check {
+            Ok(Ok(TotpCheck::Ok)) => {
+                if let Err(e) = lockout.totp_succeeded(&self.user).await {
+                    tracing::warn!(error = %e, "cannot reset the TOTP failure count");
+                }
+                self.finish(pending).await
+            }
+            Ok(Ok(TotpCheck::Wrong)) => {
+                let cfg = self.cfg().lockout.clone();
+                match tokio::time::timeout(DB_WAIT, lockout.totp_failed(&self.user, &cfg)).await {
+                    Ok(Ok(lock)) => self.user_lock = lock,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot count a wrong TOTP code");
+                        return Step::Reject(AuthFailure::DatabaseUnavailable);
+                    }
+                    Err(_) => return Step::Reject(AuthFailure::DatabaseUnavailable),
+                }
+                Step::Reject(AuthFailure::TotpInvalid)
+            }
+            Ok(Ok(TotpCheck::Replayed)) => Step::Reject(AuthFailure::TotpReplayed),
+            Ok(Ok(TotpCheck::NotEnrolled)) => Step::Reject(AuthFailure::TotpNotEnrolled),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "TOTP check failed");
+                Step::Reject(AuthFailure::DatabaseUnavailable)
+            }
+            Err(_) => Step::Reject(AuthFailure::DatabaseUnavailable),
         }
     }
 

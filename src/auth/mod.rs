@@ -117,6 +117,8 @@ pub enum AuthFailure {
     TotpInvalid,
     TotpReplayed,
     TotpNotEnrolled,
+    /// Too many wrong TOTP codes for this user: the TOTP step is locked.
+    TotpLocked,
     /// The database did not answer: logins that need it fail closed.
     DatabaseUnavailable,
     /// An IdP login (or a grant made by one) while `[oidc]` is not
@@ -159,6 +161,7 @@ impl AuthFailure {
             TotpInvalid => "totp_invalid",
             TotpReplayed => "totp_replayed",
             TotpNotEnrolled => "totp_not_enrolled",
+            TotpLocked => "totp_locked",
             DatabaseUnavailable => "database_unavailable",
             IdpDisabled => "idp_disabled",
         }

@@ -200,6 +200,14 @@ pub struct LockoutConfig {
     pub max_failures: u32,
     pub window: Duration,
     pub ban: Duration,
+    /// IPv6 sources are counted and banned by this prefix (one host or one
+    /// customer usually holds a whole /64).
+    pub ipv6_prefix: u8,
+    /// Wrong TOTP codes for one user, from any source and node, within
+    /// `totp_window` lock that user's TOTP step for `totp_lock`.
+    pub totp_max_failures: u32,
+    pub totp_window: Duration,
+    pub totp_lock: Duration,
 }
 
 #[derive(Debug, Clone)]

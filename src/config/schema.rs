@@ -110,6 +110,10 @@ pub struct RawLockout {
     pub max_failures: Option<SInt>,
     pub window: Option<SString>,
     pub ban: Option<SString>,
+    pub ipv6_prefix: Option<SInt>,
+    pub totp_max_failures: Option<SInt>,
+    pub totp_window: Option<SString>,
+    pub totp_lock: Option<SString>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -212,6 +212,23 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
             Duration::from_secs(600),
         ),
         ban: cx.duration("lockout.ban", &raw.lockout.ban, Duration::from_secs(900)),
+        ipv6_prefix: cx.int("lockout.ipv6_prefix", &raw.lockout.ipv6_prefix, 64, 32..129) as u8,
+        totp_max_failures: cx.int(
+            "lockout.totp_max_failures",
+            &raw.lockout.totp_max_failures,
+            5,
+            1..1001,
+        ) as u32,
+        totp_window: cx.duration(
+            "lockout.totp_window",
+            &raw.lockout.totp_window,
+            Duration::from_secs(900),
+        ),
+        totp_lock: cx.duration(
+            "lockout.totp_lock",
+            &raw.lockout.totp_lock,
+            Duration::from_secs(900),
+        ),
     };
     let metrics = raw
         .metrics

@@ -407,6 +407,7 @@ impl Connection {
     /// Brute-force accounting, off the session loop; a ban it causes ends
     /// this connection too.
     fn count_failure(&self, user: &str, failure: AuthFailure) {
+        let state = self.state.clone();
         let lockout = self.state.services.lockout.clone();
         let audit = self.state.audit.clone();
         let ctx = self.ctx.clone();
@@ -419,6 +420,15 @@ impl Connection {
             {
                 Ok(Some(ban)) => {
                     ctx.close("banned");
+                    // Every connection of the banned source that is still
+                    // logging in goes too, not only the one that tripped it.
+                    for other in state.live.snapshot() {
+                        if !other.is_authenticated()
+                            && lockout.key_of(other.source().ip()) == ban.source
+                        {
+                            other.close("banned");
+                        }
+                    }
                     audit
                         .record(
                             Event::new(EventKind::LockoutBan)
@@ -468,9 +478,9 @@ impl Connection {
             self.state.grant_watch.register(g, &self.ctx);
         }
         self.ctx.authenticated(id, self.cfg().sessions.max_duration);
-        // From here a reload sees this login; one that came after the checks
+        // The connection is in `state.live` since it opened, so a reload
+        // from here on sees this login; one that came after the checks
         // above but before this line is caught by asking once more.
-        self.state.live.register(&self.ctx);
         let Some(id) = self.ctx.identity() else {
             return Auth::reject();
         };
@@ -629,6 +639,18 @@ impl Handler for Connection {
                 self.interactive.respond(user, answers).await
             }
         };
+        if let Some(lock) = self.interactive.take_user_lock() {
+            self.state
+                .audit
+                .record(
+                    self.event(EventKind::LockoutUser)
+                        .user(lock.user)
+                        .reason("too_many_totp_failures")
+                        .detail("failures", lock.failures)
+                        .detail("until", crate::clock::rfc3339_micros(lock.until)),
+                )
+                .await;
+        }
         if self.interactive.take_enrolled() {
             self.state
                 .audit

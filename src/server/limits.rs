@@ -51,8 +51,9 @@ pub fn admit(
     per_source: &Arc<PerSource>,
     ip: std::net::IpAddr,
     max_per_source: usize,
+    v6_prefix: u8,
 ) -> Result<LoginSlot, Full> {
-    let key = source_key(ip);
+    let key = source_key(ip, v6_prefix);
     {
         let mut c = per_source.counts.lock().map_err(|_| Full::Source)?;
         let n = c.entry(key.clone()).or_insert(0);
@@ -93,13 +94,16 @@ mod tests {
         let ps = Arc::new(PerSource::default());
         let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
         let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
-        let a1 = admit(&global, &ps, a, 2).unwrap();
-        let _a2 = admit(&global, &ps, a, 2).unwrap();
-        assert_eq!(admit(&global, &ps, a, 2).unwrap_err(), Full::Source);
-        let _b1 = admit(&global, &ps, b, 2).unwrap();
-        assert_eq!(admit(&global, &ps, b, 2).unwrap_err(), Full::Global);
+        let a1 = admit(&global, &ps, a, 2, 64).unwrap();
+        let _a2 = admit(&global, &ps, a, 2, 64).unwrap();
+        assert_eq!(admit(&global, &ps, a, 2, 64).unwrap_err(), Full::Source);
+        let _b1 = admit(&global, &ps, b, 2, 64).unwrap();
+        assert_eq!(admit(&global, &ps, b, 2, 64).unwrap_err(), Full::Global);
         drop(a1);
-        assert!(admit(&global, &ps, a, 2).is_ok(), "a slot freed by drop");
+        assert!(
+            admit(&global, &ps, a, 2, 64).is_ok(),
+            "a slot freed by drop"
+        );
         assert_eq!(ps.counts.lock().unwrap().get("192.0.2.2"), Some(&1));
     }
 }

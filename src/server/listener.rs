@@ -263,6 +263,7 @@ async fn admit(
         &state.unauthenticated_per_source,
         client.ip(),
         cfg.server.max_unauthenticated_per_source,
+        cfg.lockout.ipv6_prefix,
     ) {
         Ok(slot) => slot,
         Err(full) => {
@@ -300,6 +301,9 @@ async fn serve(
     terminate: CancellationToken,
 ) {
     let ctx = Arc::new(ConnCtx::new(peer, local));
+    // Known from the start: a ban ends it while it logs in, a reload once
+    // it has.
+    state.live.register(&ctx);
     let audit = state.audit.clone();
     audit.connection_open(ctx.id(), peer);
     let grace_end = ctx.opened() + state.config.load().server.login_grace_time;

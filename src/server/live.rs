@@ -1,5 +1,6 @@
-//! Logged-in connections of this node, so that a config reload can ask of
-//! each whether its login still holds.
+//! Open connections of this node: a config reload asks of each logged-in
+//! one whether its login still holds; a ban ends those of the banned source
+//! that are still logging in.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -12,7 +13,7 @@ pub struct LiveConnections {
 }
 
 impl LiveConnections {
-    /// Add a connection that just logged in.
+    /// Add a connection that just opened.
     pub fn register(&self, ctx: &Arc<ConnCtx>) {
         if let Ok(mut m) = self.conns.lock() {
             m.insert(ctx.id().to_string(), Arc::downgrade(ctx));
@@ -25,7 +26,7 @@ impl LiveConnections {
         }
     }
 
-    /// Every live, logged-in connection now.
+    /// Every open connection now.
     pub fn snapshot(&self) -> Vec<Arc<ConnCtx>> {
         self.conns
             .lock()
