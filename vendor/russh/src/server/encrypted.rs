@@ -113,6 +113,7 @@ impl Session {
                     buf,
                     &mut r,
                     &mut self.common.auth_user,
+                    self.common.config.sk_user_presence,
                 )
                 .await?;
                 self.common.auth_attempts += 1;
@@ -888,6 +889,256 @@ mod tests {
         }
     }
 
+    /// A FIDO key (`sk-ssh-ed25519@openssh.com`): an ed25519 key and an
+    /// application string, signing as a security key does (PROTOCOL.u2f).
+    struct SkKey {
+        signing: ed25519_dalek::SigningKey,
+        public: PublicKey,
+    }
+
+    impl SkKey {
+        const APPLICATION: &'static str = "ssh:";
+
+        fn new() -> SkKey {
+            let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            let key = ssh_key::public::SkEd25519::new(
+                ssh_key::public::Ed25519PublicKey(signing.verifying_key().to_bytes()),
+                Self::APPLICATION,
+            );
+            let public = PublicKey::new(ssh_key::public::KeyData::SkEd25519(key), "");
+            SkKey { signing, public }
+        }
+
+        /// ed25519 over SHA256(application) || flags || counter || SHA256(message).
+        fn sign(&self, message: &[u8], flags: u8) -> Signature {
+            use ed25519_dalek::Signer as _;
+            use sha2::Digest as _;
+            let counter = 7u32.to_be_bytes();
+            let mut signed = sha2::Sha256::digest(Self::APPLICATION).to_vec();
+            signed.push(flags);
+            signed.extend_from_slice(&counter);
+            signed.extend_from_slice(&sha2::Sha256::digest(message));
+            let mut blob = self.signing.sign(&signed).to_bytes().to_vec();
+            blob.push(flags);
+            blob.extend_from_slice(&counter);
+            Signature::new(ssh_key::Algorithm::SkEd25519, blob).unwrap()
+        }
+
+        /// A user certificate for this key from a fresh ed25519 CA, with
+        /// `extensions`.
+        fn certificate(&self, extensions: &[&str]) -> Certificate {
+            let ca = PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap();
+            let mut builder = ssh_key::certificate::Builder::new(
+                [0u8; 16],
+                self.public.key_data().clone(),
+                0,
+                u64::MAX,
+            )
+            .unwrap();
+            builder
+                .cert_type(ssh_key::certificate::CertType::User)
+                .unwrap()
+                .valid_principal("alice")
+                .unwrap();
+            for extension in extensions {
+                builder.extension(*extension, "").unwrap();
+            }
+            builder.sign(&ca).unwrap()
+        }
+
+        /// A signed publickey request as alice with this key, or with
+        /// `certificate` when given; `flags` go into the signature.
+        fn request(&self, certificate: Option<&Certificate>, flags: u8) -> Vec<u8> {
+            let (announced, blob) = match certificate {
+                Some(cert) => (
+                    "sk-ssh-ed25519-cert-v01@openssh.com",
+                    cert.to_bytes().unwrap(),
+                ),
+                None => (
+                    "sk-ssh-ed25519@openssh.com",
+                    self.public.to_bytes().unwrap(),
+                ),
+            };
+            let mut packet = vec![msg::USERAUTH_REQUEST];
+            "alice".encode(&mut packet).unwrap();
+            "ssh-connection".encode(&mut packet).unwrap();
+            "publickey".encode(&mut packet).unwrap();
+            1u8.encode(&mut packet).unwrap();
+            announced.encode(&mut packet).unwrap();
+            blob.encode(&mut packet).unwrap();
+            let mut signed = Vec::new();
+            CryptoVec::new().as_ref().encode(&mut signed).unwrap();
+            signed.extend_from_slice(&packet);
+            let signature = self.sign(&signed, flags);
+            crate::helpers::EncodedExt::encoded(&signature)
+                .unwrap()
+                .encode(&mut packet)
+                .unwrap();
+            packet
+        }
+    }
+
+    /// Accepts every key and certificate; records logins and the refusals
+    /// russh reports.
+    #[derive(Default)]
+    struct SignatureProbe {
+        logins: usize,
+        refusals: Vec<(SignatureRefusal, bool)>,
+    }
+
+    impl Handler for SignatureProbe {
+        type Error = Error;
+
+        async fn auth_publickey_offered(
+            &mut self,
+            _user: &str,
+            _offer: PublicKeyOffer<'_>,
+        ) -> Result<Auth, Self::Error> {
+            Ok(Auth::Accept)
+        }
+
+        async fn auth_publickey(
+            &mut self,
+            _user: &str,
+            _key: VerifiedPublicKey<'_>,
+        ) -> Result<Auth, Self::Error> {
+            self.logins += 1;
+            Ok(Auth::Accept)
+        }
+
+        async fn auth_openssh_certificate(
+            &mut self,
+            _user: &str,
+            _certificate: &Certificate,
+        ) -> Result<Auth, Self::Error> {
+            self.logins += 1;
+            Ok(Auth::Accept)
+        }
+
+        async fn auth_signature_refused(
+            &mut self,
+            _user: &str,
+            request: PublicKeyOffer<'_>,
+            reason: SignatureRefusal,
+        ) -> Result<(), Self::Error> {
+            self.refusals.push((reason, request.certificate.is_some()));
+            Ok(())
+        }
+    }
+
+    /// Sends `packet` to a fresh session under `policy`; the probe tells
+    /// what happened.
+    async fn sign_in(policy: SkUserPresence, packet: &[u8]) -> SignatureProbe {
+        let mut session = test_auth_session_with(|c| {
+            c.sk_user_presence = policy;
+            c.auth_rejection_time = std::time::Duration::ZERO;
+        });
+        let mut handler = SignatureProbe::default();
+        session.process_packet(&mut handler, packet).await.unwrap();
+        let logged_in = matches!(
+            session.common.encrypted.as_ref().map(|e| &e.state),
+            Some(EncryptedState::InitCompression | EncryptedState::Authenticated)
+        );
+        assert_eq!(logged_in, handler.logins == 1);
+        handler
+    }
+
+    #[tokio::test]
+    async fn sk_signature_without_user_presence_is_refused_when_required() {
+        let key = SkKey::new();
+        let (present, absent) = (key.request(None, 0x01), key.request(None, 0x00));
+
+        // russh's default: flags are not looked at.
+        assert_eq!(sign_in(SkUserPresence::default(), &absent).await.logins, 1);
+
+        for policy in [
+            SkUserPresence::Required,
+            SkUserPresence::RequiredUnlessCertificateWaives,
+        ] {
+            let touched = sign_in(policy, &present).await;
+            assert_eq!(touched.logins, 1, "{policy:?}");
+            assert!(touched.refusals.is_empty(), "{policy:?}");
+
+            // User verification (0x04) without presence is still no presence.
+            for flags in [0x00, 0x04] {
+                let untouched = sign_in(policy, &key.request(None, flags)).await;
+                assert_eq!(untouched.logins, 0, "{policy:?} {flags:#x}");
+                assert_eq!(
+                    untouched.refusals,
+                    vec![(SignatureRefusal::NoUserPresence, false)],
+                    "{policy:?} {flags:#x}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_touch_required_certificate_waives_user_presence_only_when_allowed() {
+        let key = SkKey::new();
+        let waiving = key.certificate(&["no-touch-required", "permit-port-forwarding"]);
+        let plain = key.certificate(&["permit-port-forwarding"]);
+
+        let allowed = SkUserPresence::RequiredUnlessCertificateWaives;
+        assert_eq!(
+            sign_in(allowed, &key.request(Some(&waiving), 0x00))
+                .await
+                .logins,
+            1
+        );
+        let refused = sign_in(allowed, &key.request(Some(&plain), 0x00)).await;
+        assert_eq!(refused.logins, 0);
+        assert_eq!(
+            refused.refusals,
+            vec![(SignatureRefusal::NoUserPresence, true)]
+        );
+
+        // `Required` ignores the extension, as sshd's touch-required does.
+        let refused = sign_in(SkUserPresence::Required, &key.request(Some(&waiving), 0x00)).await;
+        assert_eq!(refused.logins, 0);
+        assert_eq!(
+            refused.refusals,
+            vec![(SignatureRefusal::NoUserPresence, true)]
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_signatures_are_reported_to_the_handler() {
+        // A signature over other data: BadSignature, whatever the policy.
+        let key = SkKey::new();
+        let mut bad = key.request(None, 0x01);
+        let tampered = bad.len() - 20;
+        bad[tampered] ^= 0x01;
+        for policy in [SkUserPresence::Ignored, SkUserPresence::Required] {
+            let refused = sign_in(policy, &bad).await;
+            assert_eq!(refused.logins, 0, "{policy:?}");
+            assert_eq!(
+                refused.refusals,
+                vec![(SignatureRefusal::BadSignature, false)],
+                "{policy:?}"
+            );
+        }
+
+        // A plain ed25519 request whose signature is an sk one (a valid
+        // ed25519 signature plus flags and counter): AlgorithmMismatch.
+        let private =
+            Arc::new(PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap());
+        let mut packet = publickey_signed_packet_as("alice", private, "ssh-ed25519", None);
+        // The request ends with string(string("ssh-ed25519") string(64 bytes)).
+        let signature = packet.split_off(packet.len() - 64);
+        packet.truncate(packet.len() - (4 + 4 + 11 + 4));
+        let mut blob = Vec::new();
+        "sk-ssh-ed25519@openssh.com".encode(&mut blob).unwrap();
+        signature.as_slice().encode(&mut blob).unwrap();
+        blob.extend_from_slice(&[0x01, 0, 0, 0, 7]);
+        blob.encode(&mut packet).unwrap();
+        let refused = sign_in(SkUserPresence::Ignored, &packet).await;
+        assert_eq!(refused.logins, 0);
+        assert_eq!(
+            refused.refusals,
+            vec![(SignatureRefusal::AlgorithmMismatch, false)]
+        );
+    }
+
     #[derive(Default)]
     struct ChannelCallbackProbe {
         exec_called: bool,
@@ -1000,7 +1251,12 @@ mod tests {
     }
 
     fn test_auth_session() -> Session {
+        test_auth_session_with(|_| {})
+    }
+
+    fn test_auth_session_with(tweak: impl FnOnce(&mut Config)) -> Session {
         let mut config = Config::default();
+        tweak(&mut config);
         config.preferred = Preferred {
             host_key_certificates: Cow::Borrowed(&[]),
             kex: Cow::Owned(vec![KEX_NONE]),
@@ -1096,6 +1352,7 @@ fn server_accept_service(
 
 impl Encrypted {
     /// Returns false iff the request was rejected.
+    #[allow(clippy::too_many_arguments)]
     async fn server_read_auth_request<H: Handler + Send>(
         &mut self,
         mut until: Instant,
@@ -1104,6 +1361,7 @@ impl Encrypted {
         original_packet: &[u8],
         r: &mut &[u8],
         auth_user: &mut String,
+        sk_user_presence: SkUserPresence,
     ) -> Result<(), H::Error> {
         // https://tools.ietf.org/html/rfc4252#section-5
         let user = map_err!(String::decode(r))?;
@@ -1179,6 +1437,7 @@ impl Encrypted {
                     auth_user,
                     &user,
                     r,
+                    sk_user_presence,
                 )
                 .await
             } else if method == "none" {
@@ -1262,6 +1521,7 @@ thread_local! {
 }
 
 impl Encrypted {
+    #[allow(clippy::too_many_arguments)]
     async fn server_read_auth_request_pk<H: Handler + Send>(
         &mut self,
         until: Instant,
@@ -1270,6 +1530,7 @@ impl Encrypted {
         auth_user: &mut String,
         user: &str,
         r: &mut &[u8],
+        sk_user_presence: SkUserPresence,
     ) -> Result<(), H::Error> {
         let auth_request = if let EncryptedState::WaitingAuthRequest(ref mut a) = self.state {
             a
@@ -1380,8 +1641,26 @@ impl Encrypted {
                     // announce rsa-sha2-512 and sign with ssh-rsa (SHA-1).
                     let algorithm = match requested_algo {
                         Ok(algo) if algo == sig.algorithm() => algo,
-                        _ => {
+                        Ok(algo) => {
                             debug!("signature algorithm does not match the requested one");
+                            auth_user.clear();
+                            handler
+                                .auth_signature_refused(
+                                    user,
+                                    PublicKeyOffer {
+                                        public_key: &pubkey,
+                                        algorithm: &algo,
+                                        certificate: pk_or_cert.certificate(),
+                                    },
+                                    SignatureRefusal::AlgorithmMismatch,
+                                )
+                                .await?;
+                            reject_auth_request(until, &mut self.write, auth_request).await?;
+                            return Ok(());
+                        }
+                        Err(_) => {
+                            // Not reached: decoding the key already parsed this name.
+                            debug!("unknown public key algorithm: {pubkey_algo:?}");
                             auth_user.clear();
                             reject_auth_request(until, &mut self.write, auth_request).await?;
                             return Ok(());
@@ -1396,26 +1675,38 @@ impl Encrypted {
                         let offer = PublicKeyOffer {
                             public_key: &pubkey,
                             algorithm: &algorithm,
-                            certificate: match pk_or_cert {
-                                PublicKeyOrCertificate::Certificate(ref cert) => Some(cert),
-                                PublicKeyOrCertificate::PublicKey { .. } => None,
-                            },
+                            certificate: pk_or_cert.certificate(),
                         };
                         let auth = handler.auth_publickey_offered(user, offer).await?;
                         auth == Auth::Accept
                     };
-
-                    if is_valid {
-                        let session_id = self.session_id.as_ref();
-                        #[allow(clippy::blocks_in_conditions)]
-                        if SIGNATURE_BUFFER.with(|buf| {
+                    // Refusals of a request the handler accepted: the
+                    // signature, then user presence (portvakt patch 7).
+                    let refusal = || {
+                        let verified = SIGNATURE_BUFFER.with(|buf| {
                             let mut buf = buf.borrow_mut();
                             buf.clear();
-                            map_err!(session_id.encode(&mut *buf))?;
+                            map_err!(self.session_id.as_ref().encode(&mut *buf))?;
                             buf.extend_from_slice(sig_init_buffer);
+                            Ok::<_, H::Error>(Verifier::verify(&pubkey, &buf, &sig).is_ok())
+                        })?;
+                        Ok::<_, H::Error>(if !verified {
+                            Some(SignatureRefusal::BadSignature)
+                        } else if !sk_user_presence_ok(
+                            sk_user_presence,
+                            &pubkey,
+                            &sig,
+                            pk_or_cert.certificate(),
+                        ) {
+                            Some(SignatureRefusal::NoUserPresence)
+                        } else {
+                            None
+                        })
+                    };
 
-                            Ok(Verifier::verify(&pubkey, &buf, &sig).is_ok())
-                        })? {
+                    if is_valid {
+                        let refused = refusal()?;
+                        if refused.is_none() {
                             debug!("signature verified");
                             let auth = match pk_or_cert {
                                 PublicKeyOrCertificate::PublicKey { ref key, .. } => {
@@ -1447,9 +1738,20 @@ impl Encrypted {
                                 auth_user.clear();
                                 reject_auth_request(until, &mut self.write, auth_request).await?;
                             }
-                        } else {
-                            debug!("signature wrong");
+                        } else if let Some(reason) = refused {
+                            debug!("signature refused: {reason:?}");
                             auth_user.clear();
+                            handler
+                                .auth_signature_refused(
+                                    user,
+                                    PublicKeyOffer {
+                                        public_key: &pubkey,
+                                        algorithm: &algorithm,
+                                        certificate: pk_or_cert.certificate(),
+                                    },
+                                    reason,
+                                )
+                                .await?;
                             reject_auth_request(until, &mut self.write, auth_request).await?;
                         }
                     } else {
@@ -1471,10 +1773,7 @@ impl Encrypted {
                     let offer = PublicKeyOffer {
                         public_key: &pubkey,
                         algorithm: &algorithm,
-                        certificate: match pk_or_cert {
-                            PublicKeyOrCertificate::Certificate(ref cert) => Some(cert),
-                            PublicKeyOrCertificate::PublicKey { .. } => None,
-                        },
+                        certificate: pk_or_cert.certificate(),
                     };
                     let auth = handler.auth_publickey_offered(user, offer).await?;
                     match auth {
@@ -1528,6 +1827,41 @@ impl Encrypted {
             },
         }
     }
+}
+
+/// Whether a verified signature satisfies `policy`: true for keys that are
+/// not FIDO keys, and for FIDO signatures whose flags (the byte before the
+/// counter at the end, see PROTOCOL.u2f) have user presence (0x01), or whose
+/// certificate waives it where the policy lets it. (portvakt patch 7)
+///
+/// Decided by the key, not by the signature's algorithm name: ssh-key
+/// verifies by the key's type, and for a FIDO key that always covers the
+/// flags at the end of the signature blob.
+fn sk_user_presence_ok(
+    policy: SkUserPresence,
+    key: &PublicKey,
+    sig: &Signature,
+    certificate: Option<&ssh_key::Certificate>,
+) -> bool {
+    const USER_PRESENT: u8 = 0x01;
+    const FLAGS_FROM_END: usize = 5; // flags (u8), counter (u32)
+    if policy == SkUserPresence::Ignored
+        || !matches!(
+            key.algorithm(),
+            ssh_key::Algorithm::SkEd25519 | ssh_key::Algorithm::SkEcdsaSha2NistP256
+        )
+    {
+        return true;
+    }
+    let bytes = sig.as_bytes();
+    let present = bytes
+        .len()
+        .checked_sub(FLAGS_FROM_END)
+        .and_then(|i| bytes.get(i))
+        .is_some_and(|flags| flags & USER_PRESENT != 0);
+    present
+        || (policy == SkUserPresence::RequiredUnlessCertificateWaives
+            && certificate.is_some_and(|c| c.extensions().contains_key(NO_TOUCH_REQUIRED)))
 }
 
 async fn reject_auth_request(

@@ -99,6 +99,9 @@ pub struct Config {
     pub keepalive_max: usize,
     /// If active, invoke `set_nodelay(true)` on client sockets; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// What a FIDO (`sk-*`) signature must say about user presence; by
+    /// default the flags are not looked at. (portvakt patch, see PATCHES.md)
+    pub sk_user_presence: SkUserPresence,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             keepalive_interval: None,
             keepalive_max: 3,
             nodelay: false,
+            sk_user_presence: SkUserPresence::default(),
         }
     }
 }
@@ -153,6 +157,7 @@ impl Debug for Config {
             .field("inactivity_timeout", &self.inactivity_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_max", &self.keepalive_max)
+            .field("sk_user_presence", &self.sk_user_presence)
             .finish()
     }
 }
@@ -254,6 +259,44 @@ pub enum CertificateRefusal {
     OutsideValidity,
     /// The certificate's signature does not verify against its signature key.
     BadSignature,
+}
+
+/// Whether a FIDO signature (`sk-ecdsa-sha2-nistp256@openssh.com`,
+/// `sk-ssh-ed25519@openssh.com`) must attest that a user was present, that
+/// is, touched the authenticator (flag 0x01, see OpenSSH's PROTOCOL.u2f).
+/// Without it, malware on the client can sign with a plugged-in key at will.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SkUserPresence {
+    /// The flags are not looked at (russh's behaviour before this setting).
+    #[default]
+    Ignored,
+    /// A signature without user presence is refused, whatever the key or
+    /// certificate says (sshd's `PubkeyAuthOptions touch-required`).
+    Required,
+    /// A signature without user presence is refused, unless the client
+    /// logs in with a certificate carrying the `no-touch-required`
+    /// extension (what sshd does by default for certificates). The
+    /// certificate is still subject to [`Handler::auth_openssh_certificate`].
+    RequiredUnlessCertificateWaives,
+}
+
+/// The OpenSSH certificate extension that waives user presence
+/// (PROTOCOL.certkeys).
+pub const NO_TOUCH_REQUIRED: &str = "no-touch-required";
+
+/// Why russh refused a signed publickey request after decoding it (see
+/// [`Handler::auth_signature_refused`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureRefusal {
+    /// The signature does not verify against the key for this session.
+    BadSignature,
+    /// The signature's algorithm is not the one named in the request.
+    AlgorithmMismatch,
+    /// A FIDO signature without the user-presence flag, refused by
+    /// [`Config::sk_user_presence`].
+    NoUserPresence,
 }
 
 /// Server handler. Each client will have their own handler.
@@ -366,6 +409,25 @@ pub trait Handler: Sized {
         user: &str,
         certificate: &Certificate,
         reason: CertificateRefusal,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called when russh itself refused a signed publickey request (the
+    /// client sent a signature): the signature does not verify, its
+    /// algorithm is not the requested one, or it lacks user presence that
+    /// [`Config::sk_user_presence`] requires. `request` holds the key (and
+    /// certificate) and the algorithm named in the request; for
+    /// [`SignatureRefusal::AlgorithmMismatch`], [`Handler::auth_publickey_offered`]
+    /// may not have seen it. The refusal stands whatever this returns; the
+    /// hook exists so a server can audit the reason and count it against
+    /// the client. (portvakt patch, see PATCHES.md)
+    #[allow(unused_variables)]
+    fn auth_signature_refused(
+        &mut self,
+        user: &str,
+        request: PublicKeyOffer<'_>,
+        reason: SignatureRefusal,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send {
         async { Ok(()) }
     }
