@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use russh::keys::ssh_key::{Algorithm, Certificate, HashAlg, public::KeyData};
+use russh::server::SignatureRefusal;
 
 pub use identity::{AuthMethod, Credential, Identity};
 
@@ -90,8 +91,16 @@ pub enum AuthFailure {
     /// A key nobody configured. Not a failure for brute-force counting:
     /// clients offer every key they have.
     UnknownKey,
-    /// `ssh-rsa` (SHA-1) signatures.
+    /// `ssh-rsa` (SHA-1) signatures, and certificates signed by an `ssh-rsa`
+    /// or DSA CA.
     WeakAlgorithm,
+    /// The client's signature does not verify against the key it named.
+    SignatureInvalid,
+    /// The signature's algorithm is not the one the request named.
+    SignatureAlgorithmMismatch,
+    /// A FIDO (`sk-*`) signature that says nobody touched the key, and no
+    /// certificate may waive that (`auth.allow_no_touch_required`).
+    SkUserPresenceMissing,
     /// The key belongs to a `[[users]]` entry that needs a TOTP step.
     TotpRequired,
     TooManyAttempts,
@@ -145,6 +154,9 @@ impl AuthFailure {
             KeyRevoked => "key_revoked",
             UnknownKey => "unknown_key",
             WeakAlgorithm => "weak_algorithm",
+            SignatureInvalid => "signature_invalid",
+            SignatureAlgorithmMismatch => "signature_algorithm_mismatch",
+            SkUserPresenceMissing => "sk_user_presence_missing",
             TotpRequired => "totp_required",
             TooManyAttempts => "too_many_attempts",
             InteractiveUnavailable => "interactive_unavailable",
@@ -193,6 +205,18 @@ impl AuthFailure {
             Expired => AuthFailure::IdpCodeExpired,
             Refused(_) => AuthFailure::IdpError,
             TokenInvalid(_) => AuthFailure::IdpTokenInvalid,
+        }
+    }
+}
+
+impl From<SignatureRefusal> for AuthFailure {
+    fn from(reason: SignatureRefusal) -> Self {
+        match reason {
+            SignatureRefusal::AlgorithmMismatch => AuthFailure::SignatureAlgorithmMismatch,
+            SignatureRefusal::NoUserPresence => AuthFailure::SkUserPresenceMissing,
+            // BadSignature, and any reason a later russh adds: the
+            // signature did not do.
+            _ => AuthFailure::SignatureInvalid,
         }
     }
 }

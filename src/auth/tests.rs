@@ -342,6 +342,9 @@ fn refusal_names_are_stable_snake_case() {
         (CertificateRevoked, "certificate_revoked"),
         (KeyRevoked, "key_revoked"),
         (WeakAlgorithm, "weak_algorithm"),
+        (SignatureInvalid, "signature_invalid"),
+        (SignatureAlgorithmMismatch, "signature_algorithm_mismatch"),
+        (SkUserPresenceMissing, "sk_user_presence_missing"),
         (TotpRequired, "totp_required"),
         (TooManyAttempts, "too_many_attempts"),
         (TotpInvalid, "totp_invalid"),
@@ -374,6 +377,24 @@ fn refusal_names_are_stable_snake_case() {
     for (failure, name) in free {
         assert_eq!(failure.as_str(), name);
         assert!(!failure.counts(), "{name} does not count");
+    }
+}
+
+#[test]
+fn russh_signature_refusals_map_to_their_names() {
+    use russh::server::SignatureRefusal;
+    for (reason, name) in [
+        (SignatureRefusal::BadSignature, "signature_invalid"),
+        (
+            SignatureRefusal::AlgorithmMismatch,
+            "signature_algorithm_mismatch",
+        ),
+        (SignatureRefusal::NoUserPresence, "sk_user_presence_missing"),
+    ] {
+        let failure = AuthFailure::from(reason);
+        assert_eq!(failure.as_str(), name);
+        // The client sent a signature: each one counts towards bans.
+        assert!(failure.counts(), "{name}");
     }
 }
 

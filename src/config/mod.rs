@@ -161,6 +161,10 @@ pub struct AuthConfig {
     pub revoked: RevocationList,
     pub deny_users: Vec<String>,
     pub max_auth_tries: usize,
+    /// A FIDO (`sk-*`) signature without user presence (nobody touched the
+    /// key) is refused; with this set, a certificate carrying the
+    /// `no-touch-required` extension is exempt, as in sshd.
+    pub allow_no_touch_required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -73,6 +73,7 @@ pub struct RawAuth {
     pub revoked_keys: Option<SString>,
     pub deny_users: Option<Vec<SString>>,
     pub max_auth_tries: Option<SInt>,
+    pub allow_no_touch_required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

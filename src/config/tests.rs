@@ -66,6 +66,7 @@ allow_users = ["alice"]
     assert_eq!(cfg.sessions.connect_timeout, Duration::from_secs(10));
     assert_eq!(cfg.auth.deny_users, vec!["root".to_string()]);
     assert_eq!(cfg.auth.max_auth_tries, 6);
+    assert!(!cfg.auth.allow_no_touch_required);
     assert_eq!(cfg.auth.trusted_cas.len(), 1);
     assert_eq!(cfg.mfa.totp, TotpMode::Required);
     assert!(
@@ -229,6 +230,17 @@ fn files_and_users() {
         "[[users]]\nname = \"a\"\nmfa = \"maybe\"\n",
         3,
         "not one of totp, none",
+    );
+}
+
+#[test]
+fn allow_no_touch_required_is_a_bool() {
+    let (_d, cfg) = load("[auth]\nallow_no_touch_required = true\n");
+    assert!(cfg.unwrap().auth.allow_no_touch_required);
+    has_error(
+        "[auth]\n\nallow_no_touch_required = \"yes\"\n",
+        3,
+        "invalid type",
     );
 }
 

@@ -511,6 +511,7 @@ fn auth(cx: &mut Ctx<'_>, raw: &RawAuth) -> AuthConfig {
         revoked,
         deny_users,
         max_auth_tries: cx.int("auth.max_auth_tries", &raw.max_auth_tries, 6, 1..101) as usize,
+        allow_no_touch_required: raw.allow_no_touch_required.unwrap_or(false),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use russh::keys::ssh_key::Certificate;
 use russh::server::{
     Auth, CertificateRefusal, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Response, Session,
-    VerifiedPublicKey,
+    SignatureRefusal, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId};
 use russh::{MethodKind, MethodSet};
@@ -729,6 +729,29 @@ impl Handler for Connection {
                 "certificate",
                 failure,
                 Some(fingerprint(cert.public_key())),
+            );
+        }
+        Ok(())
+    }
+
+    async fn auth_signature_refused(
+        &mut self,
+        user: &str,
+        request: PublicKeyOffer<'_>,
+        reason: SignatureRefusal,
+    ) -> Result<(), Self::Error> {
+        self.ctx.attempt(user);
+        if !self.closing() {
+            let method = match request.certificate {
+                Some(_) => "certificate",
+                None => "publickey",
+            };
+            // The client sent a signature: counted, like a wrong password.
+            self.refuse(
+                user,
+                method,
+                AuthFailure::from(reason),
+                Some(fingerprint(request.public_key.key_data())),
             );
         }
         Ok(())

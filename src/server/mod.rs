@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::{Algorithm, EcdsaCurve, HashAlg};
+use russh::server::SkUserPresence;
 use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, compression, kex, mac};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -167,6 +168,34 @@ pub fn ssh_config(cfg: &Config, host_key: PrivateKey) -> russh::server::Config {
         // to a target that stopped reading can fill it, and then the loop
         // waits until the forward's write timeout (forward::WRITE_TIMEOUT).
         channel_buffer_size: 1024,
+        // A FIDO key must be touched for each login (russh patch 7); only a
+        // certificate may waive that, and only when the config allows it.
+        sk_user_presence: if cfg.auth.allow_no_touch_required {
+            SkUserPresence::RequiredUnlessCertificateWaives
+        } else {
+            SkUserPresence::Required
+        },
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fido_user_presence_follows_allow_no_touch_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+            &[7; 32],
+        ));
+        for (allow, expected) in [
+            (false, SkUserPresence::Required),
+            (true, SkUserPresence::RequiredUnlessCertificateWaives),
+        ] {
+            let text = format!("[auth]\nallow_no_touch_required = {allow}\n");
+            let cfg = Config::parse(&dir.path().join("portvakt.toml"), &text).unwrap();
+            assert_eq!(ssh_config(&cfg, key.clone()).sk_user_presence, expected);
+        }
     }
 }

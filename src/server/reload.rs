@@ -128,10 +128,11 @@ fn revalidate_logins(state: &ServerState, old: &Config, new: &Config) -> usize {
 }
 
 /// Settings read once at start (listeners, database, keys, limits sized at
-/// start, the SSH algorithm set): changed values wait for a restart.
+/// start, the SSH algorithm set, FIDO user presence): changed values wait
+/// for a restart.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.server, &new.server);
-    let checks: [(&'static str, bool); 12] = [
+    let checks: [(&'static str, bool); 13] = [
         ("server.listen", o.listen != n.listen),
         ("server.host_key_dir", o.host_key_dir != n.host_key_dir),
         (
@@ -147,6 +148,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             o.keepalive_interval != n.keepalive_interval,
         ),
         ("server.classic_kex", o.classic_kex != n.classic_kex),
+        (
+            "auth.allow_no_touch_required",
+            old.auth.allow_no_touch_required != new.auth.allow_no_touch_required,
+        ),
         ("server.node_name", o.node_name != n.node_name),
         ("database.url", old.database.url != new.database.url),
         (
