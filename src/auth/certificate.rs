@@ -53,11 +53,12 @@ pub fn check(
     if !policy.trusted_cas.contains(&ca) {
         return Err(AuthFailure::CertificateUntrustedCa);
     }
+    // Before the signature: this build cannot even verify DSA.
+    if is_weak_ca_signature(cert) {
+        return Err(AuthFailure::WeakAlgorithm);
+    }
     if cert.verify_signature().is_err() {
         return Err(AuthFailure::CertificateBadSignature);
-    }
-    if is_sha1_signature(cert) {
-        return Err(AuthFailure::WeakAlgorithm);
     }
     if policy.revoked.is_certificate_revoked(cert) {
         return Err(AuthFailure::CertificateRevoked);
@@ -106,10 +107,14 @@ pub fn check(
     })
 }
 
-/// A certificate signed with `ssh-rsa` (RSA with SHA-1); OpenSSH refuses
-/// those too (CASignatureAlgorithms).
-fn is_sha1_signature(cert: &Certificate) -> bool {
-    matches!(cert.signature().algorithm(), Algorithm::Rsa { hash: None })
+/// A certificate signed with `ssh-rsa` (RSA with SHA-1), or by a DSA CA
+/// (`ssh-dss`, SHA-1 and 1024-bit keys); OpenSSH refuses both
+/// (CASignatureAlgorithms). Config validation refuses DSA CA keys too.
+pub fn is_weak_ca_signature(cert: &Certificate) -> bool {
+    matches!(
+        cert.signature().algorithm(),
+        Algorithm::Rsa { hash: None } | Algorithm::Dsa
+    ) || cert.signature_key().algorithm() == Algorithm::Dsa
 }
 
 /// `source-address` holds a comma-separated list of addresses and CIDR

@@ -459,7 +459,12 @@ impl Authenticator {
             return e;
         }
         if !outside_validity {
-            return AuthFailure::CertificateBadSignature;
+            // russh cannot verify a DSA CA's signature: name the real fault.
+            return if certificate::is_weak_ca_signature(cert) {
+                AuthFailure::WeakAlgorithm
+            } else {
+                AuthFailure::CertificateBadSignature
+            };
         }
         let now_s = now
             .duration_since(SystemTime::UNIX_EPOCH)

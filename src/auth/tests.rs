@@ -1018,6 +1018,71 @@ fn certificate_user_denied_and_invalid_user_name() {
     refused(auth.certificate("", &cert, now()), "invalid_user_name");
 }
 
+// ---- refusals: DSA CAs ----
+
+/// A DSA CA public key (`ssh-keygen -t dsa`, OpenSSH 9.2).
+const DSA_CA: &str = concat!(
+    "ssh-dss AAAAB3NzaC1kc3MAAACBAIncsn8xCEg0cBqSgLMr3qASlq41XlAvdLwhd0uydxarW+1h",
+    "Ew+TdQrMhjQ6HZainGX3zlno6C1UJjgZ8GiJkIUoY4egncQNmyMqSdPxdufoYChOnFShQ51ioFKT",
+    "t8ya4Lv1P8gUFzUauXVWJhHTaOg8uTyqFSVUXwdze8CBds4HAAAAFQCPgYHMb9TK+E7Zsp0V7+iO",
+    "1F3+DQAAAIEAhuCUjLmXpiYaogNuawTGQxv/9wQGdjq/6f4P4Gq8a1MQzm86IPH9sHbUAfs37/oy",
+    "cSmK4EohxewXxnJjj1QC3HTKLxWjOH5VKpyT59me/f+gTTU9GlglhOG5LLiq+hKt5WKgr/uyR3JZ",
+    "YXZ/MOxl/JEClA94A/p29f5FEm35zPMAAACAA+4U6Ph/kuL6MW7xtiMtIVzqTNQ0c3o3vSVCGqlx",
+    "suUTyDHo+ELzBa7nQiLwpqlAXoghm33Ot66M085xxLBR6eOvwkzVSg4ThBueMZ13pP4BuYsIUU38",
+    "SuMW0J5+PCLd4YqZxWqTA/A4DGQ3boFpfAuw35BKoU20LB/Jho8JYYc= dsa-ca",
+);
+
+/// An ed25519 user certificate for alice, never expiring, signed by
+/// [`DSA_CA`] (`ssh-keygen -s ca -I alice -n alice`).
+const DSA_SIGNED_CERT: &str = concat!(
+    "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2g",
+    "uY29tAAAAIEgiXByag9DGIEwjg03envjzM3hXwtJEwhM7SVU/BLUgAAAAIH22ayc1xRE82OPzz2G",
+    "fQ82lR/NAON5Qrye7SAu9u9eiAAAAAAAAAAAAAAABAAAABWFsaWNlAAAACQAAAAVhbGljZQAAAAA",
+    "AAAAA//////////8AAAAAAAAAggAAABVwZXJtaXQtWDExLWZvcndhcmRpbmcAAAAAAAAAF3Blcm1",
+    "pdC1hZ2VudC1mb3J3YXJkaW5nAAAAAAAAABZwZXJtaXQtcG9ydC1mb3J3YXJkaW5nAAAAAAAAAAp",
+    "wZXJtaXQtcHR5AAAAAAAAAA5wZXJtaXQtdXNlci1yYwAAAAAAAAAAAAABsgAAAAdzc2gtZHNzAAA",
+    "AgQCJ3LJ/MQhINHAakoCzK96gEpauNV5QL3S8IXdLsncWq1vtYRMPk3UKzIY0Oh2Wopxl985Z6Og",
+    "tVCY4GfBoiZCFKGOHoJ3EDZsjKknT8Xbn6GAoTpxUoUOdYqBSk7fMmuC79T/IFBc1Grl1ViYR02j",
+    "oPLk8qhUlVF8Hc3vAgXbOBwAAABUAj4GBzG/UyvhO2bKdFe/ojtRd/g0AAACBAIbglIy5l6YmGqI",
+    "DbmsExkMb//cEBnY6v+n+D+BqvGtTEM5vOiDx/bB21AH7N+/6MnEpiuBKIcXsF8ZyY49UAtx0yi8",
+    "Vozh+VSqck+fZnv3/oE01PRpYJYThuSy4qvoSreVioK/7skdyWWF2fzDsZfyRApQPeAP6dvX+RRJ",
+    "t+czzAAAAgAPuFOj4f5Li+jFu8bYjLSFc6kzUNHN6N70lQhqpcbLlE8gx6PhC8wWu50Ii8KapQF6",
+    "IIZt9zreujNPOccSwUenjr8JM1UoOE4QbnjGdd6T+AbmLCFFN/ErjFtCefjwi3eGKmcVqkwPwOAx",
+    "kN26BaXwLsN+QSqFNtCwfyYaPCWGHAAAANwAAAAdzc2gtZHNzAAAAKGCA2KiG/gBC6qDfwu8GZC3",
+    "RIgEmFdhWtrpIg7tdzxzGn5Z6VJRwV7c= alice",
+);
+
+#[test]
+fn weak_algorithm_dsa_signed_certificate() {
+    let ca = russh::keys::ssh_key::PublicKey::from_openssh(DSA_CA).unwrap();
+    let cert = Certificate::from_openssh(DSA_SIGNED_CERT).unwrap();
+    assert_eq!(cert.signature_key().algorithm(), Algorithm::Dsa);
+    // Even with the CA trusted (config validation refuses that), the
+    // certificate is refused, and named for its algorithm.
+    let trusted = [ca.fingerprint(HashAlg::Sha256)];
+    let revoked = RevocationList::empty();
+    let policy = CertPolicy {
+        trusted_cas: &trusted,
+        revoked: &revoked,
+    };
+    refused(
+        certificate::check(&cert, "alice", localhost(), now(), policy),
+        "weak_algorithm",
+    );
+    // Untrusted, as it is in any valid config: the CA is named first.
+    let (_fx, auth) = plain();
+    refused(
+        auth.certificate("alice", &cert, now()),
+        "certificate_untrusted_ca",
+    );
+    // russh cannot verify DSA and refuses the signature first.
+    assert_eq!(
+        auth.certificate_refused_early("alice", &cert, false, now())
+            .as_str(),
+        "weak_algorithm"
+    );
+}
+
 // ---- refusals: certificate_refused_early() ----
 
 #[test]

@@ -234,6 +234,36 @@ fn files_and_users() {
 }
 
 #[test]
+fn dsa_ca_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // OpenSSH 9.2 `ssh-keygen -t dsa`.
+    let dsa = concat!(
+        "ssh-dss AAAAB3NzaC1kc3MAAACBAIncsn8xCEg0cBqSgLMr3qASlq41XlAvdLwhd0uydxarW+1hEw+TdQrMhjQ6",
+        "HZainGX3zlno6C1UJjgZ8GiJkIUoY4egncQNmyMqSdPxdufoYChOnFShQ51ioFKTt8ya4Lv1P8gUFzUauXVWJhHT",
+        "aOg8uTyqFSVUXwdze8CBds4HAAAAFQCPgYHMb9TK+E7Zsp0V7+iO1F3+DQAAAIEAhuCUjLmXpiYaogNuawTGQxv/",
+        "9wQGdjq/6f4P4Gq8a1MQzm86IPH9sHbUAfs37/oycSmK4EohxewXxnJjj1QC3HTKLxWjOH5VKpyT59me/f+gTTU9",
+        "GlglhOG5LLiq+hKt5WKgr/uyR3JZYXZ/MOxl/JEClA94A/p29f5FEm35zPMAAACAA+4U6Ph/kuL6MW7xtiMtIVzq",
+        "TNQ0c3o3vSVCGqlxsuUTyDHo+ELzBa7nQiLwpqlAXoghm33Ot66M085xxLBR6eOvwkzVSg4ThBueMZ13pP4BuYsI",
+        "UU38SuMW0J5+PCLd4YqZxWqTA/A4DGQ3boFpfAuw35BKoU20LB/Jho8JYYc= dsa-ca",
+    );
+    std::fs::write(dir.path().join("cas.pub"), format!("{CA}{dsa}\n")).unwrap();
+    let path = dir.path().join("portvakt.toml");
+    let text = "[auth]\n\ntrusted_user_ca_keys = [\"cas.pub\"]\n";
+    let errs: Vec<(usize, String)> = match Config::parse(&path, text) {
+        Ok(_) => panic!("a DSA CA was accepted"),
+        Err(e) => e.0.into_iter().map(|e| (e.line, e.message)).collect(),
+    };
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, 3, "{errs:?}");
+    assert!(
+        errs[0]
+            .1
+            .contains("cas.pub line 2: a DSA (ssh-dss) key cannot be a CA"),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn allow_no_touch_required_is_a_bool() {
     let (_d, cfg) = load("[auth]\nallow_no_touch_required = true\n");
     assert!(cfg.unwrap().auth.allow_no_touch_required);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use russh::keys::ssh_key::{HashAlg, PublicKey};
+use russh::keys::ssh_key::{Algorithm, HashAlg, PublicKey};
 
 use super::schema::*;
 use super::*;
@@ -450,13 +450,24 @@ fn auth(cx: &mut Ctx<'_>, raw: &RawAuth) -> AuthConfig {
         let Some(text) = cx.read("auth.trusted_user_ca_keys", file) else {
             continue;
         };
-        let before = trusted_cas.len();
+        let mut keys = 0;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match PublicKey::from_openssh(line) {
+            let key = PublicKey::from_openssh(line);
+            keys += usize::from(key.is_ok());
+            match key {
+                Ok(k) if k.algorithm() == Algorithm::Dsa => cx.err(
+                    &file.span(),
+                    format!(
+                        "auth.trusted_user_ca_keys: {} line {}: a DSA (ssh-dss) key cannot be a CA: \
+                         DSA signs with SHA-1, and OpenSSH refuses it too",
+                        file.get_ref(),
+                        n + 1
+                    ),
+                ),
                 Ok(k) => trusted_cas.push(k.fingerprint(HashAlg::Sha256)),
                 Err(e) => cx.err(
                     &file.span(),
@@ -468,7 +479,7 @@ fn auth(cx: &mut Ctx<'_>, raw: &RawAuth) -> AuthConfig {
                 ),
             }
         }
-        if trusted_cas.len() == before {
+        if keys == 0 {
             cx.err(
                 &file.span(),
                 format!(
