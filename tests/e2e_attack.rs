@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::attack::{
-    self, Greeting, RawKey, RawSsh, confirmed_channel, loopback, msg, open_failure_text, payload,
-    plain_packet, string, u32be,
+    self, Greeting, RawKey, RawSkKey, RawSsh, confirmed_channel, loopback, msg, open_failure_text,
+    payload, plain_packet, string, u32be,
 };
 use common::*;
 
@@ -1250,4 +1250,87 @@ fn a_flood_of_refused_requests_crowds_out_no_other_row() {
         "{summary:?}"
     );
     b.assert_survived();
+}
+
+/// A FIDO key (`sk-ssh-ed25519@openssh.com`) of a service account logs in
+/// only when its signature says somebody touched it. Without, russh refuses
+/// the signature (patch 7) and portvakt audits `sk_user_presence_missing`,
+/// counted towards bans like any signed attempt (security review A.13).
+#[test]
+fn a_fido_key_logs_in_only_with_user_presence() {
+    let fido = RawSkKey::generate();
+    let b = Bastion::start(|c| {
+        c.user(User {
+            name: "ci".to_string(),
+            groups: Vec::new(),
+            keys: vec![fido.public_line()],
+            mfa: Some("none".to_string()),
+        })
+    });
+    let mut ssh = RawSsh::connect_from(loopback(6), b.pv.port).unwrap();
+    assert!(ssh.request_userauth().unwrap());
+    let untouched = ssh.auth_publickey_sk("ci", &fido, 0x00).unwrap();
+    assert_eq!(untouched[0], msg::USERAUTH_FAILURE, "{untouched:?}");
+    // User verification (a PIN) without a touch is still no presence.
+    let verified_only = ssh.auth_publickey_sk("ci", &fido, 0x04).unwrap();
+    assert_eq!(verified_only[0], msg::USERAUTH_FAILURE, "{verified_only:?}");
+    let touched = ssh
+        .auth_publickey_sk("ci", &fido, RawSkKey::USER_PRESENT)
+        .unwrap();
+    assert_eq!(touched[0], msg::USERAUTH_SUCCESS, "{touched:?}");
+
+    let login = b.pv.wait_for_audit("ci's login", |e| {
+        e.kind == "auth.success" && e.user.as_deref() == Some("ci")
+    });
+    assert!(login.detail_str("key_fingerprint").is_some(), "{login:?}");
+    let refusals: Vec<AuditEvent> =
+        b.pv.audit()
+            .into_iter()
+            .filter(|e| e.is("auth.failure", "sk_user_presence_missing"))
+            .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    for r in &refusals {
+        assert_eq!(r.user.as_deref(), Some("ci"), "{r:?}");
+        assert_eq!(r.detail_str("method"), Some("publickey"), "{r:?}");
+        assert_eq!(r.detail["counts"], true, "{r:?}");
+        assert_eq!(
+            r.detail_str("key_fingerprint"),
+            login.detail_str("key_fingerprint"),
+            "{r:?} {login:?}"
+        );
+    }
+}
+
+/// A signature that does not verify was refused by russh without a word to
+/// portvakt (security review B.6). Now it is audited as `signature_invalid`
+/// and counts: with `max_failures = 3`, the third bans the source, and only
+/// that source.
+#[test]
+fn bad_signatures_are_audited_and_ban_the_source() {
+    let b = Bastion::start(|c| c.lockout(3, "10m", "15m"));
+    let mut ssh = RawSsh::connect_from(loopback(5), b.pv.port).unwrap();
+    assert!(ssh.request_userauth().unwrap());
+    for attempt in 1..=3 {
+        match ssh.auth_publickey_bad_signature("svc", &b.svc) {
+            Ok(reply) => assert_eq!(reply[0], msg::USERAUTH_FAILURE, "attempt {attempt}"),
+            // The ban may end the connection before the last answer.
+            Err(e) => assert_eq!(attempt, 3, "attempt {attempt}: {e}"),
+        }
+    }
+    let ban =
+        b.pv.wait_for_audit("lockout.ban", |e| e.kind == "lockout.ban");
+    assert_eq!(ban.detail_str("banned"), Some("127.0.0.5"), "{ban:?}");
+    let failures: Vec<AuditEvent> =
+        b.pv.audit()
+            .into_iter()
+            .filter(|e| e.is("auth.failure", "signature_invalid"))
+            .collect();
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    for f in &failures {
+        assert_eq!(f.user.as_deref(), Some("svc"), "{f:?}");
+        assert_eq!(f.detail["counts"], true, "{f:?}");
+    }
+    // The banned source gets no version line; others still log in.
+    assert!(!attack::greeting_from(loopback(5), b.pv.port).is_banner());
+    drop(b.svc_session());
 }

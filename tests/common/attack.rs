@@ -6,7 +6,8 @@
 //! keyboard-interactive answers).
 //!
 //! [`RawSsh`] speaks just enough SSH for that: curve25519-sha256 key
-//! exchange, aes128-gcm@openssh.com, ssh-ed25519 user keys ([`RawKey`]).
+//! exchange, aes128-gcm@openssh.com, ssh-ed25519 user keys ([`RawKey`]) and
+//! sk-ssh-ed25519@openssh.com FIDO keys ([`RawSkKey`]).
 //! It never checks the server's host key: it is the attacker, not a user.
 
 use std::io::{self, ErrorKind, Read, Write};
@@ -380,6 +381,64 @@ impl RawKey {
     }
 }
 
+/// A FIDO user key (`sk-ssh-ed25519@openssh.com`), for
+/// [`RawSsh::auth_publickey_sk`]: an ed25519 key plus an application
+/// string, signing as a security key does (OpenSSH PROTOCOL.u2f).
+pub struct RawSkKey {
+    pair: Ed25519KeyPair,
+    application: String,
+}
+
+impl RawSkKey {
+    const ALGORITHM: &'static [u8] = b"sk-ssh-ed25519@openssh.com";
+    /// The flag that says a user touched the key.
+    pub const USER_PRESENT: u8 = 0x01;
+
+    pub fn generate() -> RawSkKey {
+        let seed = random_bytes(32);
+        RawSkKey {
+            pair: Ed25519KeyPair::from_seed_unchecked(&seed).expect("ed25519 key from seed"),
+            application: "ssh:".to_string(),
+        }
+    }
+
+    /// The public key blob (string algorithm, string key, string application).
+    pub fn blob(&self) -> Vec<u8> {
+        payload(&[
+            &string(Self::ALGORITHM),
+            &string(self.pair.public_key().as_ref()),
+            &string(self.application.as_bytes()),
+        ])
+    }
+
+    /// The authorized_keys line ("sk-ssh-ed25519@openssh.com AAAA... comment").
+    pub fn public_line(&self) -> String {
+        format!(
+            "sk-ssh-ed25519@openssh.com {} fido@portvakt-test",
+            base64::engine::general_purpose::STANDARD.encode(self.blob())
+        )
+    }
+
+    /// ed25519 over SHA256(application) || flags || counter || SHA256(data);
+    /// the blob carries the flags and counter after the signature.
+    fn sign(&self, data: &[u8], flags: u8) -> Vec<u8> {
+        let counter = u32be(1);
+        let signed = payload(&[
+            digest(&SHA256, self.application.as_bytes()).as_ref(),
+            &[flags],
+            &counter,
+            digest(&SHA256, data).as_ref(),
+        ]);
+        let signature = self.pair.sign(&signed);
+        payload(&[
+            &string(Self::ALGORITHM),
+            &string(signature.as_ref()),
+            &[flags],
+            &counter,
+        ])
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The raw SSH client
 
@@ -694,17 +753,54 @@ impl RawSsh {
 
     /// A signed `publickey` attempt as `user` with `key`.
     pub fn auth_publickey(&mut self, user: &str, key: &RawKey) -> io::Result<Vec<u8>> {
+        self.auth_signed(user, b"ssh-ed25519", &key.blob(), |data| key.sign(data))
+    }
+
+    /// A signed `publickey` attempt as `user` with `key` whose signature
+    /// covers other data than the request, so it does not verify.
+    pub fn auth_publickey_bad_signature(
+        &mut self,
+        user: &str,
+        key: &RawKey,
+    ) -> io::Result<Vec<u8>> {
+        self.auth_signed(user, b"ssh-ed25519", &key.blob(), |data| {
+            key.sign(&payload(&[data, b"x"]))
+        })
+    }
+
+    /// A signed `publickey` attempt as `user` with the FIDO key `key`,
+    /// whose signature carries `flags` ([`RawSkKey::USER_PRESENT`] or not).
+    pub fn auth_publickey_sk(
+        &mut self,
+        user: &str,
+        key: &RawSkKey,
+        flags: u8,
+    ) -> io::Result<Vec<u8>> {
+        self.auth_signed(user, RawSkKey::ALGORITHM, &key.blob(), |data| {
+            key.sign(data, flags)
+        })
+    }
+
+    /// A `publickey` request for `blob` under `algorithm`, with the
+    /// signature `sign` makes of the session id and the request.
+    fn auth_signed(
+        &mut self,
+        user: &str,
+        algorithm: &[u8],
+        blob: &[u8],
+        sign: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> io::Result<Vec<u8>> {
         let request = payload(&[
             &[msg::USERAUTH_REQUEST],
             &string(user.as_bytes()),
             &string(b"ssh-connection"),
             &string(b"publickey"),
             &[1],
-            &string(b"ssh-ed25519"),
-            &string(&key.blob()),
+            &string(algorithm),
+            &string(blob),
         ]);
         let signed = payload(&[&string(&self.session_id), &request]);
-        let signature = key.sign(&signed);
+        let signature = sign(&signed);
         self.send(&payload(&[&request, &string(&signature)]))?;
         self.auth_reply()
     }
