@@ -81,6 +81,16 @@ async fn apply(state: &ServerState, old: &Config) -> Result<Reloaded, ConfigErro
                 }])
             })?)),
         };
+        if let Some(idp) = idp.clone() {
+            // As at start: discover now, so that a broken [oidc] (an http
+            // endpoint, a wrong issuer) shows in the log at once; logins
+            // retry and refuse until it is usable.
+            tokio::spawn(async move {
+                if let Err(e) = idp.check().await {
+                    tracing::warn!(issuer = %idp.config().issuer, error = %e, "identity provider not usable after the reload; IdP logins will retry");
+                }
+            });
+        }
         state.services.idp.store(idp);
     }
     let needs_restart = needs_restart(old, &new);
