@@ -26,9 +26,11 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use portvakt::auth::{Authenticator, Identity};
+use portvakt::auth::Authenticator;
 use portvakt::config::Config;
-use portvakt::policy::{self, Destination, Policy, Refusal, Request, Resolver, Target};
+use portvakt::policy::{
+    self, Destination, Policy, Refusal, Request, Resolver, Subject, Target, range_reaches,
+};
 use russh::keys::ssh_key::PublicKey;
 
 const KEY: &str =
@@ -36,9 +38,10 @@ const KEY: &str =
 const USERS: usize = 16;
 const GROUPS: usize = 4;
 
-/// `u0`..`u15`, each with the groups of its bits, logged in by key.
-fn identities() -> &'static [Identity] {
-    static IDS: OnceLock<Vec<Identity>> = OnceLock::new();
+/// `u0`..`u15`, each with the groups of its bits, logged in by key, as
+/// policy sees them under the config.
+fn identities() -> &'static [Subject] {
+    static IDS: OnceLock<Vec<Subject>> = OnceLock::new();
     IDS.get_or_init(|| {
         let mut text = String::new();
         for u in 0..USERS {
@@ -54,12 +57,14 @@ fn identities() -> &'static [Identity] {
         let cfg = Config::parse(Path::new("/nonexistent/fuzz.toml"), &text)
             .unwrap_or_else(|e| panic!("fixed config: {e}"));
         let key = PublicKey::from_openssh(KEY).unwrap();
-        let auth = Authenticator::new(Arc::new(cfg), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let cfg = Arc::new(cfg);
+        let auth = Authenticator::new(cfg.clone(), IpAddr::V4(Ipv4Addr::LOCALHOST));
         (0..USERS)
             .map(|u| {
                 let id = auth
                     .publickey(&format!("u{u}"), key.key_data())
-                    .expect("service account logs in");
+                    .expect("service account logs in")
+                    .subject(&cfg);
                 let groups: BTreeSet<&str> = id.groups().collect();
                 let want: BTreeSet<String> = (0..GROUPS)
                     .filter(|g| u & (1 << g) != 0)
@@ -460,7 +465,7 @@ fn canonical(host: &str) -> Option<IpAddr> {
     (ip.to_string() == host).then_some(ip)
 }
 
-fn allows(t: &Target, id: &Identity) -> bool {
+fn allows(t: &Target, id: &Subject) -> bool {
     t.allow_users.contains(id.user()) || id.groups().any(|g| t.allow_groups.contains(g))
 }
 
@@ -483,7 +488,7 @@ fuzz_target!(|input: Input| {
             allows(t, id)
                 && match (&t.destination, canon) {
                     (Destination::Cidr { net, ports }, Some(ip)) => {
-                        net.contains(&ip) && ports.contains(&p)
+                        range_reaches(net, ip) && ports.contains(&p)
                     }
                     (
                         Destination::Host {
