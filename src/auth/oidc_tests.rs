@@ -949,3 +949,29 @@ fn an_email_user_name_needs_email_verified() {
     let c = claims_with(json!({ "email_verified": false }));
     assert!(login_from_claims(&c, "preferred_username", "groups").is_ok());
 }
+
+/// `azp` (the authorized party), when present, must be this client; `nbf`
+/// in the future (beyond the clock skew) is refused, in the past accepted.
+#[test]
+fn azp_and_nbf_are_checked() {
+    assert!(verify(&EC.token(&claims_with(json!({ "azp": CLIENT })))).is_ok());
+    assert_rejected_for(
+        verify(&EC.token(&claims_with(json!({ "azp": "another-client" })))),
+        "another party",
+        "azp of another client",
+    );
+    assert_malformed_or_rejected(
+        verify(&EC.token(&claims_with(json!({ "azp": 7 })))),
+        "azp that is not a string",
+    );
+    assert!(verify(&EC.token(&claims_with(json!({ "nbf": ts(-60) })))).is_ok());
+    assert_rejected_for(
+        verify(&EC.token(&claims_with(json!({ "nbf": ts(3600) })))),
+        "not valid before",
+        "nbf an hour ahead",
+    );
+    assert_malformed_or_rejected(
+        verify(&EC.token(&claims_with(json!({ "nbf": "soon" })))),
+        "nbf that is not a number",
+    );
+}
