@@ -1220,3 +1220,54 @@ fn a_ban_closes_every_unauthenticated_connection_of_the_source() {
     // Another address is not affected.
     assert_echo_works(&s.alice(&pv), "echo", s.echo.port);
 }
+
+/// A PROXY protocol header names the client only when it comes from a
+/// listed balancer: from anyone else it is not believed (the spoofed
+/// address appears nowhere, bans and the audit trail see the real one) and
+/// the connection is not served.
+#[test]
+fn a_proxy_header_counts_only_from_a_listed_balancer() {
+    let s = Setup::new();
+    let pv = s.env.portvakt(
+        &s.config()
+            .proxy_protocol_from(&["127.0.0.2/32"])
+            .login_grace_time("5s"),
+    );
+    let header = b"PROXY TCP4 192.0.2.9 127.0.0.1 5555 22\r\n";
+
+    // Not a balancer: SSH starts at once; the header is not a version line.
+    let mut direct = attack::connect_from(loopback(3), pv.port);
+    assert!(attack::read_greeting(&mut direct, Duration::from_secs(10)).is_banner());
+    attack::send_ignoring_close(&mut direct, header);
+    assert!(
+        attack::wait_closed(&mut direct, Duration::from_secs(30)).is_some(),
+        "a client sending a PROXY header was served"
+    );
+    let close = pv.wait_for_audit("the direct connection's close", |e| {
+        e.kind == "connection.close"
+            && e.source
+                .as_deref()
+                .is_some_and(|s| s.starts_with("127.0.0.3:"))
+    });
+    assert_ne!(close.reason.as_deref(), Some("client_closed"), "{close:?}");
+
+    // The balancer: its header names the client, and the client is audited.
+    let mut lb = attack::connect_from(loopback(2), pv.port);
+    lb.write_all(header).unwrap();
+    assert!(attack::read_greeting(&mut lb, Duration::from_secs(10)).is_banner());
+    drop(lb);
+    pv.wait_for_audit("the balanced client's connection", |e| {
+        e.kind == "connection.open" && e.source.as_deref() == Some("192.0.2.9:5555")
+    });
+    let spoofed_direct = pv.audit().into_iter().filter(|e| {
+        e.connection_id == close.connection_id
+            && e.source
+                .as_deref()
+                .is_some_and(|s| s.starts_with("192.0.2.9"))
+    });
+    assert_eq!(
+        spoofed_direct.count(),
+        0,
+        "the direct client's header was believed"
+    );
+}

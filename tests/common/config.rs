@@ -499,6 +499,8 @@ pub struct Hardening {
     pub database_url: Option<String>,
     /// `[server] classic_kex`: also offer curve25519 (for the raw test client).
     pub classic_kex: bool,
+    /// `[server] proxy_protocol_from`: balancers that send PROXY headers.
+    pub proxy_protocol_from: Vec<String>,
 }
 
 impl Hardening {
@@ -526,6 +528,12 @@ impl Hardening {
         }
         if self.classic_kex {
             s += "classic_kex = true\n";
+        }
+        if !self.proxy_protocol_from.is_empty() {
+            s += &format!(
+                "proxy_protocol_from = {}\n",
+                toml_list(&self.proxy_protocol_from)
+            );
         }
         s
     }
@@ -578,6 +586,11 @@ impl Config {
     /// (`common::attack::RawSsh`) speaks only that.
     pub fn classic_kex(mut self) -> Self {
         self.hardening.classic_kex = true;
+        self
+    }
+
+    pub fn proxy_protocol_from(mut self, nets: &[&str]) -> Self {
+        self.hardening.proxy_protocol_from = nets.iter().map(|n| n.to_string()).collect();
         self
     }
 
