@@ -1328,3 +1328,41 @@ fn bad_signatures_are_audited_and_ban_the_source() {
     assert!(!attack::greeting_from(loopback(5), b.pv.port).is_banner());
     drop(b.svc_session());
 }
+
+/// Host-based authentication (a client host's key vouching for its users)
+/// is never accepted, whatever the request carries; the methods offered
+/// after it do not list it.
+#[test]
+fn host_based_logins_are_refused() {
+    let b = Bastion::start(|c| c);
+    let host_key = RawKey::generate();
+    let mut ssh = RawSsh::connect(b.pv.port);
+    assert!(ssh.request_userauth().unwrap());
+    ssh.send(&payload(&[
+        &[msg::USERAUTH_REQUEST],
+        &string(b"svc"),
+        &string(b"ssh-connection"),
+        &string(b"hostbased"),
+        &string(b"ssh-ed25519"),
+        &string(&host_key.blob()),
+        &string(b"client.example."),
+        &string(b"svc"),
+        &string(&[0u8; 83]),
+    ]))
+    .unwrap();
+    let reply = ssh
+        .recv_skipping(|t| matches!(t, msg::USERAUTH_SUCCESS | msg::USERAUTH_FAILURE))
+        .unwrap();
+    assert_eq!(
+        reply[0],
+        msg::USERAUTH_FAILURE,
+        "a host-based login was accepted"
+    );
+    let mut at = 1;
+    let methods = attack::read_string(&reply, &mut at).expect("method list");
+    let methods = String::from_utf8_lossy(methods);
+    assert!(!methods.contains("hostbased"), "offered: {methods}");
+    // The same connection still logs in the normal way.
+    let ok = ssh.auth_publickey("svc", &b.svc).unwrap();
+    assert_eq!(ok[0], msg::USERAUTH_SUCCESS);
+}
