@@ -997,8 +997,8 @@ fn an_unreachable_database_refuses_new_logins_and_forwards_but_keeps_live_ones()
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| {
             panic!(
-                "the database outage test needs PostgreSQL: set PORTVAKT_TEST_POSTGRES_URL, e.g. \
-                 export PORTVAKT_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres"
+                "the database outage test runs against a PostgreSQL server: run scripts/test, \
+                 which starts a throw-away one and sets PORTVAKT_TEST_POSTGRES_URL"
             )
         });
     let db = PgDatabase::create(&admin_url);

@@ -725,7 +725,21 @@ impl RawSsh {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return false;
                 }
-                Err(_) => return true,
+                // The server closed the socket.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::UnexpectedEof
+                            | ErrorKind::ConnectionReset
+                            | ErrorKind::ConnectionAborted
+                            | ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return true;
+                }
+                // This client could not read what came (a bad tag, bad
+                // padding): that is no proof the server closed anything.
+                Err(e) => panic!("the raw client failed to read the server: {e}"),
             }
         }
     }

@@ -33,8 +33,8 @@ impl Database {
             Ok("postgres") => {
                 let admin_url = std::env::var("PORTVAKT_TEST_POSTGRES_URL").unwrap_or_else(|_| {
                     panic!(
-                        "PORTVAKT_TEST_DB=postgres needs PORTVAKT_TEST_POSTGRES_URL, \
-                         e.g. postgres://postgres@127.0.0.1:5432/portvakt_ci"
+                        "PORTVAKT_TEST_DB=postgres runs against a PostgreSQL server: run \
+                         scripts/test, which starts one and sets PORTVAKT_TEST_POSTGRES_URL"
                     )
                 });
                 Database::create_postgres(&admin_url)
@@ -64,9 +64,9 @@ impl Database {
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| {
                 panic!(
-                    "{purpose} needs PostgreSQL: set PORTVAKT_TEST_POSTGRES_URL, e.g. \
-                     export PORTVAKT_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
-                     (scripts/test in CI always sets it)"
+                    "{purpose} runs against a PostgreSQL server: run scripts/test, which \
+                     starts a throw-away one and sets PORTVAKT_TEST_POSTGRES_URL (or point \
+                     that variable at a server of your own)"
                 )
             });
         Database::create_postgres(&admin_url)
