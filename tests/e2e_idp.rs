@@ -1171,25 +1171,6 @@ fn a_public_client_without_a_secret_logs_in() {
 
 // ------------------------------------------------------------------ reload
 
-/// Rewrites portvakt's config and reloads it; waits for the reload's row.
-fn reload(w: &World, config: &Config) -> AuditEvent {
-    let before =
-        w.pv.audit()
-            .iter()
-            .filter(|e| e.kind == "config.reload")
-            .count();
-    w.pv.write_config(config);
-    w.pv.signal("HUP");
-    poll_until("the config.reload event", AUDIT_TIMEOUT, || {
-        let reloads: Vec<AuditEvent> =
-            w.pv.audit()
-                .into_iter()
-                .filter(|e| e.kind == "config.reload")
-                .collect();
-        (reloads.len() > before).then(|| reloads[reloads.len() - 1].clone())
-    })
-}
-
 /// A grant keeps what the IdP said; groups from `[[users]]` count only while
 /// the config says so (they are not frozen into the grant).
 #[test]
@@ -1216,7 +1197,7 @@ fn a_grant_follows_the_config_groups_in_force() {
         "ops-echo by grant while alice is in ops",
     );
 
-    reload(&w, &config(w.idp(), &w.echo, false));
+    w.pv.reload(&config(w.idp(), &w.echo, false));
     let out = forward_stdio(&batch, "ops-echo", ops_port, PING);
     assert_forward_prohibited(&out, "alice");
     w.pv.wait_for_event("forward.denied", "user_not_allowed");
@@ -1257,7 +1238,7 @@ fn a_key_and_totp_grant_ends_when_its_key_is_removed_from_the_config() {
     );
     w.wait_login("deploy", "grant");
 
-    let ev = reload(&w, &config(w.idp(), &w.echo, false));
+    let ev = w.pv.reload(&config(w.idp(), &w.echo, false));
     assert_eq!(ev.detail["closed_connections"], 1, "{ev:?}");
     live.wait_closed("its key was removed from [[users]]");
     w.pv.wait_for_audit("connection.close config_revoked", |e| {
@@ -1287,8 +1268,7 @@ fn removing_oidc_and_reloading_stops_idp_logins_without_a_restart() {
         "alice's grant",
     );
 
-    let ev = reload(
-        &w,
+    let ev = w.pv.reload(
         &Config::new()
             .target(Target::host("echo", "127.0.0.1", w.echo.port).allow_groups(&["sre"])),
     );

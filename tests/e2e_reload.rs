@@ -126,21 +126,7 @@ fn master_connection(pv: &Portvakt) -> String {
 }
 
 fn reload(pv: &Portvakt, config: &Config) -> AuditEvent {
-    let before = pv
-        .audit()
-        .into_iter()
-        .filter(|e| e.kind == "config.reload")
-        .count();
-    pv.write_config(config);
-    pv.signal("HUP");
-    let ev = poll_until("the config.reload event", AUDIT_TIMEOUT, || {
-        let reloads: Vec<AuditEvent> = pv
-            .audit()
-            .into_iter()
-            .filter(|e| e.kind == "config.reload")
-            .collect();
-        (reloads.len() > before).then(|| reloads[reloads.len() - 1].clone())
-    });
+    let ev = pv.reload(config);
     assert_eq!(ev.detail_str("result"), Some("applied"), "{ev:?}");
     ev
 }

@@ -226,6 +226,24 @@ impl Portvakt {
         fs::write(&self.config_path, text).expect("rewrite portvakt.toml");
     }
 
+    /// Rewrites the config from `config`, sends SIGHUP and waits for the
+    /// reload's `config.reload` event, which it returns.
+    pub fn reload(&self, config: &Config) -> AuditEvent {
+        let reloads = || -> Vec<AuditEvent> {
+            self.audit()
+                .into_iter()
+                .filter(|e| e.kind == "config.reload")
+                .collect()
+        };
+        let before = reloads().len();
+        self.write_config(config);
+        self.signal("HUP");
+        poll_until("the config.reload event", AUDIT_TIMEOUT, || {
+            let now = reloads();
+            (now.len() > before).then(|| now[now.len() - 1].clone())
+        })
+    }
+
     /// Starts `portvakt serve` again on the same folder, config and
     /// database (after it exited or was killed; a running one is killed).
     pub fn restart(&mut self) {
