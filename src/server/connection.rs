@@ -301,6 +301,8 @@ pub struct Connection {
     auth: Authenticator,
     /// Held while logging in (`max_unauthenticated`), dropped on login.
     login_permit: Option<LoginSlot>,
+    /// `ServerState::reloads` when the connection opened.
+    reloads_at_open: u64,
     /// Refused login attempts so far (not counting the "none" probe).
     tries: usize,
     /// Session channels (the text shown on `ssh user@bastion`).
@@ -317,6 +319,7 @@ impl Connection {
             Interactive::new(state.config.clone(), state.services.clone(), ctx.source());
         Connection {
             interactive,
+            reloads_at_open: state.reloads.load(Ordering::SeqCst),
             state,
             ctx,
             auth,
@@ -479,12 +482,19 @@ impl Connection {
         }
         self.ctx.authenticated(id, self.cfg().sessions.max_duration);
         // The connection is in `state.live` since it opened, so a reload
-        // from here on sees this login; one that came after the checks
-        // above but before this line is caught by asking once more.
+        // from here on sees this login. One that came while it was logging
+        // in (its checks may have used the old config) is caught by asking
+        // once more; without a reload there is nothing to ask again.
         let Some(id) = self.ctx.identity() else {
             return Auth::reject();
         };
-        if let Err(why) = self.auth.revalidate(id, SystemTime::now()) {
+        let reloaded = self.state.reloads.load(Ordering::SeqCst) != self.reloads_at_open;
+        let still = if reloaded {
+            self.auth.revalidate(id, SystemTime::now())
+        } else {
+            Ok(())
+        };
+        if let Err(why) = still {
             let auth = self.refuse(&user, method, why, None);
             self.ctx.close("config_revoked");
             return auth;

@@ -111,6 +111,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         grant_watch: grant_watch.clone(),
         forwards: Arc::default(),
         live: Default::default(),
+        reloads: Default::default(),
         refusals: Arc::default(),
     });
     let watch_stop = CancellationToken::new();

@@ -58,8 +58,11 @@ pub struct ServerState {
     /// Live forwards (and those being decided or dialled), re-checked on
     /// reload.
     pub forwards: Arc<forwards::Forwards>,
-    /// Logged-in connections, whose logins a reload asks again.
+    /// Open connections: a reload asks their logins again, a ban ends
+    /// those of its source still logging in.
     pub live: live::LiveConnections,
+    /// Reloads applied so far (a login that spans one is checked again).
+    pub reloads: std::sync::atomic::AtomicU64,
     /// Connections refused before the handshake, audited in batches.
     pub refusals: Arc<refusals::Refusals>,
 }

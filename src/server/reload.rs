@@ -98,6 +98,11 @@ async fn apply(state: &ServerState, old: &Config) -> Result<Reloaded, ConfigErro
     // From here on every decision (new logins, new forwards) uses `new`;
     // what was decided before is asked again below.
     state.config.store(new.clone());
+    // After the swap: a login that reads this count before the increment
+    // is logged in before the snapshot below and asked there.
+    state
+        .reloads
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let closed_connections = revalidate_logins(state, old, &new);
     let closed_forwards = state.forwards.recheck(&new).await;
     Ok(Reloaded {
