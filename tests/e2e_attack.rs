@@ -202,9 +202,14 @@ fn garbage_and_malformed_version_lines_are_dropped() {
     all.push(("EOF after the version".into(), CLIENT_BANNER.to_vec(), true));
     let still_open = still_open_after(port, all);
 
-    let reasons = b.close_reasons();
+    // Close rows are written as each connection finishes: wait for them.
+    let mut reasons = Vec::new();
+    let all = poll_for(AUDIT_TIMEOUT, || {
+        reasons = b.close_reasons();
+        (reasons.len() >= count).then_some(())
+    });
     assert!(
-        reasons.len() >= count,
+        all.is_some(),
         "every dropped connection is audited; closes: {reasons:?}"
     );
     for r in &reasons {
@@ -366,9 +371,14 @@ fn malformed_and_truncated_packets_are_dropped() {
         "a broken re-key KEXINIT did not end the connection"
     );
 
-    let reasons = b.close_reasons();
+    // Close rows are written as each connection finishes: wait for them.
+    let mut reasons = Vec::new();
+    let all = poll_for(AUDIT_TIMEOUT, || {
+        reasons = b.close_reasons();
+        (reasons.len() >= count + 3).then_some(())
+    });
     assert!(
-        reasons.len() >= count + 3,
+        all.is_some(),
         "every dropped connection is audited; closes: {reasons:?}"
     );
     for r in &reasons {
