@@ -1406,15 +1406,23 @@ fn parallel_totp_guessing_locks_the_user_not_the_bastion() {
         w.pv.wait_for_event("lockout.user", "too_many_totp_failures");
     assert_eq!(lock.user.as_deref(), Some("deploy"), "{lock:?}");
     assert_eq!(lock.detail["failures"], 5, "{lock:?}");
-    let events = w.pv.audit();
-    let count = |reason: &str| {
+    // Refusal rows are queued as each attempt ends: wait for the five.
+    let count = |events: &[AuditEvent], reason: &str| {
         events
             .iter()
             .filter(|e| e.is("auth.failure", reason) && e.user.as_deref() == Some("deploy"))
             .count()
     };
-    assert_eq!(count("totp_invalid"), 5, "codes checked past the limit");
-    assert!(count("totp_locked") >= 1, "no attempt met the lock");
+    let events = poll_until("five totp_invalid and a totp_locked", AUDIT_TIMEOUT, || {
+        let events = w.pv.audit();
+        (count(&events, "totp_invalid") >= 5 && count(&events, "totp_locked") >= 1)
+            .then_some(events)
+    });
+    assert_eq!(
+        count(&events, "totp_invalid"),
+        5,
+        "codes checked past the limit"
+    );
     assert_eq!(
         events.iter().filter(|e| e.kind == "lockout.user").count(),
         1,
