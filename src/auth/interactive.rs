@@ -270,7 +270,7 @@ impl Interactive {
                     Some(Err(e)) => self.fail(AuthFailure::from_oidc(&e), e.message()),
                     Some(Ok(login)) => {
                         if login.username != self.user {
-                            tracing::info!(ssh_user = %self.user, idp_user = %login.username, "IdP user name differs from the SSH user name");
+                            tracing::info!(ssh_user = %self.user, idp_user = %crate::text::clean(&login.username, 64), "IdP user name differs from the SSH user name");
                             let message = format!(
                                 "you logged in at the identity provider as {}, not as {}",
                                 crate::text::for_prompt(&login.username, 64),
