@@ -15,6 +15,8 @@ pub mod config;
 pub mod forward;
 pub mod metrics;
 pub mod policy;
+pub mod reasons;
+pub mod revocation;
 pub mod secret_file;
 pub mod server;
 pub mod store;

@@ -1,11 +1,11 @@
 //! Prometheus metrics, `/healthz` and `/readyz` on `[metrics] listen`.
 //!
 //! Most metrics are derived from the audit events as they are emitted
-//! ([`observe`]), so a metric label and an audit reason are the same word.
+//! (`audit::observe`), so a metric label and an audit reason are the same
+//! word.
 //! Labels take values from fixed sets only (methods, results, reasons):
 //! never user names or addresses.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -21,10 +21,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Event, EventKind};
+use crate::reasons::{AuthMethod, ConnRefusal, SshMethod};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LoginLabels {
@@ -108,130 +107,142 @@ impl Metrics {
             audit_dropped: Counter::default(),
             registry: Registry::default(),
         };
+        m.register(&mut r);
+        m.register_service(&mut r);
+        m.create_series();
+        Metrics { registry: r, ..m }
+    }
+
+    /// Connections, logins and forwards under their names and help texts.
+    fn register(&self, r: &mut Registry) {
         r.register(
             "connections_open",
             "SSH connections open now",
-            m.connections_open.clone(),
+            self.connections_open.clone(),
         );
         r.register(
             "connections",
             "SSH connections accepted",
-            m.connections_total.clone(),
+            self.connections_total.clone(),
         );
         r.register(
             "connections_closed",
             "SSH connections closed, by reason",
-            m.connections_closed.clone(),
+            self.connections_closed.clone(),
         );
         r.register(
             "logins",
             "Login attempts by method, result and refusal reason",
-            m.logins.clone(),
+            self.logins.clone(),
         );
         r.register(
             "forwards_open",
             "Forwards open now",
-            m.forwards_open.clone(),
+            self.forwards_open.clone(),
         );
         r.register(
             "forwards",
             "Forward requests by result (allowed, denied, failed) and reason",
-            m.forwards.clone(),
+            self.forwards.clone(),
         );
         r.register(
             "forwards_closed",
             "Forwards ended, by close reason",
-            m.forwards_closed.clone(),
+            self.forwards_closed.clone(),
         );
         r.register(
             "forwarded_bytes",
             "Bytes forwarded, by direction",
-            m.bytes.clone(),
+            self.bytes.clone(),
         );
+    }
+
+    /// Grants, bans, refusals, reloads, timings and the database.
+    fn register_service(&self, r: &mut Registry) {
         r.register(
             "grants_active",
             "Login grants valid now (all nodes)",
-            m.grants_active.clone(),
+            self.grants_active.clone(),
         );
         r.register(
             "grants_created",
             "Login grants created on this node",
-            m.grants_created.clone(),
+            self.grants_created.clone(),
         );
-        r.register("bans", "Source bans made by this node", m.bans.clone());
+        r.register("bans", "Source bans made by this node", self.bans.clone());
         r.register(
             "bans_active",
             "Source bans in force (all nodes)",
-            m.bans_active.clone(),
+            self.bans_active.clone(),
         );
         r.register(
             "channels_refused",
             "Channel requests refused, by reason",
-            m.channels_refused.clone(),
+            self.channels_refused.clone(),
         );
         r.register(
             "connections_refused",
             "Connections refused before the SSH handshake, by reason",
-            m.connections_refused.clone(),
+            self.connections_refused.clone(),
         );
         r.register(
             "config_reloads",
             "Config reloads by result",
-            m.config_reloads.clone(),
+            self.config_reloads.clone(),
         );
         r.register(
             "login_duration_seconds",
             "Time from connection to login, by method",
-            m.login_seconds.clone(),
+            self.login_seconds.clone(),
         );
         r.register(
             "dial_duration_seconds",
             "Time to connect to a target",
-            m.dial_seconds.clone(),
+            self.dial_seconds.clone(),
         );
         r.register(
             "database_errors",
             "Database operations that failed",
-            m.database_errors.clone(),
+            self.database_errors.clone(),
         );
         r.register(
             "audit_records_dropped",
             "Audit records that only reached the log",
-            m.audit_dropped.clone(),
+            self.audit_dropped.clone(),
         );
-        // Families with labels only show up in a scrape once they have a
-        // series: create the usual ones at zero, so that rate() and
-        // increase() see the first event after a start.
+    }
+
+    /// Families with labels only show up in a scrape once they have a
+    /// series: create the usual ones at zero, so that rate() and
+    /// increase() see the first event after a start.
+    fn create_series(&self) {
         for method in [
-            "certificate",
-            "grant",
-            "publickey+totp",
-            "oidc+totp",
-            "oidc",
-            "publickey",
+            SshMethod::Certificate,
+            SshMethod::Publickey,
+            SshMethod::KeyboardInteractive,
         ] {
-            let _ = m.logins.get_or_create(&LoginLabels {
-                method: method.into(),
+            let _ = self.logins.get_or_create(&LoginLabels {
+                method: method.as_str().into(),
                 result: "success".into(),
                 reason: String::new(),
             });
         }
-        for why in crate::server::refusals::Refusal::ALL {
-            let _ = m.connections_refused.get_or_create(&ReasonLabels {
+        for why in ConnRefusal::ALL {
+            let _ = self.connections_refused.get_or_create(&ReasonLabels {
                 reason: why.as_str().into(),
             });
         }
         for direction in ["to_target", "from_target"] {
-            let _ = m.bytes.get_or_create(&DirectionLabels {
+            let _ = self.bytes.get_or_create(&DirectionLabels {
                 direction: direction.into(),
             });
         }
-        let _ = m.forwards.get_or_create(&ResultLabels {
+        let _ = self.forwards.get_or_create(&ResultLabels {
             result: "allowed".into(),
             reason: String::new(),
         });
         for result in ["applied", "rejected"] {
-            let _ = m.config_reloads.get_or_create(&ResultLabels {
+            let _ = self.config_reloads.get_or_create(&ResultLabels {
                 result: result.into(),
                 reason: if result == "rejected" {
                     "invalid_config".into()
@@ -240,16 +251,33 @@ impl Metrics {
                 },
             });
         }
-        Metrics { registry: r, ..m }
     }
 
     /// A connection refused before the SSH handshake.
-    pub fn connection_refused(&self, reason: &str) {
+    pub fn connection_refused(&self, reason: ConnRefusal) {
         self.connections_refused
             .get_or_create(&ReasonLabels {
-                reason: reason.into(),
+                reason: reason.as_str().into(),
             })
             .inc();
+    }
+
+    /// A login succeeded. `logins_total{method}` names the SSH method, as
+    /// for failures, so both series of one method can be joined;
+    /// `login_duration_seconds{method}` names the login method.
+    pub fn login_succeeded(&self, method: AuthMethod, seconds: f64) {
+        self.logins
+            .get_or_create(&LoginLabels {
+                method: method.ssh_method().as_str().into(),
+                result: "success".into(),
+                reason: String::new(),
+            })
+            .inc();
+        self.login_seconds
+            .get_or_create(&MethodLabels {
+                method: method.as_str().into(),
+            })
+            .observe(seconds);
     }
 
     pub fn render(&self) -> String {
@@ -264,123 +292,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// The process's metrics.
 pub fn get() -> &'static Metrics {
     &METRICS
-}
-
-fn s(v: Option<&str>) -> String {
-    v.unwrap_or("").to_string()
-}
-
-/// Update the metrics for an audit event.
-pub fn observe(ev: &Event) {
-    let m = get();
-    let detail = |k: &str| ev.detail.get(k).and_then(Value::as_str);
-    match ev.kind {
-        EventKind::ConnectionOpen => {
-            m.connections_total.inc();
-            m.connections_open.inc();
-        }
-        EventKind::ConnectionClose => {
-            m.connections_open.dec();
-            m.connections_closed
-                .get_or_create(&ReasonLabels {
-                    reason: s(ev.reason.as_deref()),
-                })
-                .inc();
-        }
-        EventKind::AuthSuccess => {
-            m.logins
-                .get_or_create(&LoginLabels {
-                    method: s(detail("method")),
-                    result: "success".into(),
-                    reason: String::new(),
-                })
-                .inc();
-            if let Some(secs) = ev.detail.get("login_seconds").and_then(Value::as_f64) {
-                m.login_seconds
-                    .get_or_create(&MethodLabels {
-                        method: s(detail("method")),
-                    })
-                    .observe(secs);
-            }
-        }
-        EventKind::AuthFailure => {
-            m.logins
-                .get_or_create(&LoginLabels {
-                    method: s(detail("method")),
-                    result: "failure".into(),
-                    reason: s(ev.reason.as_deref()),
-                })
-                .inc();
-        }
-        EventKind::ForwardOpen => {
-            m.forwards_open.inc();
-            m.forwards
-                .get_or_create(&ResultLabels {
-                    result: "allowed".into(),
-                    reason: String::new(),
-                })
-                .inc();
-        }
-        EventKind::ForwardDenied => {
-            m.forwards
-                .get_or_create(&ResultLabels {
-                    result: s(detail("result")),
-                    reason: s(ev.reason.as_deref()),
-                })
-                .inc();
-        }
-        EventKind::ForwardClose => {
-            m.forwards_open.dec();
-            if detail("result") == Some("failed") {
-                m.forwards
-                    .get_or_create(&ResultLabels {
-                        result: "failed".into(),
-                        reason: s(ev.reason.as_deref()),
-                    })
-                    .inc();
-            }
-            m.forwards_closed
-                .get_or_create(&ReasonLabels {
-                    reason: s(ev.reason.as_deref()),
-                })
-                .inc();
-        }
-        EventKind::GrantCreate => {
-            m.grants_created.inc();
-        }
-        EventKind::GrantRevoke => {}
-        EventKind::LockoutBan => {
-            m.bans.inc();
-        }
-        EventKind::ConfigReload => {
-            m.config_reloads
-                .get_or_create(&ResultLabels {
-                    result: s(detail("result")),
-                    reason: s(ev.reason.as_deref()),
-                })
-                .inc();
-        }
-        // Counted as they happen (server::refusals), not per audit row.
-        EventKind::AuditPrune | EventKind::ConnectionRefused => {}
-        // Rare admin and account events: the audit trail is their record.
-        EventKind::TotpEnroll
-        | EventKind::TotpReset
-        | EventKind::LockoutClear
-        | EventKind::LockoutUser => {}
-        EventKind::ChannelRefused => {
-            // A connection's repeats of one refusal come as one summary row.
-            let n = ev
-                .detail
-                .get("repeated")
-                .and_then(Value::as_u64)
-                .unwrap_or(1);
-            m.channels_refused
-                .get_or_create(&ReasonLabels {
-                    reason: s(ev.reason.as_deref()),
-                })
-                .inc_by(n);
-        }
-    }
 }
 
 /// Bytes moved by a forward, counted as they move.
@@ -436,9 +347,11 @@ async fn readyz<R: Readiness>(State(r): State<Arc<R>>) -> (StatusCode, String) {
     }
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` until `stop`.
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
+/// The caller binds the port first, so that a port in use stops the start
+/// and the endpoint answers as soon as the server says it is listening.
 pub async fn serve<R: Readiness>(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     ready: Arc<R>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -447,7 +360,6 @@ pub async fn serve<R: Readiness>(
         .route("/healthz", route_get(healthz))
         .route("/readyz", route_get(readyz::<R>))
         .with_state(ready);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })

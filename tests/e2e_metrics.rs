@@ -415,11 +415,13 @@ fn metrics_move_with_logins_and_forwards_and_name_no_user_or_address() {
         3.0,
         "{show}"
     );
-    // mallory's refusal, with its reason as a label.
+    // mallory's refusal, with its reason as a label, under the same method
+    // word as alice's successes (one vocabulary: the SSH method).
     assert!(
         delta(
             "portvakt_logins_total",
             &[
+                ("method", "certificate"),
                 ("result", "failure"),
                 ("reason", "certificate_untrusted_ca")
             ]
@@ -497,7 +499,7 @@ fn metrics_move_with_logins_and_forwards_and_name_no_user_or_address() {
                 assert!(
                     value
                         .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_+".contains(c)),
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_+-".contains(c)),
                     "label {name}={value:?} is not a fixed word: {s:?}"
                 );
             }

@@ -121,8 +121,8 @@ impl Event {
         self
     }
 
-    pub fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(clean(&reason.into()));
+    pub fn reason(mut self, reason: impl crate::reasons::Reason) -> Self {
+        self.reason = Some(reason.as_str().to_string());
         self
     }
 

@@ -8,24 +8,29 @@
 //! refused (fail closed).
 
 mod events;
+mod forwards;
+mod observe;
 pub mod query;
+mod retention;
 #[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use events::{Event, EventKind, clean};
+pub use forwards::{DialledForward, ForwardRecord, OpenForward, Totals};
+pub use retention::{Pruned, mark_interrupted, prune, retention_loop};
 
 use crate::clock::{micros, now_micros};
-use crate::store::{Store, StoreError};
+use crate::reasons::{AuthMethod, CloseReason};
+use crate::store::Store;
 
 /// How many records may wait for the writer before new ones are dropped
 /// (they are still in the log). Bounded so a dead database cannot eat memory.
@@ -74,37 +79,6 @@ enum Record {
     },
 }
 
-/// The request side of a forward, as the audit trail records it.
-#[derive(Debug, Clone)]
-pub struct ForwardRecord {
-    pub connection_id: String,
-    pub user: String,
-    pub auth_method: String,
-    pub source: SocketAddr,
-    /// The matched target's name (`None` when nothing matched).
-    pub target: Option<String>,
-    pub host: String,
-    pub port: u32,
-}
-
-impl ForwardRecord {
-    fn event(&self, kind: EventKind, id: Option<i64>) -> Event {
-        let mut ev = Event::new(kind)
-            .connection(&self.connection_id, self.source)
-            .user(self.user.clone())
-            .detail("host", clean(&self.host))
-            .detail("port", self.port)
-            .detail("auth_method", self.auth_method.clone());
-        if let Some(t) = &self.target {
-            ev = ev.detail("target", t.clone());
-        }
-        if let Some(id) = id {
-            ev = ev.detail("forward_id", id);
-        }
-        ev
-    }
-}
-
 impl Audit {
     /// Start the writer task. It ends once every clone of the returned
     /// `Audit` is dropped and the queue is drained; await the handle to flush.
@@ -136,7 +110,7 @@ impl Audit {
     /// Log an event and queue it for the database. Never waits.
     pub fn emit(&self, ev: Event) {
         log_event(&ev);
-        crate::metrics::observe(&ev);
+        observe::observe(&ev);
         self.queue(Record::Event(ev, None));
     }
 
@@ -146,7 +120,7 @@ impl Audit {
     /// queue instead of being dropped when it is full. `false`: not stored.
     pub async fn record(&self, ev: Event) -> bool {
         log_event(&ev);
-        crate::metrics::observe(&ev);
+        observe::observe(&ev);
         let (ack, stored) = oneshot::channel();
         let sent = tokio::time::timeout(
             RECORD_WAIT,
@@ -194,21 +168,28 @@ impl Audit {
         source: SocketAddr,
         ev: Event,
         user: &str,
-        method: &str,
+        method: AuthMethod,
+        login_seconds: f64,
     ) -> bool {
         self.queue(Record::ConnectionAuthenticated {
             id: id.to_string(),
             user: user.to_string(),
-            method: method.to_string(),
+            method: method.as_str().to_string(),
             at: now_micros(),
         });
         // The queue is written in order: once this is stored, so is the row.
-        self.record(
-            ev.connection(id, source)
-                .user(user)
-                .detail("method", method),
-        )
-        .await
+        let stored = self
+            .record(
+                ev.connection(id, source)
+                    .user(user)
+                    .detail("method", method.as_str())
+                    .detail("login_seconds", login_seconds),
+            )
+            .await;
+        if stored {
+            crate::metrics::get().login_succeeded(method, login_seconds);
+        }
+        stored
     }
 
     pub fn connection_close(
@@ -216,7 +197,7 @@ impl Audit {
         id: &str,
         source: SocketAddr,
         user: Option<&str>,
-        reason: &str,
+        reason: CloseReason,
         duration: Duration,
         client_version: Option<&str>,
     ) {
@@ -234,133 +215,10 @@ impl Audit {
         self.emit(ev);
         self.queue(Record::ConnectionClose {
             id: id.to_string(),
-            reason: clean(reason),
+            reason: reason.as_str().to_string(),
             client_version,
             at: now_micros(),
         });
-    }
-
-    /// Insert an allowed forward's row before dialling. The row id is the
-    /// session id of the CLI. An error means: refuse the forward.
-    pub async fn forward_open(&self, f: &ForwardRecord, address: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, address, result, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'allowed', $10) RETURNING id",
-        )
-        .bind(&f.connection_id)
-        .bind(&self.inner.node)
-        .bind(&f.user)
-        .bind(&f.auth_method)
-        .bind(f.source.to_string())
-        .bind(f.target.as_deref())
-        .bind(clean(&f.host))
-        .bind(i64::from(f.port))
-        .bind(address)
-        .bind(now_micros())
-        .fetch_one(self.inner.store.pool())
-        .await?;
-        let id: i64 = row.try_get(0)?;
-        self.emit(
-            f.event(EventKind::ForwardOpen, Some(id))
-                .detail("address", address),
-        );
-        Ok(id)
-    }
-
-    /// A refused forward: a row with result `denied` (policy) or `failed`
-    /// (allowed but could not be carried out), and a `forward.denied` event.
-    pub async fn forward_refused(&self, f: &ForwardRecord, result: &str, reason: &str) {
-        let now = now_micros();
-        let id = sqlx::query(
-            "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, result, reason, started_at, ended_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
-        )
-        .bind(&f.connection_id)
-        .bind(&self.inner.node)
-        .bind(&f.user)
-        .bind(&f.auth_method)
-        .bind(f.source.to_string())
-        .bind(f.target.as_deref())
-        .bind(clean(&f.host))
-        .bind(i64::from(f.port))
-        .bind(result)
-        .bind(reason)
-        .bind(now)
-        .fetch_one(self.inner.store.pool())
-        .await
-        .and_then(|row| row.try_get::<i64, _>(0));
-        if let Err(e) = &id {
-            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::get().audit_dropped.inc();
-            crate::metrics::get().database_errors.inc();
-            tracing::error!(error = %e, "cannot store refused forward");
-        }
-        self.emit(
-            f.event(EventKind::ForwardDenied, id.ok())
-                .reason(reason)
-                .detail("result", result),
-        );
-    }
-
-    /// The dial of an allowed forward failed: its row becomes `failed`.
-    pub async fn forward_failed(&self, id: i64, f: &ForwardRecord, reason: &str) {
-        let now = now_micros();
-        let r = sqlx::query(
-            "UPDATE forwards SET result = 'failed', reason = $1, ended_at = $2, close_reason = $1 WHERE id = $3",
-        )
-        .bind(reason)
-        .bind(now)
-        .bind(id)
-        .execute(self.inner.store.pool())
-        .await;
-        self.note_error(r.err());
-        self.emit(
-            f.event(EventKind::ForwardClose, Some(id))
-                .reason(reason)
-                .detail("result", "failed"),
-        );
-    }
-
-    /// A forward to a name with several addresses: record the one that answered.
-    pub async fn forward_dialled(&self, id: i64, address: &str) {
-        let r = sqlx::query("UPDATE forwards SET address = $1 WHERE id = $2")
-            .bind(address)
-            .bind(id)
-            .execute(self.inner.store.pool())
-            .await;
-        self.note_error(r.err());
-    }
-
-    /// A forward ended: bytes, end time and why.
-    pub async fn forward_close(
-        &self,
-        id: i64,
-        f: &ForwardRecord,
-        bytes_to_target: u64,
-        bytes_from_target: u64,
-        reason: &str,
-        duration: Duration,
-    ) {
-        let to = i64::try_from(bytes_to_target).unwrap_or(i64::MAX);
-        let from = i64::try_from(bytes_from_target).unwrap_or(i64::MAX);
-        let r = sqlx::query(
-            "UPDATE forwards SET ended_at = $1, bytes_to_target = $2, bytes_from_target = $3, close_reason = $4 WHERE id = $5",
-        )
-        .bind(micros(SystemTime::now()))
-        .bind(to)
-        .bind(from)
-        .bind(reason)
-        .bind(id)
-        .execute(self.inner.store.pool())
-        .await;
-        self.note_error(r.err());
-        self.emit(
-            f.event(EventKind::ForwardClose, Some(id))
-                .reason(reason)
-                .detail("bytes_to_target", bytes_to_target)
-                .detail("bytes_from_target", bytes_from_target)
-                .detail("duration_seconds", duration.as_secs_f64()),
-        );
     }
 
     fn note_error(&self, e: Option<sqlx::Error>) {
@@ -518,82 +376,4 @@ async fn write_batch(store: &Store, node: &str, batch: &[Record]) -> Result<(), 
         }
     }
     tx.commit().await
-}
-
-/// Forwards and connections of `node` that a crash (kill -9, power loss) left
-/// open are closed as `interrupted` at the next start. Returns the number of
-/// forwards marked.
-pub async fn mark_interrupted(store: &Store, node: &str) -> Result<u64, StoreError> {
-    let now = now_micros();
-    let forwards = sqlx::query(
-        "UPDATE forwards SET ended_at = $1, close_reason = 'interrupted' WHERE ended_at IS NULL AND node = $2",
-    )
-    .bind(now)
-    .bind(node)
-    .execute(store.pool())
-    .await?
-    .rows_affected();
-    sqlx::query(
-        "UPDATE connections SET closed_at = $1, close_reason = 'interrupted' WHERE closed_at IS NULL AND node = $2",
-    )
-    .bind(now)
-    .bind(node)
-    .execute(store.pool())
-    .await?;
-    Ok(forwards)
-}
-
-/// Rows deleted by one retention pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub events: u64,
-    pub forwards: u64,
-    pub connections: u64,
-    pub grants: u64,
-}
-
-/// Delete audit data older than `before` (unix µs): events, ended forwards,
-/// closed connections, grants that ended. Rows of open forwards stay.
-pub async fn prune(store: &Store, before: i64) -> Result<Pruned, sqlx::Error> {
-    let run = |sql: &'static str| async move {
-        sqlx::query(sql)
-            .bind(before)
-            .execute(store.pool())
-            .await
-            .map(|r| r.rows_affected())
-    };
-    Ok(Pruned {
-        events: run("DELETE FROM audit_events WHERE at < $1").await?,
-        forwards: run("DELETE FROM forwards WHERE ended_at IS NOT NULL AND ended_at < $1").await?,
-        connections: run("DELETE FROM connections WHERE closed_at IS NOT NULL AND closed_at < $1").await?,
-        grants: run("DELETE FROM grants WHERE expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $1)").await?,
-    })
-}
-
-/// Prune once an hour after start, then once a day, and audit each pass.
-pub async fn retention_loop(
-    audit: Audit,
-    keep: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut wait = Duration::from_secs(60);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => return,
-        }
-        wait = Duration::from_secs(24 * 3600);
-        let before = micros(SystemTime::now() - keep);
-        match prune(audit.store(), before).await {
-            Ok(p) => audit.emit(
-                Event::new(EventKind::AuditPrune)
-                    .detail("before", crate::clock::rfc3339_micros(before))
-                    .detail("events", p.events)
-                    .detail("forwards", p.forwards)
-                    .detail("connections", p.connections)
-                    .detail("grants", p.grants),
-            ),
-            Err(e) => tracing::error!(error = %e, "audit retention pass failed"),
-        }
-    }
 }

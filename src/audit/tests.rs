@@ -18,7 +18,10 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::task::JoinHandle;
 
 use super::query::{self, EventFilter, EventRow, SessionFilter, SessionRow};
-use super::{Audit, Event, EventKind, ForwardRecord, mark_interrupted};
+use super::{Audit, Event, EventKind, ForwardRecord, Totals, mark_interrupted};
+use crate::auth::AuthFailure;
+use crate::policy::Refusal;
+use crate::reasons::{CloseReason, ForwardResult, ForwardStop};
 use crate::store::{Backend, Store};
 
 const POSTGRES_ENV: &str = "PORTVAKT_TEST_POSTGRES_URL";
@@ -286,7 +289,8 @@ async fn forward_full_life() {
         assert_eq!(audit.node(), "node-a");
         let before = now_secs();
         let f = record("conn-1", "alice", Some("db-1"), "db-1");
-        let id = audit.forward_open(&f, "10.0.1.5:22").await.unwrap();
+        let fw = audit.forward_open(f.clone(), "10.0.1.5:22").await.unwrap();
+        let id = fw.id();
 
         // Open: a row at once, not waiting for the writer.
         let open = session(&store, id).await;
@@ -296,17 +300,17 @@ async fn forward_full_life() {
         assert_eq!(open.close_reason, None);
         assert_eq!((open.bytes_to_target, open.bytes_from_target), (0, 0));
 
-        audit.forward_dialled(id, "10.0.1.6:22").await;
-        audit
-            .forward_close(
-                id,
-                &f,
-                1234,
-                5_000_000_000,
-                "client_closed",
-                Duration::from_millis(1500),
-            )
+        let fw = fw
+            .dialled("10.0.1.6:22".parse().unwrap(), "10.0.1.5:22")
             .await;
+        fw.closed(
+            Totals {
+                to_target: 1234,
+                from_target: 5_000_000_000,
+            },
+            CloseReason::ClientClosed.for_forwards(),
+        )
+        .await;
         let after = now_secs();
         flush(audit, writer).await;
 
@@ -325,7 +329,7 @@ async fn forward_full_life() {
         assert_eq!(row.reason, None);
         assert_eq!(row.bytes_to_target, 1234);
         assert_eq!(row.bytes_from_target, 5_000_000_000);
-        assert_eq!(row.close_reason.as_deref(), Some("client_closed"));
+        assert_eq!(row.close_reason.as_deref(), Some("connection_closed"));
         let started = rfc3339_secs(&row.started_at);
         let ended = rfc3339_secs(row.ended_at.as_deref().unwrap());
         assert!(before <= started && started <= ended && ended <= after);
@@ -381,14 +385,15 @@ async fn forward_full_life() {
                 "auth_method": "certificate",
             })
         );
-        assert_eq!(close_ev.reason.as_deref(), Some("client_closed"));
+        assert_eq!(close_ev.reason.as_deref(), Some("connection_closed"));
         assert_eq!(close_ev.detail["forward_id"], json!(id));
         assert_eq!(close_ev.detail["bytes_to_target"], json!(1234));
         assert_eq!(
             close_ev.detail["bytes_from_target"],
             json!(5_000_000_000u64)
         );
-        assert_eq!(close_ev.detail["duration_seconds"], json!(1.5));
+        let secs = close_ev.detail["duration_seconds"].as_f64().unwrap();
+        assert!((0.0..60.0).contains(&secs), "{secs}");
         rfc3339_secs(&open_ev.at);
     })
     .await;
@@ -399,10 +404,16 @@ async fn forward_close_saturates_huge_byte_counts() {
     on_each_store(|store| async move {
         let (audit, writer) = Audit::start(store.clone(), "node-a".into());
         let f = record("conn-1", "alice", Some("db-1"), "db-1");
-        let id = audit.forward_open(&f, "10.0.1.5:22").await.unwrap();
-        audit
-            .forward_close(id, &f, u64::MAX, 0, "client_closed", Duration::ZERO)
+        let fw = audit.forward_open(f, "10.0.1.5:22").await.unwrap();
+        let id = fw.id();
+        let fw = fw
+            .dialled("10.0.1.5:22".parse().unwrap(), "10.0.1.5:22")
             .await;
+        let totals = Totals {
+            to_target: u64::MAX,
+            from_target: 0,
+        };
+        fw.closed(totals, ForwardStop::Closed.into()).await;
         flush(audit, writer).await;
         assert_eq!(session(&store, id).await.bytes_to_target, i64::MAX);
     })
@@ -415,11 +426,11 @@ async fn forward_denied() {
         let (audit, writer) = Audit::start(store.clone(), "node-a".into());
         let nothing = record("conn-1", "alice", None, "10.9.9.9");
         audit
-            .forward_refused(&nothing, "denied", "target_not_allowed")
+            .forward_refused(&nothing, ForwardResult::Denied, Refusal::UnknownTarget)
             .await;
         let not_hers = record("conn-1", "alice", Some("web"), "web");
         audit
-            .forward_refused(&not_hers, "denied", "user_not_allowed")
+            .forward_refused(&not_hers, ForwardResult::Denied, Refusal::UserNotAllowed)
             .await;
         flush(audit, writer).await;
 
@@ -428,7 +439,7 @@ async fn forward_denied() {
         let by_target = |t: Option<&str>| rows.iter().find(|r| r.target.as_deref() == t).unwrap();
         let row = by_target(None);
         assert_eq!(row.result, "denied");
-        assert_eq!(row.reason.as_deref(), Some("target_not_allowed"));
+        assert_eq!(row.reason.as_deref(), Some("unknown_target"));
         assert_eq!(row.host, "10.9.9.9");
         assert_eq!(row.address, None);
         // Refused at once: ended when it started.
@@ -443,7 +454,7 @@ async fn forward_denied() {
 
         let evs = events(&store, EventFilter::default()).await;
         assert_eq!(kinds(&evs), ["forward.denied", "forward.denied"]);
-        assert_eq!(evs[0].reason.as_deref(), Some("target_not_allowed"));
+        assert_eq!(evs[0].reason.as_deref(), Some("unknown_target"));
         assert_eq!(evs[0].detail["result"], json!("denied"));
         assert_eq!(evs[0].detail["host"], json!("10.9.9.9"));
         assert_eq!(evs[0].detail.get("target"), None);
@@ -459,11 +470,14 @@ async fn forward_failed() {
         let (audit, writer) = Audit::start(store.clone(), "node-a".into());
         // Allowed, audited, then the dial failed.
         let f = record("conn-1", "alice", Some("db-1"), "db-1");
-        let id = audit.forward_open(&f, "10.0.1.5:22").await.unwrap();
-        audit.forward_failed(id, &f, "connect_timeout").await;
+        let fw = audit.forward_open(f, "10.0.1.5:22").await.unwrap();
+        let id = fw.id();
+        fw.failed(ForwardStop::ConnectTimeout.into()).await;
         // Allowed but refused before any row (e.g. name did not resolve).
         let g = record("conn-1", "alice", Some("db-2"), "db-2");
-        audit.forward_refused(&g, "failed", "resolve_failed").await;
+        audit
+            .forward_refused(&g, ForwardResult::Failed, Refusal::ResolveFailed)
+            .await;
         flush(audit, writer).await;
 
         let row = session(&store, id).await;
@@ -518,10 +532,14 @@ async fn five_forwards(store: &Store) -> Vec<i64> {
     for (user, target, offset) in rows {
         let f = record("conn-x", user, target, target.unwrap_or("10.0.0.1"));
         let id = match target {
-            Some(_) => audit.forward_open(&f, "10.0.1.5:22").await.unwrap(),
+            Some(_) => audit
+                .forward_open(f, "10.0.1.5:22")
+                .await
+                .unwrap()
+                .leave_open(),
             None => {
                 audit
-                    .forward_refused(&f, "denied", "target_not_allowed")
+                    .forward_refused(&f, ForwardResult::Denied, Refusal::UnknownTarget)
                     .await;
                 let all = sessions(store, SessionFilter::default()).await;
                 all.iter().map(|r| r.id).max().unwrap()
@@ -713,7 +731,7 @@ async fn some_events(store: &Store) {
         event_at(EventKind::AuthFailure, T0 + 2 * SECOND)
             .connection("c2", src)
             .user("bob")
-            .reason("unknown_key"),
+            .reason(AuthFailure::UnknownKey),
     );
     audit.emit(event_at(EventKind::ConnectionOpen, T0).connection("c1", src));
     audit.emit(
@@ -728,7 +746,7 @@ async fn some_events(store: &Store) {
         event_at(EventKind::ConnectionClose, T0 + 4 * SECOND)
             .connection("c1", src)
             .user("alice")
-            .reason("client_closed"),
+            .reason(CloseReason::ClientClosed),
     );
     flush(audit, writer).await;
 }
@@ -998,7 +1016,8 @@ async fn connection_open_login_close() {
                     src,
                     Event::new(EventKind::AuthSuccess).detail("key_fingerprint", "SHA256:x"),
                     "alice",
-                    "certificate",
+                    crate::reasons::AuthMethod::Certificate,
+                    0.25,
                 )
                 .await,
             "the login's row is stored before login() returns"
@@ -1007,7 +1026,7 @@ async fn connection_open_login_close() {
             "c1",
             src,
             Some("alice"),
-            "client_closed",
+            CloseReason::ClientClosed,
             Duration::from_secs(3),
             Some("SSH-2.0-OpenSSH_9.2p1"),
         );
@@ -1017,7 +1036,7 @@ async fn connection_open_login_close() {
             "c2",
             src,
             None,
-            "login_timeout",
+            CloseReason::LoginTimeout,
             Duration::from_secs(300),
             None,
         );
@@ -1060,7 +1079,7 @@ async fn connection_open_login_close() {
         assert_eq!(rows[1].user.as_deref(), Some("alice"));
         assert_eq!(
             rows[1].detail,
-            json!({"key_fingerprint": "SHA256:x", "method": "certificate"})
+            json!({"key_fingerprint": "SHA256:x", "method": "certificate", "login_seconds": 0.25})
         );
         assert_eq!(rows[2].user.as_deref(), Some("alice"));
         assert_eq!(rows[2].reason.as_deref(), Some("client_closed"));
@@ -1091,22 +1110,33 @@ async fn mark_interrupted_closes_only_open_forwards_of_the_node() {
         let (a, a_writer) = Audit::start(store.clone(), "node-a".into());
         let (b, b_writer) = Audit::start(store.clone(), "node-b".into());
         let f = record("conn-a", "alice", Some("db-1"), "db-1");
-        let open_a = a.forward_open(&f, "10.0.1.5:22").await.unwrap();
-        let closed_a = a.forward_open(&f, "10.0.1.5:22").await.unwrap();
-        a.forward_close(closed_a, &f, 1, 2, "client_closed", Duration::ZERO)
+        let open_a = a.forward_open(f.clone(), "10.0.1.5:22").await.unwrap();
+        let open_a = open_a.leave_open();
+        let fw = a.forward_open(f.clone(), "10.0.1.5:22").await.unwrap();
+        let closed_a = fw.id();
+        let fw = fw
+            .dialled("10.0.1.5:22".parse().unwrap(), "10.0.1.5:22")
             .await;
-        let failed_a = a.forward_open(&f, "10.0.1.5:22").await.unwrap();
-        a.forward_failed(failed_a, &f, "connect_refused").await;
-        a.forward_refused(&f, "denied", "user_not_allowed").await;
+        let totals = Totals {
+            to_target: 1,
+            from_target: 2,
+        };
+        fw.closed(totals, ForwardStop::Closed.into()).await;
+        let fw = a.forward_open(f.clone(), "10.0.1.5:22").await.unwrap();
+        let failed_a = fw.id();
+        fw.failed(ForwardStop::ConnectRefused.into()).await;
+        a.forward_refused(&f, ForwardResult::Denied, Refusal::UserNotAllowed)
+            .await;
         let g = record("conn-b", "bob", Some("db-1"), "db-1");
-        let open_b = b.forward_open(&g, "10.0.1.5:22").await.unwrap();
+        let open_b = b.forward_open(g, "10.0.1.5:22").await.unwrap();
+        let open_b = open_b.leave_open();
         a.connection_open("conn-a", source());
         a.connection_open("conn-a2", source());
         a.connection_close(
             "conn-a2",
             source(),
             None,
-            "client_closed",
+            CloseReason::ClientClosed,
             Duration::ZERO,
             None,
         );
@@ -1161,7 +1191,11 @@ async fn store_open_twice_is_fine() {
         let first = Store::open(&url).await.unwrap();
         let (audit, writer) = Audit::start(first.clone(), "node-a".into());
         let f = record("conn-1", "alice", Some("db-1"), "db-1");
-        let id = audit.forward_open(&f, "10.0.1.5:22").await.unwrap();
+        let id = audit
+            .forward_open(f.clone(), "10.0.1.5:22")
+            .await
+            .unwrap()
+            .leave_open();
         flush(audit, writer).await;
 
         // A second open (restart, or a CLI command) while the first is live.
@@ -1186,7 +1220,11 @@ async fn store_open_twice_is_fine() {
         assert_eq!(applied as usize, files);
         // And the new pool writes too.
         let (audit, writer) = Audit::start(second.clone(), "node-a".into());
-        let id2 = audit.forward_open(&f, "10.0.1.5:22").await.unwrap();
+        let id2 = audit
+            .forward_open(f, "10.0.1.5:22")
+            .await
+            .unwrap()
+            .leave_open();
         flush(audit, writer).await;
         assert!(id2 > id);
         assert_eq!(sessions(&first, SessionFilter::default()).await.len(), 2);
@@ -1223,7 +1261,11 @@ async fn concurrent_store_open_on_fresh_postgres() {
         for (i, store) in stores.iter().enumerate() {
             let (audit, writer) = Audit::start(store.clone(), format!("node-{i}"));
             let f = record(&format!("conn-{i}"), "alice", Some("db-1"), "db-1");
-            audit.forward_open(&f, "10.0.1.5:22").await.unwrap();
+            audit
+                .forward_open(f, "10.0.1.5:22")
+                .await
+                .unwrap()
+                .leave_open();
             flush(audit, writer).await;
         }
         assert_eq!(
@@ -1269,7 +1311,7 @@ async fn a_nul_in_the_client_version_keeps_the_close_row() {
             "c-nul",
             src,
             Some("alice"),
-            "client_closed",
+            CloseReason::ClientClosed,
             Duration::from_secs(1),
             Some("SSH-2.0-evil\0x\u{202E}"),
         );
@@ -1299,13 +1341,13 @@ async fn a_nul_byte_in_client_text_loses_no_other_record() {
             Event::new(EventKind::AuthFailure)
                 .connection("c1", src)
                 .user("evil\0user")
-                .reason("invalid_user_name"),
+                .reason(AuthFailure::InvalidUserName),
         );
         audit.emit(
             Event::new(EventKind::AuthFailure)
                 .connection("c1", src)
                 .user("alice")
-                .reason("unknown_key"),
+                .reason(AuthFailure::UnknownKey),
         );
         drop(audit);
         writer.await.unwrap();
@@ -1330,7 +1372,7 @@ async fn a_nul_byte_in_a_denied_host_keeps_the_row() {
         let (audit, writer) = Audit::start(store.clone(), "node-a".into());
         let f = record("c1", "alice", None, "db-1\0.evil");
         audit
-            .forward_refused(&f, "denied", "target_not_allowed")
+            .forward_refused(&f, ForwardResult::Denied, Refusal::UnknownTarget)
             .await;
         let dropped = audit.dropped();
         drop(audit);
@@ -1350,30 +1392,27 @@ async fn retention_prunes_old_rows_but_never_open_forwards() {
     on_each_store(|store| async move {
         let (audit, writer) = Audit::start(store.clone(), "node-r".into());
         // Two forwards: one long over, one still open; both started long ago.
-        let old = audit
+        let fw = audit
             .forward_open(
-                &record("c-old", "alice", Some("db-1"), "db-1"),
+                record("c-old", "alice", Some("db-1"), "db-1"),
                 "10.0.0.1:22",
             )
             .await
             .unwrap();
-        audit
-            .forward_close(
-                old,
-                &record("c-old", "alice", Some("db-1"), "db-1"),
-                1,
-                2,
-                "closed",
-                Duration::from_secs(1),
-            )
+        let old = fw.id();
+        let fw = fw
+            .dialled("10.0.0.1:22".parse().unwrap(), "10.0.0.1:22")
             .await;
+        let totals = Totals {
+            to_target: 1,
+            from_target: 2,
+        };
+        fw.closed(totals, ForwardStop::Closed.into()).await;
         let open = audit
-            .forward_open(
-                &record("c-open", "bob", Some("db-1"), "db-1"),
-                "10.0.0.1:22",
-            )
+            .forward_open(record("c-open", "bob", Some("db-1"), "db-1"), "10.0.0.1:22")
             .await
-            .unwrap();
+            .unwrap()
+            .leave_open();
         audit.emit(event_at(EventKind::AuthFailure, 1_000));
         audit.emit(event_at(EventKind::AuthSuccess, 9_000_000_000_000_000));
         flush(audit, writer).await;

@@ -11,7 +11,7 @@ use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::{Algorithm, Certificate, Fingerprint, HashAlg};
 
 use super::AuthFailure;
-use super::revocation::RevocationList;
+use crate::revocation::RevocationList;
 
 /// The only critical option portvakt understands. Any other one is refused,
 /// as PROTOCOL.certkeys requires of a server that does not know it.

@@ -179,9 +179,10 @@ pub async fn revoke(
     store: &Store,
     id: Option<i64>,
     user: Option<&str>,
-    reason: &str,
+    reason: crate::reasons::EventReason,
 ) -> Result<Vec<Grant>, sqlx::Error> {
     let now = now_micros();
+    let reason = reason.as_str();
     let returning = "RETURNING id, user_name, key_fingerprint, groups, method, node, source, created_at, expires_at, revoked_at, revoked_reason";
     let q = match (id, user) {
         (Some(id), _) => sqlx::query(sqlx::AssertSqlSafe(format!(

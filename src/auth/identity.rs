@@ -1,7 +1,6 @@
 //! Who a connection is, once a login succeeded. Only `auth` makes one.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::SystemTime;
 
 use russh::keys::ssh_key::{Certificate, public::KeyData};
@@ -9,61 +8,7 @@ use russh::keys::ssh_key::{Certificate, public::KeyData};
 use crate::config::Config;
 use crate::policy::Subject;
 
-/// How the connection logged in; the names are the `auth_method` values of
-/// the audit trail (DESIGN.md §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AuthMethod {
-    /// An OpenSSH user certificate from a trusted CA.
-    Certificate,
-    /// A still-valid login grant for the key the client proved it holds.
-    Grant,
-    /// A `[[users]]` key followed by TOTP.
-    PublickeyTotp,
-    /// IdP device-flow login followed by TOTP.
-    OidcTotp,
-    /// IdP login whose ID token shows MFA (`trust_idp_amr`).
-    Oidc,
-    /// A `[[users]]` key of a service account (`mfa = "none"`).
-    Publickey,
-}
-
-impl AuthMethod {
-    pub const ALL: [AuthMethod; 6] = [
-        AuthMethod::Certificate,
-        AuthMethod::Grant,
-        AuthMethod::PublickeyTotp,
-        AuthMethod::OidcTotp,
-        AuthMethod::Oidc,
-        AuthMethod::Publickey,
-    ];
-
-    /// The method of this name (as stored on grants).
-    pub fn parse(name: &str) -> Option<AuthMethod> {
-        Self::ALL.into_iter().find(|m| m.as_str() == name)
-    }
-
-    /// Did the IdP take part in this login?
-    pub fn is_idp(self) -> bool {
-        matches!(self, AuthMethod::OidcTotp | AuthMethod::Oidc)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::Certificate => "certificate",
-            AuthMethod::Grant => "grant",
-            AuthMethod::PublickeyTotp => "publickey+totp",
-            AuthMethod::OidcTotp => "oidc+totp",
-            AuthMethod::Oidc => "oidc",
-            AuthMethod::Publickey => "publickey",
-        }
-    }
-}
-
-impl fmt::Display for AuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::reasons::AuthMethod;
 
 /// What the client proved it holds, kept so that a reload can ask whether
 /// the new config would still let it in.
@@ -182,10 +127,15 @@ impl Identity {
             .user(&self.user)
             .into_iter()
             .flat_map(|u| u.groups.iter());
-        Subject::new(
+        let subject = Subject::new(
             self.user.clone(),
             self.idp_groups.iter().chain(from_config).cloned(),
-        )
+        );
+        if self.may_forward {
+            subject
+        } else {
+            subject.without_forwarding()
+        }
     }
     pub fn grant_method(&self) -> Option<AuthMethod> {
         self.grant_method

@@ -10,8 +10,8 @@ pub mod grants;
 mod identity;
 pub mod interactive;
 pub mod lockout;
+pub mod login;
 pub mod oidc;
-pub mod revocation;
 pub mod totp;
 
 use std::collections::BTreeSet;
@@ -68,117 +68,79 @@ pub enum KeyOutcome {
 /// A grant lookup may wait this long for the database.
 const GRANT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Why a login attempt was refused. Stable names: audit reason, log field,
-/// metric label, test assertion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AuthFailure {
-    /// The user is in `deny_users` (root by default).
-    UserDenied,
-    /// Empty, overlong or non-printable user name.
-    InvalidUserName,
-    PasswordRefused,
-    CertificateUntrustedCa,
-    /// A host certificate offered as a user certificate.
-    CertificateNotUser,
-    CertificatePrincipalMismatch,
-    CertificateExpired,
-    CertificateNotYetValid,
-    CertificateBadSignature,
-    CertificateSourceAddress,
-    CertificateCriticalOption,
-    CertificateRevoked,
-    KeyRevoked,
-    /// A key nobody configured. Not a failure for brute-force counting:
-    /// clients offer every key they have.
-    UnknownKey,
-    /// `ssh-rsa` (SHA-1) signatures, and certificates signed by an `ssh-rsa`
-    /// or DSA CA.
-    WeakAlgorithm,
-    /// The client's signature does not verify against the key it named.
-    SignatureInvalid,
-    /// The signature's algorithm is not the one the request named.
-    SignatureAlgorithmMismatch,
-    /// A FIDO (`sk-*`) signature that says nobody touched the key, and no
-    /// certificate may waive that (`auth.allow_no_touch_required`).
-    SkUserPresenceMissing,
-    /// The key belongs to a `[[users]]` entry that needs a TOTP step.
-    TotpRequired,
-    TooManyAttempts,
-    /// Keyboard-interactive asked for, but there is nothing to ask (no IdP,
-    /// no TOTP user).
-    InteractiveUnavailable,
-    IdpUnreachable,
-    IdpMisconfigured,
-    IdpAccessDenied,
-    IdpCodeExpired,
-    IdpError,
-    IdpTokenInvalid,
-    /// The IdP's user name differs from the SSH user name.
-    IdpUserMismatch,
-    /// This connection already started the most device flows it may, or its
-    /// source or this node started too many in the last minute.
-    IdpFlowLimit,
-    /// An IdP login was asked for before the client proved it holds a key.
-    KeyRequired,
-    /// An IdP login for a name whose `[[users]]` entry has keys: such an
-    /// account logs in with its keys only.
-    IdpKeyAccount,
-    TotpInvalid,
-    TotpReplayed,
-    TotpNotEnrolled,
-    /// Too many wrong TOTP codes for this user: the TOTP step is locked.
-    TotpLocked,
-    /// The database did not answer: logins that need it fail closed.
-    DatabaseUnavailable,
-    /// An IdP login (or a grant made by one) while `[oidc]` is not
-    /// configured (any more).
-    IdpDisabled,
+crate::reasons::reason_enum! {
+    /// Why a login attempt was refused. Stable names: audit reason, log field,
+    /// metric label, test assertion.
+    pub enum AuthFailure {
+        /// The user is in `deny_users` (root by default).
+        UserDenied = "user_denied",
+        /// Empty, overlong or non-printable user name.
+        InvalidUserName = "invalid_user_name",
+        PasswordRefused = "password_refused",
+        CertificateUntrustedCa = "certificate_untrusted_ca",
+        /// A host certificate offered as a user certificate.
+        CertificateNotUser = "certificate_not_user",
+        CertificatePrincipalMismatch = "certificate_principal_mismatch",
+        CertificateExpired = "certificate_expired",
+        CertificateNotYetValid = "certificate_not_yet_valid",
+        CertificateBadSignature = "certificate_bad_signature",
+        CertificateSourceAddress = "certificate_source_address",
+        CertificateCriticalOption = "certificate_critical_option",
+        CertificateRevoked = "certificate_revoked",
+        KeyRevoked = "key_revoked",
+        /// A key nobody configured. Not a failure for brute-force counting:
+        /// clients offer every key they have.
+        UnknownKey = "unknown_key",
+        /// `ssh-rsa` (SHA-1) signatures, and certificates signed by an `ssh-rsa`
+        /// or DSA CA.
+        WeakAlgorithm = "weak_algorithm",
+        /// The client's signature does not verify against the key it named.
+        SignatureInvalid = "signature_invalid",
+        /// The signature's algorithm is not the one the request named.
+        SignatureAlgorithmMismatch = "signature_algorithm_mismatch",
+        /// A FIDO (`sk-*`) signature that says nobody touched the key, and no
+        /// certificate may waive that (`auth.allow_no_touch_required`).
+        SkUserPresenceMissing = "sk_user_presence_missing",
+        /// The key belongs to a `[[users]]` entry that needs a TOTP step.
+        TotpRequired = "totp_required",
+        TooManyAttempts = "too_many_attempts",
+        /// Keyboard-interactive asked for, but there is nothing to ask (no IdP,
+        /// no TOTP user).
+        InteractiveUnavailable = "interactive_unavailable",
+        IdpUnreachable = "idp_unreachable",
+        IdpMisconfigured = "idp_misconfigured",
+        IdpAccessDenied = "idp_access_denied",
+        IdpCodeExpired = "idp_code_expired",
+        IdpError = "idp_error",
+        IdpTokenInvalid = "idp_token_invalid",
+        /// The IdP's user name differs from the SSH user name.
+        IdpUserMismatch = "idp_user_mismatch",
+        /// This connection already started the most device flows it may, or its
+        /// source or this node started too many in the last minute.
+        IdpFlowLimit = "idp_flow_limit",
+        /// An IdP login was asked for before the client proved it holds a key.
+        KeyRequired = "key_required",
+        /// An IdP login for a name whose `[[users]]` entry has keys: such an
+        /// account logs in with its keys only.
+        IdpKeyAccount = "idp_key_account",
+        TotpInvalid = "totp_invalid",
+        TotpReplayed = "totp_replayed",
+        TotpNotEnrolled = "totp_not_enrolled",
+        /// Too many wrong TOTP codes for this user: the TOTP step is locked.
+        TotpLocked = "totp_locked",
+        /// The database did not answer: logins that need it fail closed.
+        DatabaseUnavailable = "database_unavailable",
+        /// An IdP login (or a grant made by one) while `[oidc]` is not
+        /// configured (any more).
+        IdpDisabled = "idp_disabled",
+        /// The client left (or was ended) without finishing a login and
+        /// without any refusal recorded: gave up at a prompt, or had no
+        /// usable key.
+        LoginIncomplete = "login_incomplete",
+    }
 }
 
 impl AuthFailure {
-    pub fn as_str(self) -> &'static str {
-        use AuthFailure::*;
-        match self {
-            UserDenied => "user_denied",
-            InvalidUserName => "invalid_user_name",
-            PasswordRefused => "password_refused",
-            CertificateUntrustedCa => "certificate_untrusted_ca",
-            CertificateNotUser => "certificate_not_user",
-            CertificatePrincipalMismatch => "certificate_principal_mismatch",
-            CertificateExpired => "certificate_expired",
-            CertificateNotYetValid => "certificate_not_yet_valid",
-            CertificateBadSignature => "certificate_bad_signature",
-            CertificateSourceAddress => "certificate_source_address",
-            CertificateCriticalOption => "certificate_critical_option",
-            CertificateRevoked => "certificate_revoked",
-            KeyRevoked => "key_revoked",
-            UnknownKey => "unknown_key",
-            WeakAlgorithm => "weak_algorithm",
-            SignatureInvalid => "signature_invalid",
-            SignatureAlgorithmMismatch => "signature_algorithm_mismatch",
-            SkUserPresenceMissing => "sk_user_presence_missing",
-            TotpRequired => "totp_required",
-            TooManyAttempts => "too_many_attempts",
-            InteractiveUnavailable => "interactive_unavailable",
-            IdpUnreachable => "idp_unreachable",
-            IdpMisconfigured => "idp_misconfigured",
-            IdpAccessDenied => "idp_access_denied",
-            IdpCodeExpired => "idp_code_expired",
-            IdpError => "idp_error",
-            IdpTokenInvalid => "idp_token_invalid",
-            IdpUserMismatch => "idp_user_mismatch",
-            IdpFlowLimit => "idp_flow_limit",
-            KeyRequired => "key_required",
-            IdpKeyAccount => "idp_key_account",
-            TotpInvalid => "totp_invalid",
-            TotpReplayed => "totp_replayed",
-            TotpNotEnrolled => "totp_not_enrolled",
-            TotpLocked => "totp_locked",
-            DatabaseUnavailable => "database_unavailable",
-            IdpDisabled => "idp_disabled",
-        }
-    }
-
     /// Does this refusal count towards brute-force protection? Unknown keys
     /// do not (clients offer every key they have), nor do failures that are
     /// not the user's doing.
@@ -193,6 +155,7 @@ impl AuthFailure {
                 | AuthFailure::InteractiveUnavailable
                 | AuthFailure::IdpDisabled
                 | AuthFailure::KeyRequired
+                | AuthFailure::LoginIncomplete
         )
     }
 
@@ -218,12 +181,6 @@ impl From<SignatureRefusal> for AuthFailure {
             // signature did not do.
             _ => AuthFailure::SignatureInvalid,
         }
-    }
-}
-
-impl std::fmt::Display for AuthFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

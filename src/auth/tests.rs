@@ -15,9 +15,9 @@ use russh::keys::ssh_key::public::{KeyData, RsaPublicKey};
 use russh::keys::ssh_key::{Algorithm, Certificate, HashAlg, PrivateKey, Signature, SigningKey};
 
 use super::certificate::{self, CertPolicy};
-use super::revocation::RevocationList;
 use super::{AuthFailure, AuthMethod, Authenticator};
 use crate::config::Config;
+use crate::revocation::RevocationList;
 
 /// The tests' "now": 2027-01-15T08:00:00Z.
 const NOW_S: u64 = 1_800_000_000;

@@ -6,6 +6,7 @@ use super::{Outcome, print_json};
 use crate::audit::{Audit, Event, EventKind};
 use crate::auth::grants::{self, GrantRow};
 use crate::config::Config;
+use crate::reasons::EventReason;
 use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
@@ -61,11 +62,17 @@ pub async fn run(cmd: &GrantsCmd, cfg: &Config, store: &Store) -> Outcome {
             }
         }
         GrantsCmd::Revoke { id, user } => {
-            let revoked =
-                match grants::revoke(store, *id, user.as_deref(), "revoked_by_admin").await {
-                    Ok(r) => r,
-                    Err(e) => return Outcome::Failed(e.to_string()),
-                };
+            let revoked = match grants::revoke(
+                store,
+                *id,
+                user.as_deref(),
+                EventReason::RevokedByAdmin,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
             if revoked.is_empty() {
                 return Outcome::Failed(match (id, user) {
                     (Some(id), _) => format!("no valid grant {id}"),
@@ -79,7 +86,7 @@ pub async fn run(cmd: &GrantsCmd, cfg: &Config, store: &Store) -> Outcome {
                 audit.emit(
                     Event::new(EventKind::GrantRevoke)
                         .user(g.user.clone())
-                        .reason("revoked_by_admin")
+                        .reason(EventReason::RevokedByAdmin)
                         .detail("grant_id", g.id)
                         .detail("key_fingerprint", g.key_fingerprint.clone()),
                 );

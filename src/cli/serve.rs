@@ -7,6 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 use super::Outcome;
 use crate::config::{Config, LogFormat};
+use crate::server::Control;
+use tokio::signal::unix::{SignalKind, signal};
 
 pub fn run(path: &Path) -> Outcome {
     let cfg = match Config::load(path) {
@@ -24,7 +26,10 @@ pub fn run(path: &Path) -> Outcome {
         Ok(rt) => rt,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
-    let result = rt.block_on(crate::server::run(cfg));
+    let result = rt.block_on(async {
+        let control = signals()?;
+        crate::server::run(cfg, control).await
+    });
     // Tasks still running (a stuck peer, say) must not keep the process.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
@@ -34,6 +39,27 @@ pub fn run(path: &Path) -> Outcome {
             Outcome::Failed(format!("{e:#}"))
         }
     }
+}
+
+/// SIGHUP reloads the config; SIGTERM and SIGINT stop the server.
+fn signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<Control>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let what = tokio::select! {
+                _ = term.recv() => Control::Shutdown,
+                _ = int.recv() => Control::Shutdown,
+                _ = hup.recv() => Control::Reload,
+            };
+            if tx.send(what).await.is_err() || what == Control::Shutdown {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// JSON lines to stderr (for Loki, Splunk, journald), or a readable format on

@@ -17,8 +17,8 @@ use arc_swap::ArcSwap;
 
 use russh::keys::ssh_key::{Fingerprint, public::KeyData};
 
-use crate::auth::revocation::RevocationList;
 use crate::policy::Policy;
+use crate::revocation::RevocationList;
 
 /// Where `portvakt` looks when `--config` and `$PORTVAKT_CONFIG` are absent.
 pub const DEFAULT_PATH: &str = "/etc/portvakt/portvakt.toml";
@@ -232,4 +232,21 @@ pub struct UserEntry {
     pub groups: Vec<String>,
     pub keys: Vec<KeyData>,
     pub mfa: UserMfa,
+}
+
+/// Is `url` https, or plain http to this machine (a local test IdP)?
+pub fn is_secure_url(url: &str) -> bool {
+    let Ok(u) = openidconnect::url::Url::parse(url) else {
+        return false;
+    };
+    match u.scheme() {
+        "https" => u.host().is_some(),
+        "http" => match u.host() {
+            Some(openidconnect::url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(openidconnect::url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(openidconnect::url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        },
+        _ => false,
+    }
 }

@@ -19,6 +19,7 @@ use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
 
 use crate::policy::Authorized;
+use crate::reasons::{ForwardEnd, ForwardStop};
 
 /// Bytes read from a target per step: one SSH packet's worth (the client's
 /// direction needs no buffer of ours: its packets are written as they come).
@@ -46,11 +47,21 @@ pub enum DialError {
 }
 
 impl DialError {
-    pub fn as_str(&self) -> &'static str {
+    /// The forward's close reason.
+    pub fn reason(&self) -> ForwardStop {
         match self {
-            DialError::Refused => "connect_refused",
-            DialError::Timeout => "connect_timeout",
-            DialError::Failed(_) => "connect_failed",
+            DialError::Refused => ForwardStop::ConnectRefused,
+            DialError::Timeout => ForwardStop::ConnectTimeout,
+            DialError::Failed(_) => ForwardStop::ConnectFailed,
+        }
+    }
+
+    /// What the client is told.
+    pub fn user_text(&self) -> &'static str {
+        match self {
+            DialError::Refused => "connection refused",
+            DialError::Timeout => "no answer in time",
+            DialError::Failed(_) => "cannot connect",
         }
     }
 }
@@ -101,7 +112,7 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// The connection's end (certificate expiry, `max_duration`), with the
     /// reason to record when it is reached.
-    pub deadline: Option<(Instant, &'static str)>,
+    pub deadline: Option<(Instant, ForwardEnd)>,
 }
 
 impl Limits {
@@ -122,21 +133,21 @@ pub enum End {
     /// client had bytes for it.
     WriteTimeout,
     /// The deadline of [`Limits`] was reached.
-    Deadline(&'static str),
+    Deadline(ForwardEnd),
     /// The connection ended or the server is shutting down.
-    Cancelled(&'static str),
+    Cancelled(ForwardEnd),
     /// A read or write failed (reset by a peer, for instance).
     Error(String),
 }
 
 impl End {
-    pub fn reason(&self) -> &str {
+    pub fn reason(&self) -> ForwardEnd {
         match self {
-            End::Closed => "closed",
-            End::IdleTimeout => "idle_timeout",
-            End::WriteTimeout => "write_timeout",
-            End::Deadline(r) | End::Cancelled(r) => r,
-            End::Error(_) => "error",
+            End::Closed => ForwardStop::Closed.into(),
+            End::IdleTimeout => ForwardStop::IdleTimeout.into(),
+            End::WriteTimeout => ForwardStop::WriteTimeout.into(),
+            End::Deadline(r) | End::Cancelled(r) => *r,
+            End::Error(_) => ForwardStop::Error.into(),
         }
     }
 }
@@ -165,7 +176,7 @@ pub async fn pump(
     target: TcpStream,
     limits: &Limits,
     cancel: &CancellationToken,
-    cancel_reason: impl Fn() -> &'static str,
+    cancel_reason: impl Fn() -> ForwardEnd,
     counters: &Counters,
 ) -> End {
     let start = Instant::now();

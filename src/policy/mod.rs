@@ -21,6 +21,8 @@ pub use target::{Destination, Target, canonical_ip, is_dns_name, is_legacy_ipv4,
 pub struct Subject {
     user: String,
     groups: BTreeSet<String>,
+    /// False when the login's certificate lacks `permit-port-forwarding`.
+    may_forward: bool,
 }
 
 impl Subject {
@@ -28,7 +30,14 @@ impl Subject {
         Subject {
             user: user.into(),
             groups: groups.into_iter().collect(),
+            may_forward: true,
         }
+    }
+    /// The login itself forbids forwarding (a certificate without
+    /// `permit-port-forwarding`): every request is refused.
+    pub fn without_forwarding(mut self) -> Self {
+        self.may_forward = false;
+        self
     }
     pub fn user(&self) -> &str {
         &self.user
@@ -76,40 +85,30 @@ impl Policy {
     }
 }
 
-/// Why a forward request was refused. The snake_case name is the audit
-/// reason, the log field and the metric label.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("unknown_target")]
-    UnknownTarget,
-    #[error("address_not_allowed")]
-    AddressNotAllowed,
-    #[error("port_not_allowed")]
-    PortNotAllowed,
-    #[error("user_not_allowed")]
-    UserNotAllowed,
-    /// The target is allowed but its host name does not resolve.
-    #[error("resolve_failed")]
-    ResolveFailed,
+crate::reasons::reason_enum! {
+    /// Why a forward request was refused. The snake_case name is the audit
+    /// reason, the log field and the metric label.
+    pub enum Refusal {
+        /// The login's certificate does not permit port forwarding.
+        ForwardingNotPermitted = "certificate_no_port_forwarding",
+        UnknownTarget = "unknown_target",
+        AddressNotAllowed = "address_not_allowed",
+        PortNotAllowed = "port_not_allowed",
+        UserNotAllowed = "user_not_allowed",
+        /// The target is allowed but its host name does not resolve.
+        ResolveFailed = "resolve_failed",
+    }
 }
 
-impl Refusal {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Refusal::UnknownTarget => "unknown_target",
-            Refusal::AddressNotAllowed => "address_not_allowed",
-            Refusal::PortNotAllowed => "port_not_allowed",
-            Refusal::UserNotAllowed => "user_not_allowed",
-            Refusal::ResolveFailed => "resolve_failed",
-        }
-    }
+impl std::error::Error for Refusal {}
 
+impl Refusal {
     /// `denied` for policy refusals, `failed` when the request was allowed
     /// but could not be carried out.
-    pub fn result(&self) -> &'static str {
+    pub fn result(self) -> crate::reasons::ForwardResult {
         match self {
-            Refusal::ResolveFailed => "failed",
-            _ => "denied",
+            Refusal::ResolveFailed => crate::reasons::ForwardResult::Failed,
+            _ => crate::reasons::ForwardResult::Denied,
         }
     }
 }
@@ -196,6 +195,9 @@ pub async fn decide<R: Resolver>(
     req: &Request<'_>,
     resolver: &R,
 ) -> Result<Authorized, Denied> {
+    if !id.may_forward {
+        return Err(Refusal::ForwardingNotPermitted.on(None));
+    }
     let port = u16::try_from(req.port).ok().filter(|p| *p != 0);
 
     if let Some(ip) = canonical_ip(req.host) {

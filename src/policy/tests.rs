@@ -276,7 +276,7 @@ fn resolution_failure_fails_closed() {
     .unwrap_err()
     .reason;
     assert_eq!(e, Refusal::ResolveFailed);
-    assert_eq!(e.result(), "failed");
+    assert_eq!(e.result().as_str(), "failed");
 }
 
 #[test]

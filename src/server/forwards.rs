@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Identity;
 use crate::config::Config;
 use crate::policy::{self, Refusal, Request, SystemResolver};
+use crate::reasons::{ForwardEnd, ForwardStop};
 
 /// One running forward.
 #[derive(Debug)]
@@ -20,15 +21,15 @@ pub struct LiveForward {
     /// Ends this forward only (a child of its connection's token).
     pub cancel: CancellationToken,
     /// Why it was ended from outside, if it was.
-    reason: OnceLock<&'static str>,
+    reason: OnceLock<ForwardEnd>,
 }
 
 impl LiveForward {
-    pub fn close(&self, reason: &'static str) {
+    pub fn close(&self, reason: ForwardEnd) {
         let _ = self.reason.set(reason);
         self.cancel.cancel();
     }
-    pub fn reason(&self) -> Option<&'static str> {
+    pub fn reason(&self) -> Option<ForwardEnd> {
         self.reason.get().copied()
     }
 }
@@ -114,7 +115,7 @@ impl Forwards {
             // A name that no longer resolves is not a policy change: keep it.
             let refused = matches!(verdict, Err(ref d) if d.reason != Refusal::ResolveFailed);
             if denied_user || refused {
-                f.close("config_reload");
+                f.close(ForwardStop::ConfigReload.into());
                 closed += 1;
             }
         }

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::connection::ConnCtx;
+use super::conn::ConnCtx;
 use crate::auth::grants;
 use crate::clock::now_micros;
+use crate::reasons::CloseReason;
 use crate::store::Store;
 
 /// How often the database is asked for new revocations.
@@ -42,7 +43,7 @@ impl GrantWatch {
             .unwrap_or_default();
         let mut n = 0;
         for c in conns.iter().filter_map(Weak::upgrade) {
-            c.close("grant_revoked");
+            c.close(CloseReason::GrantRevoked);
             n += 1;
         }
         n
@@ -59,7 +60,7 @@ impl GrantWatch {
         let mut n = 0;
         for c in conns.iter().filter_map(Weak::upgrade) {
             if !Arc::ptr_eq(&c, keep) {
-                c.close("grant_revoked");
+                c.close(CloseReason::GrantRevoked);
                 n += 1;
             }
         }

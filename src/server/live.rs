@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use super::connection::ConnCtx;
+use super::conn::ConnCtx;
 
 #[derive(Debug, Default)]
 pub struct LiveConnections {

@@ -1,8 +1,10 @@
-//! The SSH side: listener (accept loop, limits, shutdown), one russh handler
-//! per connection, and the channel logic behind it.
+//! The SSH side, by lifecycle: [`runtime`] (the composition root: start,
+//! serve until told to stop, drain), [`listener`] (accept and admit), `conn`
+//! (one connection: driver, handler, forward task, session text), and what
+//! the connections share: reload, live connections and forwards, grant
+//! revocation, refusals before the handshake. See docs/ARCHITECTURE.md.
 
-mod channel;
-mod connection;
+mod conn;
 mod forwards;
 mod grant_watch;
 pub mod hostkey;
@@ -10,9 +12,9 @@ mod limits;
 mod listener;
 mod live;
 mod proxy;
-pub(crate) mod refusals;
+mod refusals;
 mod reload;
-mod session_text;
+mod runtime;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, compression, kex, m
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use listener::run;
+pub use runtime::{Control, run};
 
 use crate::audit::Audit;
 use crate::auth::Services;

@@ -17,42 +17,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, Event, EventKind};
+use crate::reasons::ConnRefusal;
 
 /// How often counted refusals are written.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Sources tracked one by one.
 pub const MAX_SOURCES: usize = 4096;
-
-/// Why a connection was refused before the handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
-    Banned,
-    MaxConnections,
-    MaxUnauthenticated,
-    MaxUnauthenticatedPerSource,
-    /// A trusted balancer's connection without a valid PROXY header.
-    ProxyHeader,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 5] = [
-        Refusal::Banned,
-        Refusal::MaxConnections,
-        Refusal::MaxUnauthenticated,
-        Refusal::MaxUnauthenticatedPerSource,
-        Refusal::ProxyHeader,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::Banned => "banned",
-            Refusal::MaxConnections => "max_connections",
-            Refusal::MaxUnauthenticated => "max_unauthenticated",
-            Refusal::MaxUnauthenticatedPerSource => "max_unauthenticated_per_source",
-            Refusal::ProxyHeader => "proxy_header",
-        }
-    }
-}
 
 /// The overflow key: refusals of sources past [`MAX_SOURCES`].
 const OTHERS: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
@@ -67,14 +37,14 @@ struct Pending {
 
 #[derive(Debug, Default)]
 pub struct Refusals {
-    pending: Mutex<HashMap<(IpAddr, Refusal), Pending>>,
+    pending: Mutex<HashMap<(IpAddr, ConnRefusal), Pending>>,
 }
 
 impl Refusals {
     /// Count a refusal; write its row now if it is the first of this source
     /// and reason in the current window.
-    pub fn record(&self, audit: &Audit, peer: SocketAddr, why: Refusal) {
-        crate::metrics::get().connection_refused(why.as_str());
+    pub fn record(&self, audit: &Audit, peer: SocketAddr, why: ConnRefusal) {
+        crate::metrics::get().connection_refused(why);
         if let Some(ev) = self.count(peer, why) {
             audit.emit(ev);
         }
@@ -88,7 +58,7 @@ impl Refusals {
         }
     }
 
-    fn count(&self, peer: SocketAddr, why: Refusal) -> Option<Event> {
+    fn count(&self, peer: SocketAddr, why: ConnRefusal) -> Option<Event> {
         let ip = peer.ip().to_canonical();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let key = if pending.len() >= MAX_SOURCES && !pending.contains_key(&(ip, why)) {
@@ -141,9 +111,9 @@ impl Refusals {
     }
 }
 
-fn row(source: Option<SocketAddr>, why: Refusal, count: u64) -> Event {
+fn row(source: Option<SocketAddr>, why: ConnRefusal, count: u64) -> Event {
     let mut ev = Event::new(EventKind::ConnectionRefused)
-        .reason(why.as_str())
+        .reason(why)
         .detail("refused", count);
     match source {
         Some(peer) => ev.source = Some(peer.to_string()),
@@ -180,11 +150,11 @@ mod tests {
     fn first_refusal_is_written_at_once_and_the_rest_counted() {
         let r = Refusals::default();
         let now: Vec<Event> = [
-            (peer(1, 1000), Refusal::Banned),
-            (peer(1, 1001), Refusal::Banned),
-            (peer(1, 1002), Refusal::Banned),
-            (peer(1, 1003), Refusal::MaxConnections),
-            (peer(2, 1004), Refusal::Banned),
+            (peer(1, 1000), ConnRefusal::Banned),
+            (peer(1, 1001), ConnRefusal::Banned),
+            (peer(1, 1002), ConnRefusal::Banned),
+            (peer(1, 1003), ConnRefusal::MaxConnections),
+            (peer(2, 1004), ConnRefusal::Banned),
         ]
         .into_iter()
         .filter_map(|(p, why)| r.count(p, why))
@@ -205,10 +175,10 @@ mod tests {
         );
         // A counted bucket stays for one more window, then goes; after a
         // quiet window the next refusal is written at once again.
-        assert!(r.count(peer(1, 1005), Refusal::Banned).is_none());
+        assert!(r.count(peer(1, 1005), ConnRefusal::Banned).is_none());
         assert_eq!(rows(r.take()).len(), 1);
         assert!(r.take().is_empty());
-        assert!(r.count(peer(1, 1006), Refusal::Banned).is_some());
+        assert!(r.count(peer(1, 1006), ConnRefusal::Banned).is_some());
     }
 
     #[test]
@@ -217,7 +187,7 @@ mod tests {
         let written = (0..(MAX_SOURCES as u32 + 10))
             .filter_map(|i| {
                 let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-                r.count(SocketAddr::new(ip, 22), Refusal::MaxUnauthenticated)
+                r.count(SocketAddr::new(ip, 22), ConnRefusal::MaxUnauthenticated)
             })
             .count();
         assert_eq!(written, MAX_SOURCES);
@@ -237,7 +207,7 @@ mod tests {
     fn ipv4_mapped_sources_count_as_their_ipv4_address() {
         let r = Refusals::default();
         let mapped: SocketAddr = "[::ffff:10.0.0.1]:5".parse().unwrap();
-        assert!(r.count(peer(1, 4), Refusal::Banned).is_some());
-        assert!(r.count(mapped, Refusal::Banned).is_none());
+        assert!(r.count(peer(1, 4), ConnRefusal::Banned).is_some());
+        assert!(r.count(mapped, ConnRefusal::Banned).is_none());
     }
 }

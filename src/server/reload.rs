@@ -12,6 +12,7 @@ use crate::audit::{Event, EventKind};
 use crate::auth::Authenticator;
 use crate::auth::oidc::Idp;
 use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::reasons::{CloseReason, EventReason};
 
 /// What a reload did.
 #[derive(Debug, Default)]
@@ -56,7 +57,7 @@ pub async fn reload(state: &ServerState) {
             state
                 .audit
                 .record(
-                    ev.reason("invalid_config")
+                    ev.reason(EventReason::InvalidConfig)
                         .detail("result", "rejected")
                         .detail("errors", errors.to_string()),
                 )
@@ -135,7 +136,7 @@ fn revalidate_logins(state: &ServerState, old: &Config, new: &Config) -> usize {
                 why = %why,
                 "login no longer allowed by the config; closing the connection"
             );
-            ctx.close("config_revoked");
+            ctx.close(CloseReason::ConfigRevoked);
             closed += 1;
         }
     }

@@ -36,6 +36,10 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+    /// The health probe found the database not answering: writes that must
+    /// succeed are refused without trying (fail closed).
+    #[error("database unavailable (health check failing)")]
+    Unhealthy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

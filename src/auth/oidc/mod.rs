@@ -28,6 +28,7 @@ use tokio::sync::RwLock;
 use tokio::time::Instant;
 
 use crate::config::OidcConfig;
+use crate::config::is_secure_url;
 
 /// Any single HTTP exchange with the IdP.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -480,24 +481,6 @@ where
     }
 }
 
-/// An error and its causes on one line.
-/// Is `url` https, or plain http to this machine (a local test IdP)?
-pub fn is_secure_url(url: &str) -> bool {
-    let Ok(u) = openidconnect::url::Url::parse(url) else {
-        return false;
-    };
-    match u.scheme() {
-        "https" => u.host().is_some(),
-        "http" => match u.host() {
-            Some(openidconnect::url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(openidconnect::url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(openidconnect::url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            None => false,
-        },
-        _ => false,
-    }
-}
-
 /// Refuse an endpoint the IdP announced that is not https (loopback
 /// excepted, as for the issuer).
 pub fn require_https(what: &str, url: &str) -> Result<(), OidcError> {
@@ -522,5 +505,4 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-#[path = "oidc_tests.rs"]
 mod tests;

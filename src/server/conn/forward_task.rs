@@ -1,0 +1,230 @@
+//! One `direct-tcpip` channel, off the session loop: decide (policy), open
+//! its audit row (before dialling: no row, no forward), dial, pump, close
+//! the row. A dead target never holds up the connection's other channels.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelOpenFailure};
+
+use super::ConnCtx;
+use crate::audit::{Audit, DialledForward, ForwardRecord, OpenForward, Totals};
+use crate::auth::Identity;
+use crate::config::{Config, SharedConfig};
+use crate::forward::{self, Counters, Limits};
+use crate::policy::{self, Authorized, Refusal, Request, SystemResolver};
+use crate::reasons::{ForwardRefusal, ForwardResult};
+use crate::server::forwards::{Forwards, Registered};
+
+/// Everything a forward task needs, moved off the session loop.
+pub struct ForwardJob {
+    pub audit: Audit,
+    /// This node's live forwards (reload re-checks them).
+    pub forwards: Arc<Forwards>,
+    /// The config in force; loaded when the decision is made.
+    pub config: SharedConfig,
+    pub ctx: Arc<ConnCtx>,
+    pub identity: Identity,
+    pub host: String,
+    pub port: u32,
+    pub channel: Channel<Msg>,
+    pub reply: ChannelOpenHandle,
+}
+
+/// Decide, audit (before dialling), dial, pump, audit the end.
+pub async fn forward(job: ForwardJob) {
+    // Registered before deciding: a reload from here on re-checks this
+    // forward too (and ends it through `live.forward.cancel`); one that came
+    // before is seen by loading the config below.
+    let live = job.forwards.register(
+        job.identity.clone(),
+        job.host.clone(),
+        job.port,
+        job.ctx.forwards_token(),
+    );
+    let cfg = job.config.load_full();
+    let rec = ForwardRecord {
+        connection_id: job.ctx.id().to_string(),
+        user: job.identity.user().to_string(),
+        auth_method: job.identity.method().as_str().to_string(),
+        source: job.ctx.source(),
+        target: None,
+        host: job.host.clone(),
+        port: job.port,
+    };
+    let (authorized, rec) = match decide(&job, &cfg, &live, rec).await {
+        Ok(allowed) => allowed,
+        Err(Some(message)) => return job.reply.reject(message).await,
+        Err(None) => return,
+    };
+    let planned = authorized
+        .addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // Fail closed: no audit row, no forward.
+    let open = match job.audit.forward_open(rec.clone(), &planned).await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record forward; refusing it");
+            job.audit
+                .forward_refused(
+                    &rec,
+                    ForwardResult::Denied,
+                    ForwardRefusal::AuditUnavailable,
+                )
+                .await;
+            let text = "portvakt: the audit trail is unavailable, so forwarding is refused";
+            job.reply.reject(prohibited(text.into())).await;
+            return;
+        }
+    };
+    let ForwardJob {
+        ctx,
+        channel,
+        reply,
+        ..
+    } = job;
+    let Some((tcp, row)) = dial(&ctx, &cfg, &live, &authorized, open, &planned, reply).await else {
+        return;
+    };
+    pump(&ctx, &cfg, &live, channel, tcp, row).await;
+}
+
+/// The policy's answer under the config in force. A refusal is audited and
+/// comes with what to tell the client (nothing when the forward was ended
+/// while being decided).
+async fn decide(
+    job: &ForwardJob,
+    cfg: &Config,
+    live: &Registered,
+    mut rec: ForwardRecord,
+) -> Result<(Authorized, ForwardRecord), Option<ChannelOpenFailure>> {
+    let req = Request {
+        host: &job.host,
+        port: job.port,
+    };
+    let subject = job.identity.subject(cfg);
+    let decided = tokio::select! {
+        d = policy::decide(&cfg.policy, &subject, &req, &SystemResolver) => d,
+        () = live.forward.cancel.cancelled() => return Err(None),
+    };
+    let denied = match decided {
+        Ok(a) => {
+            rec.target = Some(a.target().to_string());
+            return Ok((a, rec));
+        }
+        Err(denied) => denied,
+    };
+    let refusal = denied.reason;
+    rec.target = denied.target;
+    job.audit
+        .forward_refused(&rec, refusal.result(), refusal)
+        .await;
+    let message = match refusal {
+        Refusal::ForwardingNotPermitted => prohibited(format!(
+            "portvakt: your certificate does not permit port forwarding ({req})"
+        )),
+        // The name is known and allowed; only DNS failed.
+        Refusal::ResolveFailed => ChannelOpenFailure::Other {
+            code: 2,
+            reason: format!("portvakt: cannot resolve the address of {}", job.host),
+        },
+        // Same words for every policy refusal: nothing leaks about which
+        // targets exist.
+        _ => prohibited(format!(
+            "portvakt: target {req} is not allowed for {}",
+            job.identity.user()
+        )),
+    };
+    Err(Some(message))
+}
+
+/// Connect to the target; a failure closes the row and tells the client.
+async fn dial(
+    ctx: &ConnCtx,
+    cfg: &Config,
+    live: &Registered,
+    authorized: &Authorized,
+    open: OpenForward,
+    planned: &str,
+    reply: ChannelOpenHandle,
+) -> Option<(tokio::net::TcpStream, DialledForward)> {
+    let dial_start = Instant::now();
+    let dialled = tokio::select! {
+        d = forward::dial(authorized, cfg.sessions.connect_timeout) => d,
+        () = live.forward.cancel.cancelled() => {
+            let why = live.forward.reason().unwrap_or_else(|| ctx.forward_close_reason());
+            open.failed(why).await;
+            return None;
+        }
+    };
+    crate::metrics::get()
+        .dial_seconds
+        .observe(dial_start.elapsed().as_secs_f64());
+    match dialled {
+        Ok((tcp, addr)) => {
+            let row = open.dialled(addr, planned).await;
+            reply.accept().await;
+            Some((tcp, row))
+        }
+        Err(e) => {
+            open.failed(e.reason().into()).await;
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 2,
+                    reason: format!("portvakt: {} ({})", authorized.target(), e.user_text()),
+                })
+                .await;
+            None
+        }
+    }
+}
+
+/// Carry bytes until either side ends, then close the row.
+async fn pump(
+    ctx: &ConnCtx,
+    cfg: &Config,
+    live: &Registered,
+    channel: Channel<Msg>,
+    tcp: tokio::net::TcpStream,
+    row: DialledForward,
+) {
+    let counters = Counters {
+        totals: Some(crate::metrics::bytes_counters()),
+        ..Default::default()
+    };
+    let limits = Limits {
+        idle_timeout: cfg.sessions.idle_timeout,
+        write_timeout: Limits::write_timeout(cfg.sessions.idle_timeout),
+        deadline: ctx.deadline().map(|(at, why)| (at, why.for_forwards())),
+    };
+    let end = forward::pump(
+        channel,
+        tcp,
+        &limits,
+        &live.forward.cancel,
+        || {
+            live.forward
+                .reason()
+                .unwrap_or_else(|| ctx.forward_close_reason())
+        },
+        &counters,
+    )
+    .await;
+    if let forward::End::Error(e) = &end {
+        tracing::debug!(forward_id = row.id(), error = %e, "forward ended with an error");
+    }
+    let totals = Totals {
+        to_target: counters.to_target.load(Ordering::Relaxed),
+        from_target: counters.from_target.load(Ordering::Relaxed),
+    };
+    row.closed(totals, end.reason()).await;
+}
+
+fn prohibited(reason: String) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other { code: 1, reason }
+}

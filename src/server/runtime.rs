@@ -1,0 +1,271 @@
+//! The composition root: open the database, start the audit writer, the
+//! login services and the background tasks, bind the listeners, serve until
+//! told to stop, then drain. What to do is given by the caller as
+//! [`Control`] messages (the CLI turns signals into them; tests and the
+//! console can send them too).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use russh::keys::PrivateKey;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::CLOSE_WAIT;
+use super::grant_watch::GrantWatch;
+use super::{ServerState, hostkey, listener, ssh_config};
+use crate::audit::Audit;
+use crate::auth::Services;
+use crate::auth::lockout::Lockout;
+use crate::auth::oidc::Idp;
+use crate::auth::totp::Totp;
+use crate::config::Config;
+use crate::store::Store;
+
+/// How long a stopping server lets forwards finish before closing them.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// What the running server is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Read the config file again (SIGHUP).
+    Reload,
+    /// Stop accepting, drain, exit (SIGTERM, SIGINT). A closed channel
+    /// means the same.
+    Shutdown,
+}
+
+/// Run the bastion until `control` says stop (or is closed).
+pub async fn run(cfg: Config, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
+    raise_open_files(&cfg);
+    let host_key = host_key(&cfg)?;
+    let (state, writer) = start(cfg, host_key).await?;
+    // The ports are bound once everything behind them is ready (the
+    // database, the TOTP key, ...), all together: a port in use stops the
+    // start, and a client or probe that finds one port answering finds the
+    // others answering too.
+    let cfg = state.config.load_full();
+    let mut listeners = Vec::new();
+    for addr in &cfg.server.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(l);
+    }
+    let metrics = match &cfg.metrics {
+        Some(m) => Some(
+            TcpListener::bind(m.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} for metrics", m.listen))?,
+        ),
+        None => None,
+    };
+    drop(cfg);
+    let background = Background::start(&state, metrics);
+    let terminate = CancellationToken::new();
+    for l in listeners {
+        tracing::info!(addr = %l.local_addr()?, "listening");
+        tokio::spawn(listener::accept_loop(state.clone(), l, terminate.clone()));
+    }
+    while let Some(Control::Reload) = control.recv().await {
+        super::reload::reload(&state).await;
+    }
+    drain(&state, &terminate).await;
+    background.stop().await;
+    let store = state.audit.store().clone();
+    drop(state);
+    // The writer ends once the last Audit clone is gone and its queue is written.
+    let _ = tokio::time::timeout(CLOSE_WAIT, writer).await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Every forward holds two sockets: take all the descriptors allowed.
+fn raise_open_files(cfg: &Config) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < cfg.server.max_connections * 2 + 64 => tracing::warn!(
+            open_files = n,
+            max_connections = cfg.server.max_connections,
+            "the open-file limit is below two per connection; raise LimitNOFILE"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+fn host_key(cfg: &Config) -> anyhow::Result<PrivateKey> {
+    let (host_key, created) = hostkey::load_or_create(&cfg.server.host_key_dir)?;
+    tracing::info!(
+        fingerprint = %hostkey::fingerprint(&host_key),
+        path = %cfg.server.host_key_dir.join(hostkey::FILE_NAME).display(),
+        created,
+        "host key"
+    );
+    Ok(host_key)
+}
+
+/// The database, the audit writer and the login services, in one state.
+async fn start(
+    cfg: Config,
+    host_key: PrivateKey,
+) -> anyhow::Result<(Arc<ServerState>, JoinHandle<()>)> {
+    let store = Store::open(&cfg.database.url)
+        .await
+        .context("cannot open the audit database")?;
+    let interrupted = crate::audit::mark_interrupted(&store, &cfg.server.node_name).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            forwards = interrupted,
+            "forwards left open by an earlier run marked interrupted"
+        );
+    }
+    let (audit, writer) = Audit::start(store.clone(), cfg.server.node_name.clone());
+    let idp = match &cfg.oidc {
+        Some(o) => Some(Arc::new(Idp::new(o.clone())?)),
+        None => None,
+    };
+    if let Some(idp) = &idp {
+        // Discover now so that a broken [oidc] shows at start; logins retry.
+        if let Err(e) = idp.check().await {
+            tracing::warn!(issuer = %idp.config().issuer, error = %e, "identity provider not usable yet; IdP logins will retry");
+        }
+    }
+    let lockout = Arc::new(Lockout::new(store.clone(), cfg.server.node_name.clone()));
+    lockout.refresh(&cfg.lockout).await?;
+    let services = Arc::new(Services {
+        lockout,
+        totp: Totp::open(store.clone(), &cfg.mfa.secret_key_file)?,
+        store,
+        idp: ArcSwapOption::new(idp),
+        flows: Default::default(),
+        node: cfg.server.node_name.clone(),
+    });
+    let max_connections = u32::try_from(cfg.server.max_connections).unwrap_or(u32::MAX);
+    let state = Arc::new(ServerState {
+        ssh: Arc::new(ssh_config(&cfg, host_key)),
+        connections: Arc::new(Semaphore::new(max_connections as usize)),
+        max_connections,
+        unauthenticated: Arc::new(Semaphore::new(cfg.server.max_unauthenticated)),
+        unauthenticated_per_source: Arc::default(),
+        config: Arc::new(ArcSwap::from_pointee(cfg)),
+        audit,
+        shutdown: CancellationToken::new(),
+        services,
+        grant_watch: Arc::new(GrantWatch::default()),
+        forwards: Arc::default(),
+        live: Default::default(),
+        reloads: Default::default(),
+        refusals: Arc::default(),
+    });
+    Ok((state, writer))
+}
+
+/// The tasks that run beside the connections.
+struct Background {
+    stop: CancellationToken,
+    /// Writes the counted refusals; awaited so they reach the audit.
+    flusher: JoinHandle<()>,
+}
+
+impl Background {
+    /// Start them; `metrics` is the bound `[metrics] listen` port.
+    fn start(state: &Arc<ServerState>, metrics: Option<TcpListener>) -> Background {
+        let stop = CancellationToken::new();
+        let cfg = state.config.load_full();
+        let store = state.services.store.clone();
+        if let Some(listener) = metrics {
+            let listen = listener
+                .local_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            let ready = Arc::new(Ready {
+                state: state.clone(),
+            });
+            let server = crate::metrics::serve(listener, ready, stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(%listen, error = %e, "metrics endpoint failed");
+                }
+            });
+        }
+        tokio::spawn(state.grant_watch.clone().run(store.clone(), stop.clone()));
+        let st = state.clone();
+        let lockout = state.services.lockout.clone();
+        tokio::spawn(lockout.run(move || st.config.load().lockout.clone(), stop.clone()));
+        tokio::spawn(gauges(store.clone(), stop.clone()));
+        tokio::spawn(store.watch_health(stop.clone()));
+        if let Some(keep) = cfg.database.retention {
+            let audit = state.audit.clone();
+            tokio::spawn(crate::audit::retention_loop(audit, keep, stop.clone()));
+        }
+        let (refusals, audit, s) = (state.refusals.clone(), state.audit.clone(), stop.clone());
+        let flusher = tokio::spawn(async move { refusals.run(audit, s).await });
+        Background { stop, flusher }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        // Counted refusals reach the audit before its writer is let go.
+        let _ = self.flusher.await;
+    }
+}
+
+/// Stop accepting; let forwards finish for up to [`DRAIN`], then close the
+/// connections still open and wait (bounded) for them to go.
+async fn drain(state: &ServerState, terminate: &CancellationToken) {
+    tracing::info!("stopping: no new connections; letting forwards drain");
+    state.shutdown.cancel();
+    let max = state.max_connections;
+    let all_closed = state.connections.clone().acquire_many_owned(max);
+    if tokio::time::timeout(DRAIN, all_closed).await.is_err() {
+        tracing::info!("drain time over; closing the remaining connections");
+        terminate.cancel();
+        let all_closed = state.connections.clone().acquire_many_owned(max);
+        let _ = tokio::time::timeout(CLOSE_WAIT * 3, all_closed).await;
+    }
+}
+
+/// `/readyz`: the database answers and, with `[oidc]`, the IdP was discovered.
+struct Ready {
+    state: Arc<ServerState>,
+}
+
+impl crate::metrics::Readiness for Ready {
+    async fn check(&self) -> Result<(), String> {
+        if self.state.shutdown.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        self.state
+            .services
+            .store
+            .ping()
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        if let Some(idp) = self.state.services.idp()
+            && !idp.ready().await
+        {
+            return Err("identity provider discovery failed".into());
+        }
+        Ok(())
+    }
+}
+
+/// Gauges read from the shared database (all nodes): grants and bans in force.
+async fn gauges(store: Store, stop: CancellationToken) {
+    loop {
+        if let Ok(n) = crate::auth::grants::active_count(&store).await {
+            crate::metrics::get().grants_active.set(n);
+        }
+        if let Ok(bans) = crate::auth::lockout::list(&store).await {
+            crate::metrics::get().bans_active.set(bans.len() as i64);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
