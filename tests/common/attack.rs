@@ -5,9 +5,14 @@
 //! before login, data on channels that were never opened, oversized
 //! keyboard-interactive answers).
 //!
-//! [`RawSsh`] speaks just enough SSH for that: curve25519-sha256 key
-//! exchange, aes128-gcm@openssh.com, ssh-ed25519 user keys ([`RawKey`]) and
+//! [`RawSsh`] speaks just enough SSH for that: the key exchanges
+//! mlkem768x25519-sha256 (portvakt's default) and curve25519-sha256 (only
+//! offered with `[server] classic_kex = true`), see [`Kex`];
+//! aes128-gcm@openssh.com, ssh-ed25519 user keys ([`RawKey`]) and
 //! sk-ssh-ed25519@openssh.com FIDO keys ([`RawSkKey`]).
+//! Its cryptography is aws-lc-rs, not the RustCrypto crates the server's
+//! russh uses (ml-kem, curve25519-dalek), so a shared mistake in how the
+//! two encode a key exchange cannot cancel out.
 //! It never checks the server's host key: it is the attacker, not a user.
 
 use std::io::{self, ErrorKind, Read, Write};
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::agreement::{EphemeralPrivateKey, UnparsedPublicKey, X25519, agree_ephemeral};
 use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::kem::{Ciphertext, DecapsulationKey, ML_KEM_768};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
@@ -311,11 +317,31 @@ pub fn kexinit(lists: [&[u8]; 10]) -> Vec<u8> {
     out
 }
 
+/// The key exchange a [`RawSsh`] offers (the only one it offers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kex {
+    /// `mlkem768x25519-sha256`: ML-KEM-768 and X25519, SHA-256
+    /// (draft-ietf-sshm-mlkem-hybrid-kex), what portvakt offers by default.
+    MlKem768X25519,
+    /// `curve25519-sha256` (RFC 8731), offered by portvakt only with
+    /// `[server] classic_kex = true`.
+    Curve25519,
+}
+
+impl Kex {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kex::MlKem768X25519 => "mlkem768x25519-sha256",
+            Kex::Curve25519 => "curve25519-sha256",
+        }
+    }
+}
+
 /// What [`RawSsh`] offers: one algorithm of each kind, all of them ones
-/// portvakt accepts.
-fn client_kexinit() -> Vec<u8> {
+/// portvakt accepts (the key exchange only with the right config).
+fn client_kexinit(kex: Kex) -> Vec<u8> {
     kexinit([
-        b"curve25519-sha256",
+        kex.name().as_bytes(),
         b"ssh-ed25519",
         b"aes128-gcm@openssh.com",
         b"aes128-gcm@openssh.com",
@@ -486,6 +512,43 @@ fn read_version_line(stream: &mut TcpStream) -> Result<String, Greeting> {
     }
 }
 
+/// How far [`RawSsh::connect_with`] got when it failed.
+#[derive(Debug)]
+pub enum Handshake {
+    /// No SSH version line from the server: what happened instead (a
+    /// banned source is closed before the server says anything).
+    NoVersion(Greeting),
+    /// The version lines were exchanged, the key exchange failed.
+    KeyExchange(io::Error),
+}
+
+impl Handshake {
+    /// The server closed the connection before its version line.
+    pub fn closed_before_version(&self) -> bool {
+        match self {
+            Handshake::NoVersion(Greeting::Closed(bytes)) => bytes.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+/// What [`RawSsh::answers_before`] saw.
+#[derive(Debug)]
+pub struct Answers {
+    /// The messages that came before the marker's answer (a DISCONNECT
+    /// last, if the server ended the connection instead).
+    pub before: Vec<Vec<u8>>,
+    /// Why the marker got no answer: the connection ended.
+    pub ended: Option<io::Error>,
+}
+
+impl Answers {
+    /// Whether any message before the answer has a type `kind` accepts.
+    pub fn any(&self, kind: impl Fn(u8) -> bool) -> bool {
+        self.before.iter().any(|m| kind(m[0]))
+    }
+}
+
 /// A minimal SSH client connection that does exactly what it is told.
 pub struct RawSsh {
     stream: TcpStream,
@@ -502,19 +565,26 @@ pub struct RawSsh {
 const READ_WAIT: Duration = Duration::from_secs(30);
 
 impl RawSsh {
-    /// Connects from 127.0.0.1 and completes the key exchange.
+    /// Connects from 127.0.0.1 and completes the default key exchange.
     pub fn connect(port: u16) -> RawSsh {
-        Self::connect_from(loopback(1), port).unwrap_or_else(|g| panic!("no SSH session: {g:?}"))
+        Self::connect_from(loopback(1), port).unwrap_or_else(|e| panic!("no SSH session: {e:?}"))
     }
 
-    /// Connects from `src` and completes the key exchange; `Err` with what
-    /// the server did instead if it sent no version line.
-    pub fn connect_from(src: Ipv4Addr, port: u16) -> Result<RawSsh, Greeting> {
-        let mut stream = try_connect_from(src, port).map_err(|_| Greeting::Refused)?;
+    /// Connects from `src` and completes the default key exchange
+    /// (mlkem768x25519-sha256, as portvakt's default config offers).
+    pub fn connect_from(src: Ipv4Addr, port: u16) -> Result<RawSsh, Handshake> {
+        Self::connect_with(src, port, Kex::MlKem768X25519)
+    }
+
+    /// Connects from `src` and completes the key exchange `kex`; `Err`
+    /// says how far it got.
+    pub fn connect_with(src: Ipv4Addr, port: u16, kex: Kex) -> Result<RawSsh, Handshake> {
+        let mut stream =
+            try_connect_from(src, port).map_err(|_| Handshake::NoVersion(Greeting::Refused))?;
         stream
             .write_all(format!("{CLIENT_ID}\r\n").as_bytes())
-            .map_err(|_| Greeting::Closed(Vec::new()))?;
-        let server_id = read_version_line(&mut stream)?;
+            .map_err(|_| Handshake::NoVersion(Greeting::Closed(Vec::new())))?;
+        let server_id = read_version_line(&mut stream).map_err(Handshake::NoVersion)?;
         let mut ssh = RawSsh {
             stream,
             server_id,
@@ -523,8 +593,7 @@ impl RawSsh {
             inn: None,
             skipped: Vec::new(),
         };
-        ssh.key_exchange()
-            .map_err(|e| Greeting::Closed(e.to_string().into_bytes()))?;
+        ssh.key_exchange(kex).map_err(Handshake::KeyExchange)?;
         Ok(ssh)
     }
 
@@ -533,34 +602,71 @@ impl RawSsh {
         &mut self.stream
     }
 
-    fn key_exchange(&mut self) -> io::Result<()> {
+    fn key_exchange(&mut self, kex: Kex) -> io::Result<()> {
         let bad = |what: &str| io::Error::new(ErrorKind::InvalidData, what.to_string());
-        let i_c = client_kexinit();
+        let i_c = client_kexinit(kex);
         self.send(&i_c)?;
         let i_s = self.recv_skipping(|t| t == msg::KEXINIT)?;
         let rng = SystemRandom::new();
         let private = EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| bad("x25519"))?;
-        let q_c = private
+        let x25519_public = private
             .compute_public_key()
             .map_err(|_| bad("x25519 public"))?
             .as_ref()
             .to_vec();
+        // The client's ephemeral value: C_INIT = ML-KEM-768 encapsulation
+        // key || X25519 public key for the hybrid, Q_C for curve25519.
+        let mlkem = match kex {
+            Kex::MlKem768X25519 => {
+                Some(DecapsulationKey::generate(&ML_KEM_768).map_err(|_| bad("ML-KEM-768 key"))?)
+            }
+            Kex::Curve25519 => None,
+        };
+        let q_c = match &mlkem {
+            Some(dk) => {
+                let ek = dk
+                    .encapsulation_key()
+                    .and_then(|ek| ek.key_bytes())
+                    .map_err(|_| bad("ML-KEM-768 encapsulation key"))?;
+                payload(&[ek.as_ref(), &x25519_public])
+            }
+            None => x25519_public,
+        };
+        // The hybrid's INIT and REPLY reuse the ECDH message numbers.
         self.send(&payload(&[&[msg::KEX_ECDH_INIT], &string(&q_c)]))?;
         let reply = self.recv_skipping(|t| t == msg::KEX_ECDH_REPLY)?;
         let mut at = 1;
         let k_s = read_string(&reply, &mut at)
             .ok_or_else(|| bad("K_S"))?
             .to_vec();
+        // S_REPLY = ML-KEM ciphertext || X25519 public key, or Q_S.
         let q_s = read_string(&reply, &mut at)
             .ok_or_else(|| bad("Q_S"))?
             .to_vec();
-        let shared = agree_ephemeral(
+        const MLKEM768_CIPHERTEXT: usize = 1088;
+        let (ciphertext, server_x25519) = match &mlkem {
+            Some(_) if q_s.len() != MLKEM768_CIPHERTEXT + 32 => {
+                return Err(bad("S_REPLY is not 1088 + 32 bytes"));
+            }
+            Some(_) => q_s.split_at(MLKEM768_CIPHERTEXT),
+            None => (&[][..], &q_s[..]),
+        };
+        let classic = agree_ephemeral(
             private,
-            UnparsedPublicKey::new(&X25519, &q_s),
+            UnparsedPublicKey::new(&X25519, server_x25519),
             bad("x25519 agreement"),
             |k| Ok(k.to_vec()),
         )?;
-        let k = mpint(&shared);
+        let k = match &mlkem {
+            // K = SHA-256(K_PQ || K_CL), encoded as a string (not an mpint).
+            Some(dk) => {
+                let pq = dk
+                    .decapsulate(Ciphertext::from(ciphertext))
+                    .map_err(|_| bad("ML-KEM-768 decapsulation"))?;
+                string(digest(&SHA256, &payload(&[pq.as_ref(), &classic])).as_ref())
+            }
+            None => mpint(&classic),
+        };
         let exchange = payload(&[
             &string(CLIENT_ID.as_bytes()),
             &string(self.server_id.as_bytes()),
@@ -708,6 +814,27 @@ impl RawSsh {
             }
             self.skipped.push(m);
         }
+    }
+
+    /// Sends `marker`, a message the server always answers, and reads up
+    /// to that answer (a type `answer` accepts). The server handles a
+    /// connection's messages in order, so whatever it answered to the
+    /// messages sent before the marker came before this answer.
+    pub fn answers_before(&mut self, marker: &[u8], answer: impl Fn(u8) -> bool) -> Answers {
+        let start = self.skipped.len();
+        let result = self
+            .send(marker)
+            .and_then(|()| self.recv_skipping(|t| answer(t) || t == msg::DISCONNECT));
+        let mut before = self.skipped[start..].to_vec();
+        let ended = match result {
+            Ok(m) if m.first() == Some(&msg::DISCONNECT) => {
+                before.push(m);
+                Some(io::Error::new(ErrorKind::ConnectionAborted, "DISCONNECT"))
+            }
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        Answers { before, ended }
     }
 
     /// Reads until the server closes the connection (or sends DISCONNECT);
@@ -979,6 +1106,32 @@ impl RawSsh {
     }
 }
 
+/// A global request every server answers (after login): REQUEST_FAILURE
+/// for a name it does not know. A marker for [`RawSsh::answers_before`].
+pub fn keepalive_request() -> Vec<u8> {
+    payload(&[
+        &[msg::GLOBAL_REQUEST],
+        &string(b"keepalive@openssh.com"),
+        &[1],
+    ])
+}
+
+/// A `none` userauth request for `user`: before login the server answers
+/// it with USERAUTH_FAILURE. A marker for [`RawSsh::answers_before`].
+pub fn none_auth_request(user: &str) -> Vec<u8> {
+    payload(&[
+        &[msg::USERAUTH_REQUEST],
+        &string(user.as_bytes()),
+        &string(b"ssh-connection"),
+        &string(b"none"),
+    ])
+}
+
+/// A SERVICE_REQUEST for `service`.
+pub fn service_request(service: &str) -> Vec<u8> {
+    payload(&[&[msg::SERVICE_REQUEST], &string(service.as_bytes())])
+}
+
 /// The receive window and maximum packet size the server grants in a
 /// CHANNEL_OPEN_CONFIRMATION (None for a failure).
 pub fn confirmed_window(reply: &[u8]) -> Option<(u32, u32)> {
@@ -996,6 +1149,14 @@ pub fn confirmed_channel(reply: &[u8]) -> Option<u32> {
     }
     let mut at = 5;
     read_u32(reply, &mut at)
+}
+
+/// The description of a DISCONNECT message.
+pub fn disconnect_text(m: &[u8]) -> String {
+    let mut at = 5;
+    read_string(m, &mut at)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .unwrap_or_default()
 }
 
 /// The reason text of a CHANNEL_OPEN_FAILURE.

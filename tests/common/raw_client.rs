@@ -1,6 +1,9 @@
-//! A second, independent SSH client (the russh client library) for the one
-//! case the OpenSSH client cannot produce: an `ssh-rsa` (SHA-1) public-key
-//! attempt against a server that does not list `ssh-rsa` in `server-sig-algs`.
+//! The russh client library, for the one case the OpenSSH client cannot
+//! produce: an `ssh-rsa` (SHA-1) public-key attempt against a server that
+//! does not list `ssh-rsa` in `server-sig-algs`. It is the same patched
+//! vendor/russh the server is built on, so it proves nothing about
+//! interoperability; the hand-written client of this harness is
+//! `attack::RawSsh`.
 //! OpenSSH 9.2 then gives up on the client side ("no mutual signature
 //! algorithm") and never sends the attempt; a bastion must still refuse a
 //! client that ignores the hint, and audit why.
