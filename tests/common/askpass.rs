@@ -12,8 +12,9 @@
 //!   the secret and answers its current code;
 //! - on a "TOTP" prompt, answers the RFC 6238 code (SHA-1, 6 digits, 30 s) of
 //!   the secret file: a fresh one (never a step it answered before; the next
-//!   step, which one step of skew accepts, when the current one was used), a
-//!   wrong one, or a fixed one (a replay);
+//!   step, which one step of skew accepts, when the current one was used),
+//!   the next step's (never answered before either), a wrong one, or a
+//!   fixed one (a replay);
 //! - on anything else (the "login failed ... Press Enter" prompt), Enter.
 //!
 //! Every prompt and answer is appended to a JSON-lines log the test reads
@@ -86,7 +87,8 @@ def totp_answer(secret):
             n = (n + 1) % 1000000
         return "%06d" % n, None
     # "fresh": a step this program never answered for this secret; the server
-    # accepts the next step too (one step of clock skew).
+    # accepts the next step too (one step of clock skew). "next": always the
+    # next step's code (also never answered before).
     used_file = os.path.join(state, "used-" + hashlib.sha256(secret.encode()).hexdigest()[:16])
     with open(used_file, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -97,7 +99,10 @@ def totp_answer(secret):
             # Both usable steps are spent: wait for the next one, as a person would.
             time.sleep(max(0.0, last * 30 - now) + 0.2)
             step = int(time.time()) // 30
-        use = step if step > last else step + 1
+        if mode == "next":
+            use = step + 1
+        else:
+            use = step if step > last else step + 1
         f.seek(0)
         f.truncate()
         f.write(str(use))
@@ -232,6 +237,10 @@ fn python() -> String {
 pub enum TotpAnswer {
     /// The current code of the secret (never a step answered before).
     Fresh,
+    /// The code of the next 30 s step, which one step of clock skew accepts
+    /// (never a step answered before): it stays acceptable for 60 to 90 s
+    /// after it is typed, wherever in its step that happens.
+    Next,
     /// A code that matches no step near now.
     Wrong,
     /// Exactly this code (to replay one).
@@ -339,6 +348,7 @@ impl Askpass {
         };
         let totp = match &self.totp {
             TotpAnswer::Fresh => "fresh".to_string(),
+            TotpAnswer::Next => "next".to_string(),
             TotpAnswer::Wrong => "wrong".to_string(),
             TotpAnswer::Fixed(code) => format!("fixed:{code}"),
         };
