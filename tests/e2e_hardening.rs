@@ -1083,9 +1083,16 @@ fn an_unreachable_database_refuses_new_logins_and_forwards_but_keeps_live_ones()
     let out = forward_stdio(&s.alice(&pv).log_level("INFO"), "echo", s.echo.port, b"x");
     out.assert_code(255);
     wait_for_log(&pv, "reason", "database_unavailable");
-    // The server tells the client why, in its disconnect message. (OpenSSH
-    // 9.2 does not print it: the login's failure reply comes first, and
-    // with no method left the client gives up before reading on.)
+    // OpenSSH shows why: the server says it at the client's first ("none")
+    // request, while the client still has methods to try and reads on.
+    assert!(
+        out.stderr
+            .contains("portvakt: the audit database is unavailable, so logins are refused"),
+        "the user is not told why: {}",
+        out.stderr
+    );
+    // A client that goes straight to its key is told in the disconnect
+    // message that follows the refusal.
     let mut raw = RawSsh::connect_from(loopback(3), pv.port).expect("SSH handshake");
     assert!(raw.request_userauth().expect("ssh-userauth"));
     let reply = raw.auth_publickey("svc", &svc).expect("svc's login reply");

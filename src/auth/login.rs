@@ -157,6 +157,17 @@ impl<S: LoginSink> Login<S> {
     /// user name is worth recording.
     pub fn none(&mut self, user: &str) -> Auth {
         self.trail.attempt(user);
+        // Fail closed, and say so while the client still has methods to try
+        // (it reads the disconnect then; after its last method it would
+        // only print "Permission denied").
+        if !self.services.store.is_healthy() && !self.sink.is_closing() {
+            return self.refuse(
+                user,
+                SshMethod::None,
+                AuthFailure::DatabaseUnavailable,
+                None,
+            );
+        }
         match self.auth.check_user(user) {
             Err(e) if !self.sink.is_closing() => self.refuse(user, SshMethod::None, e, None),
             _ => Auth::reject(),
@@ -412,6 +423,9 @@ impl<S: LoginSink> Login<S> {
         }
         if counts {
             self.sink.count_failure(user, failure);
+        }
+        if failure == AuthFailure::DatabaseUnavailable {
+            self.sink.close(CloseReason::DatabaseUnavailable);
         }
         self.tries += 1;
         if self.tries >= self.config.load().auth.max_auth_tries && !self.sink.is_closing() {

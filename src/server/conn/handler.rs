@@ -74,9 +74,8 @@ impl Connection {
         let user = id.user().to_string();
         let method = id.method();
         let refused = |this: &mut Self, why: AuthFailure, close: CloseReason| {
-            let auth = this.login.refuse(&user, method.ssh_method(), why, None);
             this.ctx.close(close);
-            auth
+            this.login.refuse(&user, method.ssh_method(), why, None)
         };
         // Fail closed: without the audit database, nobody gets in.
         if !self.state.services.store.is_healthy() {
