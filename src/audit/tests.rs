@@ -399,6 +399,47 @@ async fn forward_full_life() {
     .await;
 }
 
+/// A forward handle dropped without being closed (a panic, a forgotten
+/// path) does not leave its row open: it is closed as `error`.
+#[tokio::test]
+async fn a_forward_handle_dropped_unclosed_closes_its_row_as_an_error() {
+    on_each_store(|store| async move {
+        let (audit, writer) = Audit::start(store.clone(), "node-a".into());
+        let f = record("conn-1", "alice", Some("db-1"), "db-1");
+        let open = audit.forward_open(f.clone(), "10.0.1.5:22").await.unwrap();
+        let never_dialled = open.id();
+        drop(open);
+        let open = audit.forward_open(f, "10.0.1.5:22").await.unwrap();
+        let dialled = open
+            .dialled("10.0.1.5:22".parse().unwrap(), "10.0.1.5:22")
+            .await;
+        let was_dialled = dialled.id();
+        drop(dialled);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for id in [never_dialled, was_dialled] {
+            while session(&store, id).await.ended_at.is_none() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "forward {id} left open"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let row = session(&store, never_dialled).await;
+        assert_eq!(
+            (row.result.as_str(), row.close_reason.as_deref()),
+            ("failed", Some("error"))
+        );
+        let row = session(&store, was_dialled).await;
+        assert_eq!(
+            (row.result.as_str(), row.close_reason.as_deref()),
+            ("allowed", Some("error"))
+        );
+        flush(audit, writer).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn forward_close_saturates_huge_byte_counts() {
     on_each_store(|store| async move {
