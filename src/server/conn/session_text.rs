@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use crate::auth::Identity;
 use crate::clock::rfc3339;
 use crate::config::Config;
-use crate::policy::Destination;
+use crate::policy::{Destination, Target};
 
 pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> String {
     let mut t = String::new();
@@ -17,6 +17,20 @@ pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> Stri
         t,
         "portvakt: this bastion has no shell; it only forwards to allowed targets."
     );
+    who(&mut t, id, &groups);
+    let bastion = bastion(id, cfg, local);
+    let mine: Vec<_> = cfg.policy.targets_for(&subject).collect();
+    if mine.is_empty() {
+        let _ = writeln!(t, "No target is allowed for you; ask the bastion's admins.");
+    } else {
+        targets(&mut t, &mine);
+        how_to_connect(&mut t, &mine, &bastion);
+    }
+    if pty { t.replace('\n', "\r\n") } else { t }
+}
+
+/// "You are alice (login: ...; groups: ...)." and until when.
+fn who(t: &mut String, id: &Identity, groups: &[&str]) {
     let _ = write!(t, "You are {} (login: {}", id.user(), id.method());
     if !groups.is_empty() {
         let _ = write!(t, "; groups: {}", groups.join(", "));
@@ -34,7 +48,11 @@ pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> Stri
             let _ = writeln!(t, "Your login has no expiry of its own.");
         }
     }
-    let bastion = match (local.ip().is_unspecified(), local.port()) {
+}
+
+/// How the client reaches this bastion, for the `-J` line.
+fn bastion(id: &Identity, cfg: &Config, local: SocketAddr) -> String {
+    match (local.ip().is_unspecified(), local.port()) {
         _ if cfg.server.public_name.is_some() => {
             format!(
                 "{}@{}",
@@ -45,52 +63,54 @@ pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> Stri
         (true, p) => format!("{}@BASTION:{p}", id.user()),
         (false, 22) => format!("{}@{}", id.user(), host_of(local)),
         (false, p) => format!("{}@{}:{p}", id.user(), host_of(local)),
-    };
-    let mine: Vec<_> = cfg.policy.targets_for(&subject).collect();
-    if mine.is_empty() {
-        let _ = writeln!(t, "No target is allowed for you; ask the bastion's admins.");
-    } else {
-        let _ = writeln!(t, "Targets you may use:");
-        for target in &mine {
-            match &target.destination {
-                Destination::Host { port, .. } => {
-                    let _ = writeln!(t, "  {:<20} port {port}", target.name);
-                }
-                Destination::Cidr { net, ports } => {
-                    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-                    let _ = writeln!(
-                        t,
-                        "  {:<20} any address in {net}, ports {}",
-                        target.name,
-                        ports.join(", ")
-                    );
-                }
+    }
+}
+
+/// One line per target the user may use.
+fn targets(t: &mut String, mine: &[&Target]) {
+    let _ = writeln!(t, "Targets you may use:");
+    for target in mine {
+        match &target.destination {
+            Destination::Host { port, .. } => {
+                let _ = writeln!(t, "  {:<20} port {port}", target.name);
+            }
+            Destination::Cidr { net, ports } => {
+                let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                let _ = writeln!(
+                    t,
+                    "  {:<20} any address in {net}, ports {}",
+                    target.name,
+                    ports.join(", ")
+                );
             }
         }
-        let (example, port) = mine
-            .iter()
-            .find_map(|t| match t.destination {
-                Destination::Host { port, .. } => Some((t.name.as_str(), port)),
-                Destination::Cidr { .. } => None,
-            })
-            .unwrap_or(("TARGET", 22));
-        // The client asks for name:port; a target on another port than 22
-        // needs it said.
-        let p = if port == 22 {
-            String::new()
-        } else {
-            format!("-p {port} ")
-        };
-        let _ = writeln!(t, "Connect with:");
-        let _ = writeln!(t, "  ssh -J {bastion} {p}USER@{example}");
-        let _ = writeln!(t, "or put this in ~/.ssh/config and run `ssh {example}`:");
-        let _ = writeln!(t, "  Host {example}");
-        let _ = writeln!(t, "    ProxyJump {bastion}");
-        if port != 22 {
-            let _ = writeln!(t, "    Port {port}");
-        }
     }
-    if pty { t.replace('\n', "\r\n") } else { t }
+}
+
+/// The `ssh -J` line and the `~/.ssh/config` block, for the first named target.
+fn how_to_connect(t: &mut String, mine: &[&Target], bastion: &str) {
+    let (example, port) = mine
+        .iter()
+        .find_map(|t| match t.destination {
+            Destination::Host { port, .. } => Some((t.name.as_str(), port)),
+            Destination::Cidr { .. } => None,
+        })
+        .unwrap_or(("TARGET", 22));
+    // The client asks for name:port; a target on another port than 22
+    // needs it said.
+    let p = if port == 22 {
+        String::new()
+    } else {
+        format!("-p {port} ")
+    };
+    let _ = writeln!(t, "Connect with:");
+    let _ = writeln!(t, "  ssh -J {bastion} {p}USER@{example}");
+    let _ = writeln!(t, "or put this in ~/.ssh/config and run `ssh {example}`:");
+    let _ = writeln!(t, "  Host {example}");
+    let _ = writeln!(t, "    ProxyJump {bastion}");
+    if port != 22 {
+        let _ = writeln!(t, "    Port {port}");
+    }
 }
 
 fn host_of(addr: SocketAddr) -> String {
