@@ -269,3 +269,74 @@ async fn gauges(store: Store, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `run` is driven by its `Control` input alone: it serves, reloads
+    /// when asked, and stops (with its final rows written) when told to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_serves_reloads_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nhost_key_dir = \"keys\"\n\
+             [database]\nurl = \"sqlite://portvakt.db\"\n"
+        );
+        let path = dir.path().join("portvakt.toml");
+        std::fs::write(&path, &text).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let (control, rx) = mpsc::channel(4);
+        let server = tokio::spawn(run(cfg, rx));
+        // Serving: the SSH port answers with portvakt's version line.
+        let mut banner = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !banner.starts_with(b"SSH-2.0-portvakt") {
+            assert!(tokio::time::Instant::now() < deadline, "not serving");
+            assert!(!server.is_finished(), "run() ended: {:?}", server.await);
+            banner = read_banner(port).await.unwrap_or_default();
+        }
+        control.send(Control::Reload).await.unwrap();
+        control.send(Control::Shutdown).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("run() did not stop")
+            .unwrap()
+            .unwrap();
+        // Stopped: the port is closed, and the reload was audited.
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+        );
+        let store = Store::open(&format!(
+            "sqlite://{}",
+            dir.path().join("portvakt.db").display()
+        ))
+        .await
+        .unwrap();
+        let events = crate::audit::query::events(&store, &Default::default())
+            .await
+            .unwrap();
+        assert!(
+            events.iter().any(|e| e.kind == "config.reload"),
+            "{events:?}"
+        );
+    }
+
+    async fn read_banner(port: u16) -> std::io::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut buf = vec![0; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("no banner"))??;
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
