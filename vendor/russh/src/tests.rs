@@ -1798,3 +1798,274 @@ mod rekey_under_load {
         assert!(echoed == payload, "echoed data differs from what was sent");
     }
 }
+
+/// Receive windows paced by the reader (portvakt patch 3): a server channel
+/// whose reader does not read holds its client to one window, and is
+/// refilled once the reader catches up. A real client and server over TCP.
+mod paced_windows {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use keys::PrivateKeyWithHashAlg;
+    use ssh_key::PrivateKey;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::cert::PublicKeyOrCertificate;
+
+    /// The server's receive window (its `Config::window_size`).
+    const WINDOW: usize = 256 * 1024;
+    const PACKET: usize = 32 * 1024;
+    /// The client writes in pieces of this size...
+    const CHUNK: usize = 8 * 1024;
+    /// ...this much in all.
+    const TOTAL: usize = 4 * WINDOW;
+
+    fn byte(i: usize) -> u8 {
+        (i % 251) as u8
+    }
+
+    struct Client;
+
+    impl client::Handler for Client {
+        type Error = crate::Error;
+
+        async fn check_server_key(
+            &mut self,
+            _: &PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+
+    struct Server {
+        channels: tokio::sync::mpsc::UnboundedSender<Channel<server::Msg>>,
+    }
+
+    impl server::Handler for Server {
+        type Error = crate::Error;
+
+        async fn auth_publickey(
+            &mut self,
+            _: &str,
+            _: server::VerifiedPublicKey<'_>,
+        ) -> Result<server::Auth, Self::Error> {
+            Ok(server::Auth::Accept)
+        }
+
+        async fn channel_open_session(
+            &mut self,
+            channel: Channel<server::Msg>,
+            reply: server::ChannelOpenHandle,
+            _: &mut server::Session,
+        ) -> Result<(), Self::Error> {
+            self.channels.send(channel).unwrap();
+            reply.accept().await;
+            Ok(())
+        }
+    }
+
+    /// What the test keeps of one connection.
+    struct Connection {
+        /// The server's end of the session channel.
+        server_channel: Channel<server::Msg>,
+        /// Bytes the client's writer has handed to its channel so far.
+        sent: Arc<AtomicUsize>,
+        writer: tokio::task::JoinHandle<()>,
+        _client: client::Handle<Client>,
+        _client_channel: Channel<client::Msg>,
+    }
+
+    /// Connects a client to a server whose receive window is WINDOW, opens
+    /// a session channel and starts writing TOTAL bytes to it.
+    async fn connect() -> Connection {
+        let _ = env_logger::try_init();
+        let mut config = server::Config::default();
+        config.inactivity_timeout = None;
+        config.window_size = WINDOW as u32;
+        config.maximum_packet_size = PACKET as u32;
+        config
+            .keys
+            .push(PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap());
+        let config = Arc::new(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (channels, mut opened) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let session = server::run_stream(config, socket, Server { channels })
+                .await
+                .map_err(|_| ())
+                .unwrap();
+            let _ = session.await;
+        });
+
+        let client_key = PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap();
+        let mut client = client::connect(Arc::new(client::Config::default()), addr, Client)
+            .await
+            .unwrap();
+        let auth = client
+            .authenticate_publickey(
+                "user",
+                PrivateKeyWithHashAlg::new(Arc::new(client_key), None),
+            )
+            .await
+            .unwrap();
+        assert!(auth.success());
+        let client_channel = client.channel_open_session().await.unwrap();
+        let server_channel = opened.recv().await.unwrap();
+
+        let sent = Arc::new(AtomicUsize::new(0));
+        let mut writer = client_channel.make_writer();
+        let counted = sent.clone();
+        let writer = tokio::spawn(async move {
+            for start in (0..TOTAL).step_by(CHUNK) {
+                let chunk: Vec<u8> = (start..start + CHUNK).map(byte).collect();
+                writer.write_all(&chunk).await.unwrap();
+                counted.fetch_add(CHUNK, Ordering::SeqCst);
+            }
+            writer.flush().await.unwrap();
+        });
+        Connection {
+            server_channel,
+            sent,
+            writer,
+            _client: client,
+            _client_channel: client_channel,
+        }
+    }
+
+    /// `sent` once it has not moved for 300 ms.
+    async fn settled(sent: &AtomicUsize) -> usize {
+        let mut last = sent.load(Ordering::SeqCst);
+        let mut still = 0;
+        for _ in 0..2000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = sent.load(Ordering::SeqCst);
+            if now == last {
+                still += 1;
+                if still == 30 {
+                    return now;
+                }
+            } else {
+                (last, still) = (now, 0);
+            }
+        }
+        panic!("the client kept writing for 20 s");
+    }
+
+    /// The server's reader: whole messages (`Channel::wait`), or the
+    /// `AsyncRead` of `Channel::into_stream` in CHUNK-sized reads.
+    enum Reader {
+        Messages(Channel<server::Msg>),
+        Stream(ChannelStream<server::Msg>),
+    }
+
+    struct Taker {
+        reader: Reader,
+        /// Bytes taken off the channel so far.
+        taken: usize,
+        /// Of a message, the part beyond what `take` was asked for.
+        leftover: Vec<u8>,
+    }
+
+    impl Taker {
+        /// Takes the next `n` bytes and checks they are the ones the client
+        /// wrote. After each read, the client must not be more than WINDOW
+        /// bytes ahead of the reader: the window the server granted plus
+        /// what is still queued for the reader never exceeds WINDOW. A
+        /// stream reader holds up to one message in its own buffer, which
+        /// the pacer already counts as taken.
+        async fn take(&mut self, n: usize, sent: &AtomicUsize) {
+            let mut got = std::mem::take(&mut self.leftover);
+            while got.len() < n {
+                let slack = match &mut self.reader {
+                    Reader::Messages(channel) => {
+                        match channel.wait().await {
+                            Some(ChannelMsg::Data { data }) => got.extend_from_slice(&data),
+                            other => panic!("unexpected {other:?}"),
+                        }
+                        0
+                    }
+                    Reader::Stream(stream) => {
+                        let mut buf = vec![0u8; (n - got.len()).min(CHUNK)];
+                        let len = stream.read(&mut buf).await.unwrap();
+                        assert!(len > 0, "the stream ended");
+                        got.extend_from_slice(&buf[..len]);
+                        PACKET
+                    }
+                };
+                let ahead = sent
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(self.taken + got.len());
+                assert!(
+                    ahead <= WINDOW + slack,
+                    "the client got {ahead} bytes ahead of a reader at {}",
+                    self.taken + got.len()
+                );
+            }
+            self.leftover = got.split_off(n);
+            for (i, b) in got.iter().enumerate() {
+                assert_eq!(*b, byte(self.taken + i), "byte {}", self.taken + i);
+            }
+            self.taken += n;
+        }
+    }
+
+    async fn an_idle_reader_holds_its_sender_to_one_window(stream: bool) {
+        let Connection {
+            server_channel,
+            sent,
+            writer,
+            _client,
+            _client_channel,
+        } = connect().await;
+        let reader = if stream {
+            Reader::Stream(server_channel.into_stream())
+        } else {
+            Reader::Messages(server_channel)
+        };
+        let mut taker = Taker {
+            reader,
+            taken: 0,
+            leftover: Vec::new(),
+        };
+
+        // Nobody reads: the client may send one window, and then waits
+        // (russh without patch 3 refilled the window as data arrived, and
+        // the client sent all TOTAL bytes into the channel's queue).
+        let before = settled(&sent).await;
+        assert!(
+            (WINDOW - CHUNK..=WINDOW).contains(&before),
+            "the client sent {before} bytes into a {WINDOW}-byte window nobody reads"
+        );
+        assert!(!writer.is_finished());
+
+        // The reader takes everything queued: the window is refilled, but
+        // only as far as the reader has room.
+        taker.take(before, &sent).await;
+        let after = settled(&sent).await;
+        assert!(after > before, "no window after the reader caught up");
+        assert!(after - taker.taken <= WINDOW + if stream { PACKET } else { 0 });
+        assert!(!writer.is_finished());
+
+        // And so on to the end, every byte in order.
+        taker.take(TOTAL - taker.taken, &sent).await;
+        tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .expect("the writer finished")
+            .unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), TOTAL);
+    }
+
+    #[tokio::test]
+    async fn an_idle_message_reader_holds_its_sender_to_one_window() {
+        an_idle_reader_holds_its_sender_to_one_window(false).await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_reader_holds_its_sender_to_one_window() {
+        an_idle_reader_holds_its_sender_to_one_window(true).await;
+    }
+}

@@ -183,15 +183,237 @@ impl super::SealingKey for SealingKey {
         plaintext_in_ciphertext_out: &mut [u8],
         tag: &mut [u8],
     ) {
-        let (length, payload) = plaintext_in_ciphertext_out.split_at_mut(
-            super::PACKET_LENGTH_LEN.min(plaintext_in_ciphertext_out.len()),
-        );
+        let (length, payload) = plaintext_in_ciphertext_out
+            .split_at_mut(super::PACKET_LENGTH_LEN.min(plaintext_in_ciphertext_out.len()));
         self.0.crypt_length(sequence_number, length);
         let (mut cipher, poly_key) = self.0.main_cipher(sequence_number);
         cipher.apply_keystream(payload);
         let t = Poly1305::new(&poly_key.into()).compute_unpadded(plaintext_in_ciphertext_out);
         if let Some(out) = tag.get_mut(..TAG_LEN) {
             out.copy_from_slice(&t);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::super::{OpeningKey as _, PACKET_LENGTH_LEN, SealingKey as _};
+    use super::{Keys, OpeningKey, SealingKey, TAG_LEN};
+    use crate::Error;
+
+    /// Seals `packet` (`packet_length || rest`, as russh hands it over)
+    /// with our implementation; returns the ciphertext and the tag.
+    fn seal(key: &[u8; 64], sequence_number: u32, packet: &[u8]) -> (Vec<u8>, [u8; TAG_LEN]) {
+        let mut out = packet.to_vec();
+        let mut tag = [0u8; TAG_LEN];
+        SealingKey(Keys::new(key)).seal(sequence_number, &mut out, &mut tag);
+        (out, tag)
+    }
+
+    /// Opens `ciphertext || tag` with our implementation; the payload.
+    fn open(key: &[u8; 64], sequence_number: u32, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut buf = sealed.to_vec();
+        OpeningKey(Keys::new(key))
+            .open(sequence_number, &mut buf)
+            .map(|p| p.to_vec())
+    }
+
+    /// A packet as russh builds it: `packet_length || padding_length ||
+    /// payload || padding`, padded the way this cipher's sealing key says.
+    fn packet(payload: &[u8]) -> Vec<u8> {
+        let key = SealingKey(Keys::new(&[0; 64]));
+        let padding = key.padding_length(payload);
+        let length = (1 + payload.len() + padding) as u32;
+        let mut p = length.to_be_bytes().to_vec();
+        p.push(padding as u8);
+        p.extend_from_slice(payload);
+        p.resize(p.len() + padding, 0);
+        p
+    }
+
+    fn concat(ciphertext: &[u8], tag: &[u8]) -> Vec<u8> {
+        [ciphertext, tag].concat()
+    }
+
+    /// Known answers not made by either implementation under test. The
+    /// first two are from ring's `tests/aead_chacha20_poly1305_openssh_tests.txt`;
+    /// the third (all-ones sequence number, a body over two ChaCha20 blocks)
+    /// was computed with OpenSSL's ChaCha20 and Poly1305 through Python's
+    /// `cryptography` 48, following PROTOCOL.chacha20poly1305: K_2 =
+    /// key[..32], K_1 = key[32..], nonce = sequence number as 64-bit big
+    /// endian, length with K_1 at block 0, Poly1305 key = K_2 block 0, body
+    /// with K_2 from block 1, tag over the encrypted length and body.
+    #[test]
+    fn seals_and_opens_fixed_vectors() {
+        struct Vector {
+            key: [u8; 64],
+            sequence_number: u32,
+            plaintext: &'static [u8],
+            ciphertext: &'static [u8],
+            tag: [u8; TAG_LEN],
+        }
+        let mut counting_key = [0u8; 64];
+        for (i, b) in counting_key.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let vectors = [
+            Vector {
+                key: hex_literal::hex!(
+                    "247a041f6780baf0de3741aa4436024b6a5169b0eab8a090a291f5900bf566a5"
+                    "4ac2c64c0f38cab14a143111bc39d1873013f52f2e92062e375c1a5378ad9b32"
+                ),
+                sequence_number: 94,
+                plaintext: &hex_literal::hex!("000000100f000000000000000000000000000000"),
+                ciphertext: &hex_literal::hex!("c87186a24d89e672f37df98a95d0a0653e9f0fe4"),
+                tag: hex_literal::hex!("075bc727e855c8d487bb3060c42267cd"),
+            },
+            Vector {
+                key: hex_literal::hex!(
+                    "4a3042e117e06543aeb7fc450dab16b8652fe0a79378f78d6cb0c23f50bdbf4a"
+                    "c00c92a0b330bd035d6cd3918ff1daeb65d0fe329d88305f0728661dccd7278d"
+                ),
+                sequence_number: 204,
+                plaintext: &hex_literal::hex!(
+                    "000000180b6162636465666768696a6b6c0000000000000000000000"
+                ),
+                ciphertext: &hex_literal::hex!(
+                    "60bbfcf8be81835fe6fa7a1e482a0a6fdd8d11599c3786e3c7976893"
+                ),
+                tag: hex_literal::hex!("411803ef2f1b4187c1019fb47290d0d1"),
+            },
+            Vector {
+                key: counting_key,
+                sequence_number: u32::MAX,
+                plaintext: &hex_literal::hex!(
+                    "0000006004000102030405060708090a0b0c0d0e0f101112131415161718191a"
+                    "1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a"
+                    "3b3c3d3e3f404142434445464748494a4b4c4d4e4f505152535455565758595a"
+                    "00000000"
+                ),
+                ciphertext: &hex_literal::hex!(
+                    "b90ee4d00d920d99ad00d1e4913ea2b8798a0fa019aa2804dc3bce6e453cff5a"
+                    "35fb0b25df7af8afd871689ec5680bd83d33dcb6ade16ca051730a6a24378651"
+                    "5e6265846450e752e01ae4c89cac5542e62b5e54f0429a79b53841f78cd47ed2"
+                    "ee4501a8"
+                ),
+                tag: hex_literal::hex!("ba0b1023e4e253fa70386c16a309e9e6"),
+            },
+        ];
+        for (i, v) in vectors.iter().enumerate() {
+            let (ciphertext, tag) = seal(&v.key, v.sequence_number, v.plaintext);
+            assert_eq!(ciphertext, v.ciphertext, "vector {i}: ciphertext");
+            assert_eq!(tag, v.tag, "vector {i}: tag");
+
+            let opening = OpeningKey(Keys::new(&v.key));
+            let length = opening.decrypt_packet_length(v.sequence_number, &v.ciphertext[..4]);
+            assert_eq!(length, v.plaintext[..4], "vector {i}: length");
+            let payload = open(&v.key, v.sequence_number, &concat(v.ciphertext, &v.tag)).unwrap();
+            assert_eq!(
+                payload,
+                v.plaintext[PACKET_LENGTH_LEN..],
+                "vector {i}: opened"
+            );
+        }
+    }
+
+    /// Packets sealed by aws-lc's `chacha20_poly1305_openssh` (what russh
+    /// used before patch 5) and by ours are the same bytes, and each opens
+    /// the other's, for payloads from empty to several ChaCha20 blocks and
+    /// a full 32 KiB packet, at the edges of the sequence number space.
+    #[cfg(feature = "aws-lc-rs")]
+    #[test]
+    fn same_packets_as_aws_lc() {
+        use aws_lc_rs::aead::chacha20_poly1305_openssh as aws;
+
+        let mut key = [0u8; 64];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+        }
+        let aws_sealing = aws::SealingKey::new(&key);
+        let aws_opening = aws::OpeningKey::new(&key);
+        let payload_lengths = [0, 1, 15, 16, 63, 64, 65, 200, 1000, 4096, 32768 - 64, 32768];
+        let sequence_numbers = [0, 1, 7, 3, 0x7fff_ffff, u32::MAX - 1, u32::MAX];
+        for &len in &payload_lengths {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let packet = packet(&payload);
+            for &seq in &sequence_numbers {
+                let (ours, our_tag) = seal(&key, seq, &packet);
+                let mut theirs = packet.clone();
+                let mut their_tag = [0u8; aws::TAG_LEN];
+                aws_sealing.seal_in_place(seq, &mut theirs, &mut their_tag);
+                assert_eq!(
+                    ours, theirs,
+                    "payload {len}, sequence number {seq}: ciphertext"
+                );
+                assert_eq!(
+                    our_tag, their_tag,
+                    "payload {len}, sequence number {seq}: tag"
+                );
+
+                let mut length = [0u8; 4];
+                length.copy_from_slice(&ours[..4]);
+                assert_eq!(
+                    OpeningKey(Keys::new(&key)).decrypt_packet_length(seq, &length),
+                    aws_opening.decrypt_packet_length(seq, length),
+                );
+                // Each opens what the other sealed.
+                let opened = open(&key, seq, &concat(&theirs, &their_tag)).unwrap();
+                assert_eq!(opened, packet[PACKET_LENGTH_LEN..]);
+                let mut buf = ours.clone();
+                let opened = aws_opening.open_in_place(seq, &mut buf, &our_tag).unwrap();
+                assert_eq!(opened, &packet[PACKET_LENGTH_LEN..]);
+            }
+        }
+    }
+
+    /// A packet whose tag, encrypted length or body was changed, that is
+    /// opened under another sequence number, or that is too short to hold a
+    /// length and a tag, is refused.
+    #[test]
+    fn tampered_packets_are_refused() {
+        let key = [0x5au8; 64];
+        let packet = packet(b"SSH_MSG_CHANNEL_DATA, more or less");
+        let (ciphertext, tag) = seal(&key, 42, &packet);
+        let sealed = concat(&ciphertext, &tag);
+        assert_eq!(
+            open(&key, 42, &sealed).unwrap(),
+            packet[PACKET_LENGTH_LEN..]
+        );
+
+        let last = sealed.len() - 1;
+        for (what, index) in [
+            ("first length byte", 0),
+            ("last length byte", PACKET_LENGTH_LEN - 1),
+            ("first body byte", PACKET_LENGTH_LEN),
+            ("last body byte", ciphertext.len() - 1),
+            ("first tag byte", ciphertext.len()),
+            ("last tag byte", last),
+        ] {
+            for bit in [0x01, 0x80] {
+                let mut bad = sealed.clone();
+                bad[index] ^= bit;
+                assert!(
+                    matches!(open(&key, 42, &bad), Err(Error::DecryptionError)),
+                    "{what} ^ {bit:#x} was accepted"
+                );
+            }
+        }
+        assert!(matches!(
+            open(&key, 43, &sealed),
+            Err(Error::DecryptionError)
+        ));
+        let mut other_key = key;
+        other_key[0] ^= 1;
+        assert!(matches!(
+            open(&other_key, 42, &sealed),
+            Err(Error::DecryptionError)
+        ));
+        for len in [0, 1, TAG_LEN, TAG_LEN + PACKET_LENGTH_LEN - 1] {
+            assert!(
+                matches!(open(&key, 42, &sealed[..len]), Err(Error::DecryptionError)),
+                "{len} bytes"
+            );
         }
     }
 }
