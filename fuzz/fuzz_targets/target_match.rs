@@ -315,12 +315,11 @@ fn targets(specs: &[TargetSpec]) -> Vec<Target> {
         if !seen.insert(tname.to_ascii_lowercase()) {
             continue;
         }
-        out.push(Target {
-            name: tname,
-            destination,
-            allow_users,
-            allow_groups,
-        });
+        out.push(
+            Target::new(tname, destination)
+                .with_users(allow_users)
+                .with_groups(allow_groups),
+        );
     }
     out
 }

@@ -25,6 +25,32 @@ pub struct Target {
 }
 
 impl Target {
+    /// A target that nobody may use yet; grant it with [`Target::with_users`]
+    /// and [`Target::with_groups`]. Nothing is checked here: the config loader
+    /// validates `[[targets]]` (names, hosts, ranges) before it builds them.
+    /// For code that needs a `Target` without a config file (fuzz targets),
+    /// so that it does not depend on the fields.
+    pub fn new(name: impl Into<String>, destination: Destination) -> Target {
+        Target {
+            name: name.into(),
+            destination,
+            allow_users: BTreeSet::new(),
+            allow_groups: BTreeSet::new(),
+        }
+    }
+
+    /// This target, also allowed to each of `users`.
+    pub fn with_users(mut self, users: impl IntoIterator<Item = impl Into<String>>) -> Target {
+        self.allow_users.extend(users.into_iter().map(Into::into));
+        self
+    }
+
+    /// This target, also allowed to members of each of `groups`.
+    pub fn with_groups(mut self, groups: impl IntoIterator<Item = impl Into<String>>) -> Target {
+        self.allow_groups.extend(groups.into_iter().map(Into::into));
+        self
+    }
+
     /// The user may use this target by name or by one of their groups.
     pub fn allows<'a>(&self, user: &str, mut groups: impl Iterator<Item = &'a str>) -> bool {
         self.allow_users.contains(user) || groups.any(|g| self.allow_groups.contains(g))
