@@ -1992,7 +1992,8 @@ mod paced_windows {
                         let mut buf = vec![0u8; (n - got.len()).min(CHUNK)];
                         let len = stream.read(&mut buf).await.unwrap();
                         assert!(len > 0, "the stream ended");
-                        got.extend_from_slice(&buf[..len]);
+                        buf.truncate(len);
+                        got.extend_from_slice(&buf);
                         PACKET
                     }
                 };

@@ -616,6 +616,176 @@ mod tests {
         assert_eq!(handler.calls, vec![("offered", rsa_sha2_256)]);
     }
 
+    /// An ed25519 user certificate for alice, for a fresh key and from a
+    /// fresh CA, valid from `valid_after` to `valid_before` (seconds since
+    /// the epoch).
+    fn alice_certificate(valid_after: u64, valid_before: u64) -> Certificate {
+        let key = PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap();
+        let ca = PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap();
+        let mut builder = ssh_key::certificate::Builder::new(
+            [0u8; 16],
+            key.public_key().key_data().clone(),
+            valid_after,
+            valid_before,
+        )
+        .unwrap();
+        builder
+            .cert_type(ssh_key::certificate::CertType::User)
+            .unwrap()
+            .valid_principal("alice")
+            .unwrap();
+        builder.sign(&ca).unwrap()
+    }
+
+    /// A publickey request without a signature (the probe) as alice with
+    /// `certificate`.
+    fn certificate_probe(certificate: &Certificate) -> Vec<u8> {
+        let mut packet = vec![msg::USERAUTH_REQUEST];
+        "alice".encode(&mut packet).unwrap();
+        "ssh-connection".encode(&mut packet).unwrap();
+        "publickey".encode(&mut packet).unwrap();
+        0u8.encode(&mut packet).unwrap();
+        "ssh-ed25519-cert-v01@openssh.com".encode(&mut packet).unwrap();
+        certificate.to_bytes().unwrap().encode(&mut packet).unwrap();
+        packet
+    }
+
+    /// [`test_auth_session`], refusing without the usual delay.
+    fn quick_auth_session() -> Session {
+        let mut session = test_auth_session();
+        let config = Arc::get_mut(&mut session.common.config).expect("the session's own config");
+        config.auth_rejection_time = std::time::Duration::ZERO;
+        config.auth_rejection_time_initial = Some(std::time::Duration::ZERO);
+        session
+    }
+
+    fn now_secs() -> u64 {
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[tokio::test]
+    async fn certificates_russh_refuses_itself_are_reported_to_the_handler() {
+        #[derive(Default)]
+        struct Probe {
+            refused: Vec<(String, CertificateRefusal)>,
+            offered: usize,
+        }
+
+        impl Handler for Probe {
+            type Error = Error;
+
+            async fn auth_publickey_offered(
+                &mut self,
+                _user: &str,
+                _offer: PublicKeyOffer<'_>,
+            ) -> Result<Auth, Self::Error> {
+                self.offered += 1;
+                Ok(Auth::reject())
+            }
+
+            async fn auth_certificate_refused(
+                &mut self,
+                user: &str,
+                _certificate: &Certificate,
+                reason: CertificateRefusal,
+            ) -> Result<(), Self::Error> {
+                self.refused.push((user.to_owned(), reason));
+                Ok(())
+            }
+        }
+
+        let now = now_secs();
+        let mut bad_signature = alice_certificate(now - 60, now + 3600).to_bytes().unwrap();
+        *bad_signature.last_mut().unwrap() ^= 1; // in the CA's signature
+        let cases = [
+            (
+                "expired",
+                alice_certificate(now - 7200, now - 3600),
+                Some(CertificateRefusal::OutsideValidity),
+            ),
+            (
+                "not yet valid",
+                alice_certificate(now + 3600, now + 7200),
+                Some(CertificateRefusal::OutsideValidity),
+            ),
+            (
+                "bad signature",
+                Certificate::from_bytes(&bad_signature).unwrap(),
+                Some(CertificateRefusal::BadSignature),
+            ),
+            ("valid", alice_certificate(now - 60, now + 3600), None),
+        ];
+        for (what, certificate, refusal) in cases {
+            let mut session = quick_auth_session();
+            let mut handler = Probe::default();
+            session
+                .process_packet(&mut handler, &certificate_probe(&certificate))
+                .await
+                .unwrap();
+            match refusal {
+                // Refused by russh, before the handler was asked.
+                Some(reason) => {
+                    assert_eq!(
+                        handler.refused,
+                        vec![("alice".to_owned(), reason)],
+                        "{what}"
+                    );
+                    assert_eq!(handler.offered, 0, "{what}");
+                }
+                None => {
+                    assert_eq!(handler.refused, vec![], "{what}");
+                    assert_eq!(handler.offered, 1, "{what}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_offer_carries_the_certificate_when_one_was_offered() {
+        /// Per offer: the key, and the certificate if any.
+        #[derive(Default)]
+        struct Offers(Vec<(ssh_key::public::KeyData, Option<Certificate>)>);
+
+        impl Handler for Offers {
+            type Error = Error;
+
+            async fn auth_publickey_offered(
+                &mut self,
+                _user: &str,
+                offer: PublicKeyOffer<'_>,
+            ) -> Result<Auth, Self::Error> {
+                self.0.push((
+                    offer.public_key.key_data().clone(),
+                    offer.certificate.cloned(),
+                ));
+                Ok(Auth::reject())
+            }
+        }
+
+        let now = now_secs();
+        let certificate = alice_certificate(now - 60, now + 3600);
+        let mut session = quick_auth_session();
+        let mut handler = Offers::default();
+        session
+            .process_packet(&mut handler, &certificate_probe(&certificate))
+            .await
+            .unwrap();
+        assert_eq!(
+            handler.0,
+            vec![(certificate.public_key().clone(), Some(certificate))]
+        );
+
+        let key = PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap();
+        let mut session = quick_auth_session();
+        let mut handler = Offers::default();
+        let packet = publickey_probe_packet_as("alice", key.public_key(), "ssh-ed25519");
+        session.process_packet(&mut handler, &packet).await.unwrap();
+        assert_eq!(handler.0, vec![(key.public_key().key_data().clone(), None)]);
+    }
+
     #[cfg(feature = "rsa")]
     #[tokio::test]
     async fn handler_can_refuse_ssh_rsa_and_accept_rsa_sha2() {
