@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 use portvakt::auth::AuthFailure;
 use portvakt::auth::certificate::{CertPolicy, check};
-use portvakt::auth::revocation::RevocationList;
+use portvakt::revocation::RevocationList;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::public::KeyData;

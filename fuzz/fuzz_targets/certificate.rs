@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
 use portvakt::auth::certificate::{CertPolicy, check};
-use portvakt::auth::revocation::RevocationList;
+use portvakt::revocation::RevocationList;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::{Certificate, HashAlg};
 

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use portvakt::auth::revocation::RevocationList;
+use portvakt::revocation::RevocationList;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::ssh_key::{Certificate, PublicKey};
 
