@@ -33,7 +33,22 @@ pub struct ForwardRecord {
     pub port: u32,
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
 impl ForwardRecord {
+    /// Bind the request's columns, `$1` to `$8`, in the order of the
+    /// `forwards` inserts.
+    fn bind<'q>(&'q self, q: AnyQuery<'q>, node: &'q str) -> AnyQuery<'q> {
+        q.bind(&self.connection_id)
+            .bind(node)
+            .bind(&self.user)
+            .bind(&self.auth_method)
+            .bind(self.source.to_string())
+            .bind(self.target.as_deref())
+            .bind(clean(&self.host))
+            .bind(i64::from(self.port))
+    }
+
     fn event(&self, kind: EventKind, id: Option<i64>) -> Event {
         let mut ev = Event::new(kind)
             .connection(&self.connection_id, self.source)
@@ -93,18 +108,14 @@ impl Audit {
         if !self.store().is_healthy() {
             return Err(StoreError::Unhealthy);
         }
-        let row = sqlx::query(
-            "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, address, result, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-        )
-        .bind(&rec.connection_id)
-        .bind(self.node())
-        .bind(&rec.user)
-        .bind(&rec.auth_method)
-        .bind(rec.source.to_string())
-        .bind(rec.target.as_deref())
-        .bind(clean(&rec.host))
-        .bind(i64::from(rec.port))
+        let row = rec
+            .bind(
+                sqlx::query(
+                    "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, address, result, started_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+                ),
+                self.node(),
+            )
         .bind(address)
         .bind(ForwardResult::Allowed.as_str())
         .bind(now_micros())
@@ -133,18 +144,14 @@ impl Audit {
         reason: impl Reason,
     ) {
         let now = now_micros();
-        let id = sqlx::query(
-            "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, result, reason, started_at, ended_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
-        )
-        .bind(&rec.connection_id)
-        .bind(self.node())
-        .bind(&rec.user)
-        .bind(&rec.auth_method)
-        .bind(rec.source.to_string())
-        .bind(rec.target.as_deref())
-        .bind(clean(&rec.host))
-        .bind(i64::from(rec.port))
+        let id = rec
+            .bind(
+                sqlx::query(
+                    "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, result, reason, started_at, ended_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
+                ),
+                self.node(),
+            )
         .bind(result.as_str())
         .bind(reason.as_str())
         .bind(now)
