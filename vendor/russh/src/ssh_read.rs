@@ -189,9 +189,13 @@ impl<R: AsyncRead + Unpin> SshRead<R> {
                 if i >= 8 {
                     // Check if we have a valid SSH protocol identifier
                     #[allow(clippy::indexing_slicing)]
-                    if let Ok(s) = std::str::from_utf8(&ssh_id.buf[..i])
-                        && (s.starts_with("SSH-1.99-") || s.starts_with("SSH-2.0-"))
-                    {
+                    let line = &ssh_id.buf[..i];
+                    if line.starts_with(b"SSH-1.99-") || line.starts_with(b"SSH-2.0-") {
+                        // RFC 4253 section 4.2: the identification string is
+                        // printable US-ASCII (spaces included) up to its CR LF.
+                        if !line.iter().all(|c| (b' '..=b'~').contains(c)) {
+                            return Err(Error::Version);
+                        }
                         ssh_id.sshid_len = i;
                         return Ok(ssh_id.id());
                     }
@@ -323,12 +327,56 @@ mod tests {
 
     #[tokio::test]
     async fn test_ssh_id_contains_cr() {
-        // A \r that isn't followed by \n has no special meaning
+        // A \r that isn't followed by \n does not end the line, and is not
+        // printable: the line is refused
         let data = "SSH-2.0-OpenSSH\r10.2\n";
         let mut read = SshRead::new(data.as_bytes());
 
+        let received = read.read_ssh_id().await;
+        assert!(matches!(received.err(), Some(Error::Version)));
+    }
+
+    #[tokio::test]
+    async fn test_ssh_id_rejects_characters_that_are_not_printable_ascii() {
+        // RFC 4253 section 4.2; on both sides.
+        for data in [
+            b"SSH-2.0-a\0b\r\n".as_slice(),
+            b"SSH-2.0-a\x01b\r\n",
+            b"SSH-2.0-a\tb\r\n",
+            b"SSH-2.0-\x1b[31mred\r\n",
+            b"SSH-2.0-a\x7f\r\n",
+            b"SSH-2.0-caf\xc3\xa9\r\n",
+            b"SSH-2.0-caf\xe9\r\n",
+            b"SSH-1.99-a\0b\r\n",
+        ] {
+            let mut read = SshRead::new(data);
+            let received = read.read_ssh_id().await;
+            assert!(matches!(received.err(), Some(Error::Version)), "{data:?}");
+            let mut read = SshRead::new(data);
+            let received = read.read_client_ssh_id().await;
+            assert!(matches!(received.err(), Some(Error::Version)), "{data:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn test_ssh_id_accepts_every_printable_ascii_character() {
+        let printable: Vec<u8> = (b' '..=b'~').collect();
+        let data = [b"SSH-2.0-".as_slice(), &printable, b"\r\n"].concat();
+        let mut read = SshRead::new(data.as_slice());
+
+        let received = read.read_client_ssh_id().await.unwrap();
+        assert_eq!(received, &data[..data.len() - 2]);
+    }
+
+    #[tokio::test]
+    async fn test_ssh_id_pre_banner_lines_need_not_be_ascii() {
+        // Only the version line is held to printable US-ASCII: the lines a
+        // server may send before it are UTF-8 text (RFC 4253 section 4.2).
+        let data = "Välkommen\r\nSSH-2.0-OpenSSH_10.2\r\n";
+        let mut read = SshRead::new(data.as_bytes());
+
         let received = read.read_ssh_id().await.unwrap();
-        assert_eq!(received, b"SSH-2.0-OpenSSH\r10.2");
+        assert_eq!(received, b"SSH-2.0-OpenSSH_10.2");
     }
 
     #[tokio::test]

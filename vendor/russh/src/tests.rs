@@ -1440,6 +1440,128 @@ pub(crate) mod raw_no_crypto {
             Ok(())
         }
     }
+
+    /// How `session`'s server ended, the client's side still open.
+    async fn server_end(session: &mut RawSession) -> Result<(), Error> {
+        tokio::time::timeout(Duration::from_secs(5), &mut session.server_task)
+            .await
+            .expect("the server session is still running")
+            .expect("the server session panicked")
+    }
+
+    /// Packets whose payload is empty: RFC 4253 section 6 wants at least the
+    /// message number. Each as the bytes after the version line.
+    fn packets_without_payload() -> [(&'static str, Vec<u8>); 4] {
+        [
+            // As portvakt's attack test sends it: more bytes follow.
+            ("packet_length 0", [[0; 4].as_slice(), &[0; 16]].concat()),
+            ("packet_length 1, no padding", vec![0, 0, 0, 1, 0]),
+            (
+                "padding over the whole payload",
+                [[0, 0, 0, 12, 11].as_slice(), &[0; 11]].concat(),
+            ),
+            (
+                "padding over the padding length too",
+                [[0, 0, 0, 12, 12].as_slice(), &[0; 11]].concat(),
+            ),
+        ]
+    }
+
+    /// A packet without payload is a protocol error, before the key
+    /// exchange and after it: not the end of the input (packet_length 0, or
+    /// padding over all of the packet, ended the session as if the client
+    /// had left), nor nothing (an empty payload was skipped).
+    #[tokio::test]
+    async fn a_packet_without_payload_ends_the_server_session_with_an_error() {
+        for after_kex in [false, true] {
+            for (what, bytes) in packets_without_payload() {
+                let mut session = if after_kex {
+                    RawSession::connect().await
+                } else {
+                    RawSession::connect_without_kex().await
+                };
+                session.stream.write_all(&bytes).await.unwrap();
+                let end = server_end(&mut session).await;
+                assert!(
+                    matches!(end, Err(Error::PacketSize(_))),
+                    "{what} (after the kex: {after_kex}): {end:?}"
+                );
+            }
+        }
+    }
+
+    /// A client that closes its side still ends the session as before:
+    /// with the end of input (`UnexpectedEof`) between packets or within
+    /// one, and with `Ok` after a DISCONNECT.
+    #[tokio::test]
+    async fn the_end_of_input_still_ends_the_server_session_as_before() {
+        let mut between = RawSession::connect().await;
+        between.stream.shutdown().await.unwrap();
+        let end = server_end(&mut between).await;
+        assert!(
+            matches!(end, Err(Error::IO(ref e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "between packets: {end:?}"
+        );
+
+        let mut within = RawSession::connect().await;
+        within.stream.write_all(&[0, 0, 0, 12, 4]).await.unwrap();
+        within.stream.shutdown().await.unwrap();
+        let end = server_end(&mut within).await;
+        assert!(
+            matches!(end, Err(Error::IO(ref e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "within a packet: {end:?}"
+        );
+
+        let mut disconnect = RawSession::connect().await;
+        let mut payload = vec![crate::msg::DISCONNECT];
+        push_u32(&mut payload, 11); // SSH_DISCONNECT_BY_APPLICATION
+        encode_string(&mut payload, b"bye");
+        encode_string(&mut payload, b"");
+        disconnect.send_packet(&payload).await.unwrap();
+        disconnect.stream.shutdown().await.unwrap();
+        let end = server_end(&mut disconnect).await;
+        assert!(end.is_ok(), "after a DISCONNECT: {end:?}");
+    }
+
+    /// RFC 4253 section 4.2: the identification string is printable
+    /// US-ASCII. The server refuses any other, as the error of `run_stream`
+    /// (russh checked only the "SSH-2.0-" at its start); a printable one
+    /// with comments still gets a session.
+    #[tokio::test]
+    async fn a_version_line_that_is_not_printable_ascii_is_refused_by_the_server() {
+        let run = |line: &'static [u8]| async move {
+            let (mut peer, stream) = tokio::io::duplex(64 * 1024);
+            peer.write_all(line).await.unwrap();
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let started = server::run_stream(
+                no_crypto_server_config(),
+                stream,
+                MalformedInputServer { events },
+            )
+            .await;
+            // `peer` is still open here: the outcome is not an end of input.
+            drop(peer);
+            started.map(drop)
+        };
+        for line in [
+            b"SSH-2.0-a\0b\r\n".as_slice(),
+            b"SSH-2.0-a\x01b\r\n",
+            b"SSH-2.0-a\tb\r\n",
+            b"SSH-2.0-\x1b[31mred\r\n",
+            b"SSH-2.0-a\x7f\r\n",
+            b"SSH-2.0-caf\xc3\xa9\r\n",
+            b"SSH-2.0-a\rb\r\n",
+        ] {
+            let started = run(line).await;
+            assert!(
+                matches!(started, Err(Error::Version)),
+                "{:?}: {started:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let started = run(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n").await;
+        assert!(started.is_ok(), "{started:?}");
+    }
 }
 
 /// Integration test for FutureCertificate authentication flow

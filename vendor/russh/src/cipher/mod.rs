@@ -351,6 +351,14 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         .ok_or(Error::IndexOutOfBounds)?;
     let payload_len = plaintext_end.saturating_sub(PADDING_LENGTH_LEN);
 
+    // RFC 4253 section 6: the payload holds at least the message number. A
+    // packet without one (packet_length 0, or padding over all of it) is a
+    // protocol error. The session loops must not see it: they would take it
+    // for the end of the input, which `read_exact` reports above instead.
+    if payload_len == 0 {
+        return Err(Error::PacketSize(buffer.len.saturating_sub(cipher.tag_len())));
+    }
+
     // Sequence numbers are on 32 bits and wrap.
     // https://tools.ietf.org/html/rfc4253#section-6.4
     buffer.seqn += Wrapping(1);
@@ -384,11 +392,13 @@ pub(crate) const MAXIMUM_DECOMPRESSED_PACKET_LEN: usize = MAXIMUM_PACKET_LEN;
 #[cfg(feature = "_bench")]
 pub mod benchmark;
 
-#[cfg(all(test, feature = "des"))]
+#[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "des")]
     use crate::mac::_HMAC_SHA512_ETM;
 
+    #[cfg(feature = "des")]
     #[tokio::test]
     async fn read_accepts_shortest_3des_etm_packet() {
         let key = [1; 24];
@@ -413,5 +423,46 @@ mod tests {
         #[allow(clippy::indexing_slicing)]
         let payload = &buffer.buffer[5..n];
         assert_eq!(payload, [52]);
+    }
+
+    #[tokio::test]
+    async fn read_refuses_a_packet_without_payload() {
+        // RFC 4253 section 6: the payload holds at least the message number.
+        for (packet, packet_length) in [
+            (vec![0, 0, 0, 0], 0),
+            (vec![0, 0, 0, 1, 0], 1),
+            ([[0, 0, 0, 12, 11].as_slice(), &[0; 11]].concat(), 12),
+            ([[0, 0, 0, 12, 12].as_slice(), &[0; 11]].concat(), 12),
+        ] {
+            let mut buffer = SSHBuffer::new();
+            let got = read(&mut &packet[..], &mut buffer, &mut clear::Key).await;
+            assert!(
+                matches!(got, Err(Error::PacketSize(n)) if n == packet_length),
+                "{packet:?}: {got:?}"
+            );
+        }
+
+        // One byte of payload is enough.
+        let mut buffer = SSHBuffer::new();
+        let packet = [[0, 0, 0, 12, 10, 2].as_slice(), &[0; 10]].concat();
+        let n = read(&mut &packet[..], &mut buffer, &mut clear::Key)
+            .await
+            .unwrap();
+        #[allow(clippy::indexing_slicing)]
+        let payload = &buffer.buffer[5..n];
+        assert_eq!(payload, [2]);
+    }
+
+    #[tokio::test]
+    async fn read_reports_the_end_of_input_as_an_io_error() {
+        // What tells a closed connection from a packet: the read fails.
+        for input in [b"".as_slice(), b"\0\0", b"\0\0\0\x0c\x0a\x02"] {
+            let mut buffer = SSHBuffer::new();
+            let got = read(&mut &input[..], &mut buffer, &mut clear::Key).await;
+            assert!(
+                matches!(got, Err(Error::IO(ref e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+                "{input:?}: {got:?}"
+            );
+        }
     }
 }

@@ -2441,6 +2441,70 @@ mod tests {
         );
     }
 
+    /// Runs the client event loop on one end of an in-memory stream, on
+    /// which `input` came (and then the end of input if `then_eof`), and
+    /// returns how it ended.
+    async fn event_loop_end(input: &[u8], then_eof: bool) -> Result<(), crate::Error> {
+        let (mut session, _sender, _replies) = keyboard_interactive_session();
+        session.common.encrypted.as_mut().unwrap().state = EncryptedState::Authenticated;
+        let (mut peer, stream) = tokio::io::duplex(64 * 1024);
+        peer.write_all(input).await.unwrap();
+        if then_eof {
+            peer.shutdown().await.unwrap();
+        }
+        let (stream_read, mut stream_write) = SshRead::new(stream).split();
+        let mut handler = TestHandler;
+        let mut kex_done_signal = None;
+        let event_loop = session.run_inner(
+            stream_read,
+            &mut stream_write,
+            &mut handler,
+            &mut kex_done_signal,
+        );
+        let end = tokio::time::timeout(Duration::from_secs(5), event_loop)
+            .await
+            .expect("the client session is still running");
+        drop(peer);
+        end.map(drop)
+    }
+
+    /// RFC 4253 section 6: a packet has at least the message number. One
+    /// without payload is a protocol error, not the end of the input
+    /// (packet_length 0, or padding over all of the packet, ended the
+    /// session as if the server had left) nor nothing (an empty payload was
+    /// skipped).
+    #[tokio::test]
+    async fn a_packet_without_payload_ends_the_client_session_with_an_error() {
+        for packet in [
+            [[0; 4].as_slice(), &[0; 16]].concat(),
+            vec![0, 0, 0, 1, 0],
+            [[0, 0, 0, 12, 11].as_slice(), &[0; 11]].concat(),
+            [[0, 0, 0, 12, 12].as_slice(), &[0; 11]].concat(),
+        ] {
+            let end = event_loop_end(&packet, false).await;
+            assert!(
+                matches!(end, Err(crate::Error::PacketSize(_))),
+                "{packet:?}: {end:?}"
+            );
+        }
+    }
+
+    /// The server closing its side still ends the session with the end of
+    /// input, between packets or within one.
+    #[tokio::test]
+    async fn the_end_of_input_still_ends_the_client_session_as_before() {
+        let mut ignore = PacketWriter::clear();
+        ignore.packet_raw(&[msg::IGNORE; 8]).unwrap();
+        let ignore = ignore.buffer().buffer.clone();
+        for input in [&b""[..], &ignore, &ignore[..7]] {
+            let end = event_loop_end(input, true).await;
+            assert!(
+                matches!(end, Err(crate::Error::IO(ref e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+                "{input:?}: {end:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn time_limit_starts_rekey_from_the_event_loop() {
         let (mut session, _sender, _replies) = keyboard_interactive_session();
