@@ -6,7 +6,12 @@
 //! for the database. A forward's row is different: it is inserted, and
 //! awaited, before the target is dialled; if that fails the forward is
 //! refused (fail closed).
+//!
+//! The writer task is the only one that appends events of its node: it
+//! numbers them and links them into a hash chain (see [`chain`]), assigning
+//! `seq` and `hash` per row inside the transaction that stores the batch.
 
+pub mod chain;
 mod events;
 mod forwards;
 mod observe;
@@ -14,6 +19,7 @@ pub mod query;
 mod retention;
 #[cfg(test)]
 mod tests;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -259,10 +265,13 @@ async fn write_loop(
     inner: std::sync::Weak<Inner>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    // The node's chain tail as committed; `None`: read it again (at the
+    // next write, inside its transaction) because a write failed.
+    let mut tail = chain::read_tail(store.pool(), &node).await.ok();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut attempt = 0;
         loop {
-            match write_batch(&store, &node, &batch).await {
+            match write_batch(&store, &node, &batch, &mut tail).await {
                 Ok(()) => {
                     acknowledge(&mut batch, |_| true);
                     break;
@@ -278,7 +287,8 @@ async fn write_loop(
                     let mut lost = 0u64;
                     let mut stored = Vec::with_capacity(batch.len());
                     for r in &batch {
-                        let ok = write_batch(&store, &node, std::slice::from_ref(r)).await;
+                        let ok =
+                            write_batch(&store, &node, std::slice::from_ref(r), &mut tail).await;
                         if let Err(e) = &ok {
                             lost += 1;
                             tracing::error!(error = %e, record = ?r, "audit record lost to the database (kept in this log)");
@@ -312,25 +322,78 @@ fn acknowledge(batch: &mut [Record], mut stored: impl FnMut(&Record) -> bool) {
     }
 }
 
-async fn write_batch(store: &Store, node: &str, batch: &[Record]) -> Result<(), sqlx::Error> {
+/// Store `batch` in one transaction. Each event gets the next `seq` of the
+/// node's chain and its hash; `tail` moves on only when the transaction
+/// commits, so a failed batch (retried, or split into single records) costs
+/// no sequence numbers. After a failure `tail` is read again, inside the
+/// next transaction: another process may have appended to the same node
+/// (the unique index on (node, seq) refused our rows then).
+async fn write_batch(
+    store: &Store,
+    node: &str,
+    batch: &[Record],
+    tail: &mut Option<chain::Tail>,
+) -> Result<(), sqlx::Error> {
+    let written = write_chained(store, node, batch, tail.clone()).await;
+    match written {
+        Ok(next) => {
+            *tail = Some(next);
+            Ok(())
+        }
+        Err(e) => {
+            *tail = None;
+            Err(e)
+        }
+    }
+}
+
+async fn write_chained(
+    store: &Store,
+    node: &str,
+    batch: &[Record],
+    tail: Option<chain::Tail>,
+) -> Result<chain::Tail, sqlx::Error> {
     let mut tx = store.pool().begin().await?;
+    let mut tail = match tail {
+        Some(t) => t,
+        None => chain::read_tail(&mut *tx, node).await?,
+    };
     for r in batch {
         match r {
             Record::Event(ev, _) => {
+                let seq = tail.seq + 1;
+                let at = micros(ev.at);
+                let detail = Value::Object(ev.detail.clone()).to_string();
+                let hash = chain::row_hash(&chain::ChainFields {
+                    node,
+                    seq,
+                    at,
+                    kind: ev.kind.as_str(),
+                    user: ev.user.as_deref(),
+                    source: ev.source.as_deref(),
+                    connection_id: ev.connection_id.as_deref(),
+                    reason: ev.reason.as_deref(),
+                    detail: &detail,
+                    prev_hash: &tail.hash,
+                });
                 sqlx::query(
-                    "INSERT INTO audit_events (at, kind, node, connection_id, user_name, source, reason, detail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO audit_events (at, kind, node, connection_id, user_name, source, reason, detail, \
+                     seq, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
-                .bind(micros(ev.at))
+                .bind(at)
                 .bind(ev.kind.as_str())
                 .bind(node)
                 .bind(ev.connection_id.as_deref())
                 .bind(ev.user.as_deref())
                 .bind(ev.source.as_deref())
                 .bind(ev.reason.as_deref())
-                .bind(Value::Object(ev.detail.clone()).to_string())
+                .bind(detail)
+                .bind(seq)
+                .bind(tail.hash.as_str())
+                .bind(hash.as_str())
                 .execute(&mut *tx)
                 .await?;
+                tail = chain::Tail { seq, hash };
             }
             Record::ConnectionOpen { id, source, at } => {
                 sqlx::query(
@@ -375,5 +438,6 @@ async fn write_batch(store: &Store, node: &str, batch: &[Record]) -> Result<(), 
             }
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(tail)
 }

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use sqlx::Row;
+
 use super::{Audit, Event, EventKind};
 use crate::clock::{micros, now_micros};
 use crate::reasons::CloseReason;
@@ -45,6 +47,13 @@ pub struct Pruned {
 
 /// Delete audit data older than `before` (unix µs): events, ended forwards,
 /// closed connections, grants that ended. Rows of open forwards stay.
+///
+/// Events of a node's hash chain go only as a prefix of the chain, so that
+/// pruning never leaves a gap in it: the rows before the node's oldest row
+/// that is not old yet (`at` need not grow with `seq` by a few
+/// milliseconds, or more when the clock was set back: such a row waits
+/// for the ones before it). The node's newest chained row always stays,
+/// so the chain goes on from it.
 pub async fn prune(store: &Store, before: i64) -> Result<Pruned, sqlx::Error> {
     let run = |sql: &'static str| async move {
         sqlx::query(sql)
@@ -54,11 +63,44 @@ pub async fn prune(store: &Store, before: i64) -> Result<Pruned, sqlx::Error> {
             .map(|r| r.rows_affected())
     };
     Ok(Pruned {
-        events: run("DELETE FROM audit_events WHERE at < $1").await?,
+        events: run("DELETE FROM audit_events WHERE seq IS NULL AND at < $1").await?
+            + prune_chains(store, before).await?,
         forwards: run("DELETE FROM forwards WHERE ended_at IS NOT NULL AND ended_at < $1").await?,
         connections: run("DELETE FROM connections WHERE closed_at IS NOT NULL AND closed_at < $1").await?,
         grants: run("DELETE FROM grants WHERE expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $1)").await?,
     })
+}
+
+/// Delete, per node, the prefix of its chain that is older than `before`.
+async fn prune_chains(store: &Store, before: i64) -> Result<u64, sqlx::Error> {
+    let nodes =
+        sqlx::query("SELECT DISTINCT node FROM audit_events WHERE seq IS NOT NULL AND at < $1")
+            .bind(before)
+            .fetch_all(store.pool())
+            .await?;
+    let mut deleted = 0;
+    for r in &nodes {
+        let node: String = r.try_get("node")?;
+        let keep = sqlx::query(
+            "SELECT COALESCE( \
+                 (SELECT MIN(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL AND at >= $2), \
+                 (SELECT MAX(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL)) AS keep",
+        )
+        .bind(&node)
+        .bind(before)
+        .fetch_one(store.pool())
+        .await?;
+        let Some(keep) = keep.try_get::<Option<i64>, _>("keep")? else {
+            continue;
+        };
+        deleted += sqlx::query("DELETE FROM audit_events WHERE node = $1 AND seq < $2")
+            .bind(&node)
+            .bind(keep)
+            .execute(store.pool())
+            .await?
+            .rows_affected();
+    }
+    Ok(deleted)
 }
 
 /// Prune once an hour after start, then once a day, and audit each pass.

@@ -24,6 +24,9 @@ use crate::policy::Refusal;
 use crate::reasons::{CloseReason, ForwardResult, ForwardStop};
 use crate::store::{Backend, Store};
 
+#[path = "chain_tests.rs"]
+mod chain_tests;
+
 const POSTGRES_ENV: &str = "PORTVAKT_TEST_POSTGRES_URL";
 
 /// 2027-01-15T08:00:00Z in unix microseconds: the base of fixed times.
@@ -1432,6 +1435,8 @@ async fn a_nul_byte_in_a_denied_host_keeps_the_row() {
 async fn retention_prunes_old_rows_but_never_open_forwards() {
     on_each_store(|store| async move {
         let (audit, writer) = Audit::start(store.clone(), "node-r".into());
+        // First in the chain: retention deletes a prefix of each chain.
+        audit.emit(event_at(EventKind::AuthFailure, 1_000));
         // Two forwards: one long over, one still open; both started long ago.
         let fw = audit
             .forward_open(
@@ -1454,7 +1459,6 @@ async fn retention_prunes_old_rows_but_never_open_forwards() {
             .await
             .unwrap()
             .leave_open();
-        audit.emit(event_at(EventKind::AuthFailure, 1_000));
         audit.emit(event_at(EventKind::AuthSuccess, 9_000_000_000_000_000));
         flush(audit, writer).await;
         exec(
