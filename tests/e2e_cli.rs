@@ -1,5 +1,7 @@
 //! The reviewer's side (issue 2, item 6; DESIGN.md §5): `sessions list`
-//! filters, `sessions show`, `audit list --since`, and exit codes.
+//! filters, `sessions show`, `audit list --since`, and exit codes; and
+//! `audit verify` (issue 13, DESIGN.md §11) after real traffic and after
+//! tampering by SQL.
 
 mod common;
 
@@ -163,6 +165,121 @@ fn a_usage_error_exits_2() {
             "list",
             "--no-such-flag",
         ]),
+        None,
+        proc::RUN_TIMEOUT,
+    );
+    out.assert_code(2);
+}
+
+/// Runs `sql` on the bastion's database, as someone with write access to
+/// it (and not to portvakt) would.
+fn tamper(url: &str, sql: String) {
+    use sqlx::{AssertSqlSafe, Connection};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if url.starts_with("sqlite") {
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        } else {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn audit_verify_passes_after_real_traffic_and_names_a_tampered_row() {
+    let env = TestEnv::new();
+    let (pv, _echo, _sink) = reviewed_bastion(&env);
+
+    let out = pv.cli(&["audit", "verify"]);
+    out.assert_code(0);
+    let text = out.stdout_text();
+    assert!(text.contains(": intact: "), "{out}");
+    assert!(
+        text.contains("does NOT detect a chain tail that was rewritten"),
+        "the limits are spelled out: {out}"
+    );
+    let report = pv.cli_json(&["audit", "verify", "--json"]);
+    assert_eq!(report["intact"], true, "{report}");
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert!(!nodes.is_empty(), "{report}");
+    for n in nodes {
+        for key in ["node", "rows", "last_seq", "last_checkpoint", "problems"] {
+            assert!(n.get(key).is_some(), "no {key}: {report}");
+        }
+        assert!(n["rows"].as_i64().unwrap_or(0) > 0, "{report}");
+        assert_eq!(n["last_seq"], n["rows"], "gapless from 1: {report}");
+        assert!(n["last_checkpoint"].is_null(), "{report}");
+        assert_eq!(n["problems"], serde_json::json!([]), "{report}");
+    }
+
+    // Somebody makes alice's login look like mallory's.
+    let login = pv
+        .audit()
+        .into_iter()
+        .find(|e| e.kind == "auth.success" && e.user.as_deref() == Some("alice"))
+        .expect("alice's auth.success");
+    let id = id_arg(&login.id);
+    tamper(
+        pv.database_url(),
+        format!("UPDATE audit_events SET user_name = 'mallory' WHERE id = {id}"),
+    );
+    let out = pv.cli(&["audit", "verify"]);
+    out.assert_code(1);
+    let text = out.stdout_text();
+    assert!(text.contains("TAMPERED"), "{out}");
+    assert!(
+        text.contains(&format!("hash_mismatch: row {id} ")),
+        "names the row: {out}"
+    );
+    let out = pv.cli(&["audit", "verify", "--json"]);
+    out.assert_code(1);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(report["intact"], false, "{report}");
+    let problem = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["problems"].as_array().unwrap().clone())
+        .next()
+        .expect("a problem");
+    assert_eq!(id_arg(&problem["id"]), id, "{report}");
+    assert_eq!(problem["problem"], "hash_mismatch", "{report}");
+
+    // A node without events cannot be checked.
+    pv.cli(&["audit", "verify", "--node", "no-such-node"])
+        .assert_code(2);
+}
+
+#[test]
+fn audit_verify_without_a_database_exits_2() {
+    let env = TestEnv::new();
+    // Nothing listens on port 1.
+    let config = env.write(
+        "unreachable.toml",
+        Config::new().render(
+            free_port(),
+            &env.path().join("hostkey"),
+            "postgres://portvakt@127.0.0.1:1/portvakt",
+        ),
+    );
+    let out = run(
+        std::process::Command::new(portvakt::portvakt_bin())
+            .args(["audit", "verify", "--config"])
+            .arg(&config)
+            .env_remove("PORTVAKT_CONFIG"),
         None,
         proc::RUN_TIMEOUT,
     );

@@ -62,6 +62,11 @@ pub enum Outcome {
     Failed(String),
     /// Usage or config error (exit 2).
     Usage(String),
+    /// `audit verify` found the trail tampered with (exit 1; the report
+    /// is on stdout).
+    Tampered,
+    /// `audit verify` could not check (exit 2), e.g. no database.
+    CannotCheck(String),
 }
 
 pub fn main() -> ExitCode {
@@ -72,9 +77,16 @@ pub fn main() -> ExitCode {
         Command::Sessions(cmd) => with_store(&cli.config, async |cfg, store| {
             sessions::run(cmd, cfg, store).await
         }),
-        Command::Audit(cmd) => with_store(&cli.config, async |cfg, store| {
-            audit::run(cmd, cfg, store).await
-        }),
+        Command::Audit(cmd) => {
+            let out = with_store(&cli.config, async |cfg, store| {
+                audit::run(cmd, cfg, store).await
+            });
+            match out {
+                // `audit verify`: 1 means tampered, nothing else.
+                Outcome::Failed(m) if cmd.is_verify() => Outcome::CannotCheck(m),
+                out => out,
+            }
+        }
         Command::Grants(cmd) => with_store(&cli.config, async |cfg, store| {
             grants::run(cmd, cfg, store).await
         }),
@@ -93,6 +105,14 @@ pub fn main() -> ExitCode {
         }
         Outcome::Usage(m) => {
             eprintln!("{m}");
+            ExitCode::from(2)
+        }
+        Outcome::Tampered => {
+            eprintln!("portvakt: the audit trail was tampered with");
+            ExitCode::from(1)
+        }
+        Outcome::CannotCheck(m) => {
+            eprintln!("portvakt: could not check the audit trail: {m}");
             ExitCode::from(2)
         }
     }
