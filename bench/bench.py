@@ -30,6 +30,13 @@ def say(msg):
     print(f"bench: {msg}", flush=True)
 
 
+def in_order(items, r):
+    """The A/B order of round r (from 0): as given in even rounds, reversed in
+    odd ones, so that neither side always runs first (a load that rises or
+    falls during a round would otherwise favour one side every time)."""
+    return list(items) if r % 2 == 0 else list(reversed(items))
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="bench/run",
@@ -42,7 +49,8 @@ def parse_args(argv):
     p.add_argument("--jumps", default="portvakt,openssh",
                    help="jump hosts to run (default both): portvakt,openssh")
     p.add_argument("--bin", help="portvakt binary (default: target/release/portvakt, built by bench/run)")
-    p.add_argument("--rounds", type=int, help="A/B rounds for throughput and logins [5; quick 1]")
+    p.add_argument("--rounds", type=int, help="A/B rounds for throughput and logins; the side that runs first "
+                        "alternates from round to round [5; quick 1]")
     p.add_argument("--bytes", type=int, help="bytes per throughput run [1 GiB; quick 8 MiB]")
     p.add_argument("--latency-runs", type=int, help="ssh -J ... true runs per jump host [20; quick 3]")
     p.add_argument("--memory-sizes", help="idle forwards per memory run [100,1000; quick 10,20]")
@@ -185,8 +193,9 @@ class Bench:
         for cipher in CIPHERS:
             runs = {j.name: [] for j in jumps}
             for r in range(self.args.rounds):
-                for jump in jumps:
+                for i, jump in enumerate(in_order(jumps, r)):
                     run = self.throughput_once(jump, cfgs[cipher])
+                    run["first"] = i == 0
                     runs[jump.name].append(run)
                     say(f"throughput {cipher} round {r + 1} {jump.name}: {run['mb_s']} MB/s "
                         f"(streaming {run['stream_mb_s']}), jump CPU {run['jump_cpu_s_per_gib']} s/GiB")
@@ -196,8 +205,8 @@ class Bench:
     def latency(self, jumps, cfgs):
         cfg = cfgs[CIPHERS[0]]
         runs = {j.name: [] for j in jumps}
-        for _ in range(self.args.latency_runs):
-            for jump in jumps:
+        for r in range(self.args.latency_runs):
+            for jump in in_order(jumps, r):
                 t0 = time.monotonic()
                 out = self.ssh(cfg, jump, "true", timeout=60)
                 dt = time.monotonic() - t0
@@ -264,11 +273,12 @@ class Bench:
         for size in self.args.memory_sizes:
             runs = {kind: [] for kind in self.args.jumps}
             for r in range(self.args.memory_rounds):
-                for kind in runs:
+                for i, kind in enumerate(in_order(runs, r)):
                     jump = self.start(kind)
                     try:
                         run = self.hold(jump, size, f"memory-{size}-{kind}-{r + 1}")
                         run["log_lines"] = len(jump.log_lines())
+                        run["first"] = i == 0
                     finally:
                         jump.stop()
                     runs[kind].append(run)
@@ -323,7 +333,7 @@ class Bench:
         per = self.args.login_clients // procs
         runs = {j.name: [] for j in jumps}
         for r in range(self.args.rounds):
-            for jump in jumps:
+            for i, jump in enumerate(in_order(jumps, r)):
                 jump.wait_idle()
                 cpu0 = jump.cpu()
                 start_at = time.time() + 2.0
@@ -352,7 +362,8 @@ class Bench:
                        "seconds": seconds, "per_s": round(ok / seconds, 1),
                        "server_cpu_s": round(cpu, 2),
                        "server_cpu_ms_per_login": round(1000 * cpu / ok, 2) if ok else None,
-                       "client_cpu_ms_per_login": round(1000 * client_cpu / ok, 2) if ok else None}
+                       "client_cpu_ms_per_login": round(1000 * client_cpu / ok, 2) if ok else None,
+                       "first": i == 0}
                 runs[jump.name].append(run)
                 say(f"logins round {r + 1} {jump.name}: {run['per_s']}/s, {run['failed']} failed, "
                     f"server {run['server_cpu_ms_per_login']} ms CPU per login, "

@@ -206,6 +206,20 @@ def settle_memory(read, timeout=20, interval=1.0, tolerance=0.005):
     return last
 
 
+def tcp_connections(port):
+    """Open TCP connections whose local end is 127.0.0.1:port (ESTABLISHED
+    or CLOSE_WAIT: the server has not closed its side yet)."""
+    want = f"0100007F:{port:04X}"
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] == want and fields[3] in ("01", "08"):
+                n += 1
+    return n
+
+
 def mem_available_mib():
     return _kib("/proc/meminfo", "MemAvailable:") // 1024
 

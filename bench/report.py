@@ -129,23 +129,59 @@ def ratio(a, b):
     return a / b
 
 
-def _check(value, target):
-    if value is None or target is None:
+def _check(values, target):
+    """" (met)" when every value meets the target, " (NOT met)" otherwise."""
+    values = [v for v in values if v is not None]
+    if not values or target is None:
         return ""
     op, goal = target
-    met = value >= goal if op == ">=" else value <= goal
+    met = all(v >= goal if op == ">=" else v <= goal for v in values)
     return " (met)" if met else " (NOT met)"
 
 
+def paired(runs, key):
+    """portvakt / OpenSSH of each A/B round (the two runs of a round ran back
+    to back, in alternating order), or [] without both sides."""
+    pv, os_ = runs.get("portvakt", []), runs.get("openssh", [])
+    out = []
+    for a, b in zip(pv, os_):
+        x = a[key] if isinstance(a, dict) else a
+        y = b[key] if isinstance(b, dict) else b
+        out.append(ratio(x, y))
+    return [r for r in out if r is not None]
+
+
+def fmt_spread(rs):
+    """Median of per-round ratios with their range: "1.22 (1.10-1.39)"."""
+    if not rs:
+        return "-"
+    if len(rs) == 1:
+        return fmt_ratio(rs[0])
+    return f"{fmt_ratio(statistics.median(rs))} ({fmt_ratio(min(rs))}–{fmt_ratio(max(rs))})"
+
+
+def stop_reason(run):
+    """Why a hold run stopped opening connections: None when it tried all."""
+    if run is None:
+        return None
+    return run["stopped"]
+
+
 def rows(results, args):
-    """(measure, portvakt, OpenSSH, ratio, target) rows of medians."""
+    """(measure, portvakt, OpenSSH, ratio of medians, per-round ratios, target) rows."""
     out = []
 
-    def add(label, pv, os_, digits, target=None, target_text="", ratio_target=True):
+    def add(label, pv, os_, digits, target=None, target_text="", rounds=None, on_ratio=True):
         r = ratio(pv, os_)
-        value = r if ratio_target else pv
-        text = target_text + _check(value, target) if target_text else ""
-        out.append((label, fmt(pv, digits), fmt(os_, digits), fmt_ratio(r), text))
+        if on_ratio:
+            # Met only if the ratio of the medians and the median of the
+            # per-round ratios both meet it.
+            checked = [r] + ([statistics.median(rounds)] if rounds else [])
+        else:
+            checked = [pv]
+        text = target_text + _check(checked, target) if target_text else ""
+        out.append((label, fmt(pv, digits), fmt(os_, digits), fmt_ratio(r),
+                     fmt_spread(rounds or []), text))
 
     gib = args.bytes / (1 << 30)
     size = f"{gib:g} GiB" if gib >= 1 else f"{args.bytes >> 20} MiB"
@@ -153,53 +189,60 @@ def rows(results, args):
         c = SHORT.get(cipher, cipher)
         get = lambda k, n: med(r[k] for r in runs.get(n, []))  # noqa: E731
         add(f"throughput {c}, MB/s ({size} into cat, wall clock)", get("mb_s", "portvakt"),
-            get("mb_s", "openssh"), 1, (">=", 1.25), ">= 1.25")
+            get("mb_s", "openssh"), 1, (">=", 1.25), ">= 1.25", paired(runs, "mb_s"))
         add(f"throughput {c}, MB/s (streaming only)", get("stream_mb_s", "portvakt"),
-            get("stream_mb_s", "openssh"), 1)
+            get("stream_mb_s", "openssh"), 1, rounds=paired(runs, "stream_mb_s"))
         add(f"jump host CPU s per GiB, {c}", get("jump_cpu_s_per_gib", "portvakt"),
-            get("jump_cpu_s_per_gib", "openssh"), 2)
+            get("jump_cpu_s_per_gib", "openssh"), 2, ("<=", 0.75), "<= 0.75",
+            paired(runs, "jump_cpu_s_per_gib"))
     lat = results.get("latency")
     if lat:
         n = max(len(xs) for xs in lat.values())
         add(f"latency `ssh -J ... true`, s (median of {n})", med(lat.get("portvakt", [])),
-            med(lat.get("openssh", [])), 3, ("<=", 0.9), "<= 0.9")
+            med(lat.get("openssh", [])), 3, ("<=", 0.9), "<= 0.9", paired(lat, None))
     for size, runs in results.get("memory", {}).items():
         get = lambda k, n: med(r[k] for r in runs.get(n, []))  # noqa: E731
-        add(f"memory per idle forward at {int(size):,}, KiB RSS", get("per_forward_rss_kib", "portvakt"),
-            get("per_forward_rss_kib", "openssh"), 1, ("<=", 64), "portvakt <= 64 KiB", ratio_target=False)
         add(f"memory per idle forward at {int(size):,}, KiB PSS", get("per_forward_pss_kib", "portvakt"),
-            get("per_forward_pss_kib", "openssh"), 1)
+            get("per_forward_pss_kib", "openssh"), 1, ("<=", 64), "portvakt <= 64 KiB",
+            paired(runs, "per_forward_pss_kib"), on_ratio=False)
     scale = results.get("scale")
     if scale:
         pv, os_ = scale.get("portvakt"), scale.get("openssh")
         want = (pv or os_)["requested"]
         met = "" if pv is None else (" (met)" if _clean(pv) else " (NOT met)")
+        # Counts compare only when both sides stopped for the same reason.
+        if pv and os_ and stop_reason(pv) == stop_reason(os_):
+            held_ratio = fmt_ratio(ratio(pv["open"], os_["open"]))
+        elif pv and os_:
+            held_ratio = "- (stopped for different reasons)"
+        else:
+            held_ratio = "-"
         out.append((f"scale: idle forwards held of {want:,}", _held(pv), _held(os_),
-                    fmt_ratio(ratio(pv and pv["open"], os_ and os_["open"])),
-                    f"{want:,}, no failure{met}"))
+                    held_ratio, "-", f"{want:,}, no failure{met}"))
         get = lambda run, k, div=1: None if run is None or run[k] is None else run[k] / div  # noqa: E731
-        add("scale: jump host RSS with them open, MiB", get(pv, "rss_kib", 1024), get(os_, "rss_kib", 1024), 0)
+        rate = lambda run: None if run is None or not run["open_seconds"] else run["open"] / run["open_seconds"]  # noqa: E731
         add("scale: jump host PSS with them open, MiB", get(pv, "pss_kib", 1024), get(os_, "pss_kib", 1024), 0)
-        add("scale: memory per idle forward, KiB RSS", get(pv, "per_forward_rss_kib"),
-            get(os_, "per_forward_rss_kib"), 1)
-        add("scale: seconds to open them", get(pv, "open_seconds"), get(os_, "open_seconds"), 1)
+        add("scale: memory per idle forward, KiB PSS", get(pv, "per_forward_pss_kib"),
+            get(os_, "per_forward_pss_kib"), 1)
+        add("scale: forwards opened per second", rate(pv), rate(os_), 0)
         nodes = scale.get("portvakt-nodes")
         if nodes:
             n = nodes["nodes"]
             out.append((f"scale, portvakt as {n} nodes on one PostgreSQL: idle forwards held of "
-                        f"{nodes['requested']:,}", _held(nodes), "-", "-",
+                        f"{nodes['requested']:,}", _held(nodes), "-", "-", "-",
                         f"{nodes['requested']:,}, no failure" + (" (met)" if _clean(nodes) else " (NOT met)")))
-            add(f"scale, {n} nodes: RSS of all nodes with them open, MiB", get(nodes, "rss_kib", 1024),
+            add(f"scale, {n} nodes: PSS of all nodes with them open, MiB", get(nodes, "pss_kib", 1024),
                 None, 0)
-            add(f"scale, {n} nodes: memory per idle forward, KiB RSS", get(nodes, "per_forward_rss_kib"),
+            add(f"scale, {n} nodes: memory per idle forward, KiB PSS", get(nodes, "per_forward_pss_kib"),
                 None, 1)
     lg = results.get("logins")
     if lg:
         get = lambda k, n: med(r[k] for r in lg.get(n, []))  # noqa: E731
         add(f"login rate, logins/s ({args.login_clients} parallel clients)", get("per_s", "portvakt"),
-            get("per_s", "openssh"), 1, (">=", 2), ">= 2")
+            get("per_s", "openssh"), 1, (">=", 2), ">= 2", paired(lg, "per_s"))
         add("server CPU per login, ms", get("server_cpu_ms_per_login", "portvakt"),
-            get("server_cpu_ms_per_login", "openssh"), 2)
+            get("server_cpu_ms_per_login", "openssh"), 2,
+            rounds=paired(lg, "server_cpu_ms_per_login"))
     return out
 
 
@@ -218,34 +261,61 @@ def _held(run):
         notes.append(f"{run['lost_after_open']:,} dropped")
     if run["stopped"]:
         notes.append("stopped: " + run["stopped"])
+    elif run["attempted"] == run["requested"] and run["open"] < run["requested"]:
+        notes.append(f"all {run['attempted']:,} tried")
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def table(results, args):
-    header = ("measure", "portvakt", "OpenSSH", "portvakt / OpenSSH", "target")
+    header = ("measure", "portvakt", "OpenSSH", "portvakt / OpenSSH",
+              "per round: median (min–max)", "target")
     body = rows(results, args)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 3 + ["---"]) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 4 + ["---"]) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(lines)
 
 
+def _first(rs):
+    """Which rounds this side ran first in: " (first in rounds 1, 3, 5)"."""
+    firsts = [str(i + 1) for i, r in enumerate(rs) if isinstance(r, dict) and r.get("first")]
+    if not firsts:
+        return ""
+    return f" (ran first in round{'s' if len(firsts) > 1 else ''} {', '.join(firsts)})"
+
+
+def _ratios(rs, digits=2):
+    return ", ".join(f"{r:.{digits}f}" for r in rs)
+
+
 def details(results):
-    """Every run's numbers, in run order, so medians can be checked."""
+    """Every run's numbers, in run order, so medians and ratios can be checked."""
     out = []
     for cipher, runs in results.get("throughput", {}).items():
+        c = SHORT.get(cipher, cipher)
         for name, rs in runs.items():
-            out.append(f"- throughput {SHORT.get(cipher, cipher)} {name}: MB/s "
+            out.append(f"- throughput {c} {name}{_first(rs)}: MB/s "
                        + ", ".join(fmt(r["mb_s"]) for r in rs)
                        + "; streaming " + ", ".join(fmt(r["stream_mb_s"]) for r in rs)
                        + "; jump CPU s/GiB " + ", ".join(fmt(r["jump_cpu_s_per_gib"], 2) for r in rs))
-    for name, xs in results.get("latency", {}).items():
+        if paired(runs, "mb_s"):
+            out.append(f"- throughput {c}, portvakt / OpenSSH by round: MB/s "
+                       f"{_ratios(paired(runs, 'mb_s'))}; streaming {_ratios(paired(runs, 'stream_mb_s'))}; "
+                       f"jump CPU s/GiB {_ratios(paired(runs, 'jump_cpu_s_per_gib'))}")
+    lat = results.get("latency", {})
+    for name, xs in lat.items():
         out.append(f"- latency {name}, s: " + ", ".join(fmt(x, 3) for x in xs))
+    if paired(lat, None):
+        out.append("- latency, portvakt / OpenSSH by pair (the side that runs first alternates): "
+                   + _ratios(paired(lat, None)))
     for size, runs in results.get("memory", {}).items():
         for name, rs in runs.items():
-            out.append(f"- memory {size} {name}: " + "; ".join(
+            out.append(f"- memory {size} {name}{_first(rs)}: " + "; ".join(
                 f"{r['open']} open, {r['failed']} failed, RSS {r['base_rss_kib']:,} -> {r['rss_kib']:,} KiB, "
                 f"PSS {r['base_pss_kib']:,} -> {r['pss_kib']:,} KiB, {r['processes']} processes"
                 for r in rs))
+        if paired(runs, "per_forward_pss_kib"):
+            out.append(f"- memory {size}, portvakt / OpenSSH by round, PSS per forward: "
+                       + ", ".join(fmt_ratio(r) for r in paired(runs, "per_forward_pss_kib")))
     for name, r in results.get("scale", {}).items():
         out.append(f"- scale {name}: {r['open']:,} open of {r['requested']:,} ({r['attempted']:,} attempted), "
                    f"{r['failed']} failed, {r['lost_after_open']} dropped after opening, stopped: "
@@ -256,12 +326,16 @@ def details(results):
         if name == "portvakt" or r.get("log_excerpt"):
             out.append(f"  - its log: {r['log_lines']} lines at level warn"
                        + "".join(f"; `{x}`" for x in r.get("log_excerpt", [])))
-    for name, rs in results.get("logins", {}).items():
-        out.append(f"- logins {name}: " + "; ".join(
+    lg = results.get("logins", {})
+    for name, rs in lg.items():
+        out.append(f"- logins {name}{_first(rs)}: " + "; ".join(
             f"{r['ok']} in {r['seconds']} s = {r['per_s']}/s, {r['failed']} failed, server "
             f"{r['server_cpu_ms_per_login']} ms CPU/login, load client {r['client_cpu_ms_per_login']} ms CPU/login"
             + (f", errors {json.dumps(r['errors'])}" if r["errors"] else "")
             for r in rs))
+    if paired(lg, "per_s"):
+        out.append(f"- logins, portvakt / OpenSSH by round: logins/s {_ratios(paired(lg, 'per_s'))}; "
+                   f"server CPU per login {_ratios(paired(lg, 'server_cpu_ms_per_login'), 3)}")
     if results.get("log_excerpt"):
         out.append("- portvakt log during throughput, latency and logins (level warn): "
                    + "; ".join(f"`{x}`" for x in results["log_excerpt"]))
@@ -279,33 +353,44 @@ How it measures (bench/run, bench/*.py):
   whose `ProxyJump` reaches the jump hop; the asyncssh load client in bench/loadclient.py for
   the many-connection parts), the same target sshd, the same user certificate (principal
   `bench`, signed by a throwaway CA), the same host key on both jump hosts, the same cipher on
-  both hops, `KexAlgorithms curve25519-sha256` on both jump hosts (portvakt with
-  `classic_kex = true`; by default it offers only sntrup761x25519, which the asyncssh load
-  client does not speak), no compression.
+  both hops, `KexAlgorithms curve25519-sha256` on both jump hosts, so both run the same key
+  exchange (portvakt with `classic_kex = true`: by default it offers only the post-quantum
+  hybrids mlkem768x25519-sha256 and sntrup761x25519-sha512; OpenSSH 9.2 has no ML-KEM, and
+  the asyncssh load client has no sntrup761, so no post-quantum exchange is common to all
+  three), no compression.
 - The jump hosts: portvakt with a generated config (SQLite, log level warn, a CIDR target
   for 127.0.0.1 on the target and sink ports, connection limits raised to the scale count);
   OpenSSH sshd with `TrustedUserCAKeys`, `AuthorizedPrincipalsFile none`, `ForceCommand
   /bin/false`, `PermitOpen` for the same two ports, `MaxStartups N:30:N`, `UsePAM no`,
   `LogLevel ERROR`, `ClientAliveInterval 30` (portvakt's keepalive interval).
-- A/B runs alternate (portvakt, OpenSSH, portvakt, OpenSSH, ...); the table shows medians.
+- A/B rounds: each round runs both jump hosts back to back, and the side that runs first
+  alternates (portvakt first in odd rounds, OpenSSH in even ones; latency alternates per
+  pair of runs), so a load that rises or falls during the run does not always favour the
+  same side. The table shows each side's median, the ratio of the two medians, and the
+  median and range of the per-round ratios; a target on a ratio counts as met only when
+  both the ratio of the medians and the median per-round ratio meet it.
   Everything the benchmark starts runs at nice {nice}, both jump hosts alike.
 - Throughput: `head -c N /dev/zero | ssh -F cfg via-X 'cat >/dev/null'`; MB/s = 10^6 bytes/s.
   "Wall clock" includes both logins; "streaming" is timed by the target (date before and
-  after cat). Jump CPU: portvakt's utime+stime; for sshd, once its per-connection processes
-  have exited, the listener's utime+stime+cutime+cstime plus the cutime+cstime of
+  after cat). Jump CPU: portvakt's utime+stime, once it has closed its side of the run's
+  connections; for sshd, once its per-connection processes have exited, the listener's utime+stime+cutime+cstime plus the cutime+cstime of
   bench/reaper.py, a subreaper it runs under (sshd's post-auth child, which moves the bytes,
   is not always reaped by its parent and would otherwise go uncounted).
 - Memory: a fresh jump host per run; one warm-up forward is opened and closed, the jump
   host's memory is read (settled), then N connections each with one `direct-tcpip` channel to
   an idle TCP sink are opened and left idle, memory is read again once it settles; per
-  forward = difference / N. RSS for portvakt is its one process; for OpenSSH the listener and
-  every process under it (two per connection). RSS counts shared pages once per process,
-  which overstates a forking server; PSS (proportional) splits them and is shown too.
+  forward = difference / N. Memory is PSS (proportional set size: a page shared by k
+  processes counts 1/k in each), summed over portvakt's one process, or over the sshd
+  listener and every process under it (two per connection). RSS, which counts a shared page
+  once in every process and so overstates a forking server many times, is only in the
+  per-run lines.
   The load client opens {opening} connections at a time and keeps them idle (it sends nothing;
   both jump hosts send keepalives every 30 s).
 - Scale: the same as memory with the scale count, with a guard that stops opening
   connections when MemAvailable drops below {guard} MiB or the task count nears
-  kernel.pid_max (sshd runs two processes per connection). Then the same count once more
+  kernel.pid_max (sshd runs two processes per connection). The counts held are compared
+  only when both sides stopped for the same reason (both tried every connection, or the
+  same guard stopped both); otherwise the row says why each stopped. Then the same count once more
   through portvakt deployed as several nodes (`--scale-nodes`, 2 by default) sharing one
   PostgreSQL database, as behind a load balancer (docs/DEPLOYING.md): the load client takes
   the nodes' ports in turn, and memory is the sum over the nodes. This is how portvakt gets
@@ -340,7 +425,8 @@ Run on {m['date']}, took {m['duration']}:
 {table(results, args)}
 
 Ratios are portvakt / OpenSSH: above 1 is better for throughput, logins/s and forwards held;
-below 1 is better for latency, CPU and memory.
+below 1 is better for latency, CPU and memory. "per round" is the median and range of the
+ratios of single A/B rounds (the side that runs first alternates).
 
 Machine: {m['cores']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM, Linux {m['kernel']},
 open-file limit {m['file_limit']:,}.{_fd_note(m, args)}

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 from procs import (BenchError, Proc, cpu_seconds, descendants, free_port,
-                   memory_kib, poll_until, run)
+                   memory_kib, poll_until, run, tcp_connections)
 
 USER = "bench"
 KEX = "curve25519-sha256"
@@ -127,7 +127,8 @@ max_unauthenticated = {max_connections}
 max_unauthenticated_per_source = {max_connections}
 login_grace_time = "2m"
 # The comparison runs curve25519 on both jump hosts (OpenSSH 9.2 would
-# otherwise pick sntrup761, and the asyncssh load client speaks no PQ KEX).
+# otherwise pick sntrup761 and has no ML-KEM; the asyncssh load client has
+# ML-KEM but no sntrup761).
 classic_kex = true
 {node}
 [database]
@@ -159,6 +160,14 @@ allow_users = ["{USER}"]
 
     def memory(self):
         return memory_kib(self.pid)
+
+    def wait_idle(self, timeout=60):
+        """Until portvakt has closed its side of every connection of the run
+        just finished, as OpenSSH's wait_idle waits for its processes to
+        exit; so the work at a connection's end (its audit rows) is counted
+        in the CPU read next."""
+        poll_until("portvakt to close the connections of the last run",
+                   lambda: tcp_connections(self.port) == 0, timeout, interval=0.02)
 
 
 class PortvaktNodes(Jump):
