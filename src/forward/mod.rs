@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use prometheus_client::metrics::counter::Counter;
 
 use russh::server::Msg;
-use russh::{Channel, ChannelMsg};
+use russh::{Channel, ChannelMsg, ChannelReadHalf};
 
 use crate::policy::Authorized;
 use crate::reasons::{ForwardEnd, ForwardStop};
@@ -191,38 +191,15 @@ pub async fn pump(
     // Set when the client sent EOF; it may still receive, and its CLOSE
     // (or the connection's end) comes later on the same stream.
     let client_eof = tokio::sync::Notify::new();
-    let up = async {
-        let mut eof = false;
-        loop {
-            match from_client.wait().await {
-                Some(ChannelMsg::Data { data }) if !eof => {
-                    match tokio::time::timeout(limits.write_timeout, target_w.write_all(&data))
-                        .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) if peer_gone(&e) => return Ok(ClientSide::TargetGone),
-                        Ok(Err(e)) => return Err(e),
-                        Err(_) => return Ok(ClientSide::TargetStuck),
-                    }
-                    counters
-                        .to_target
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if let Some(t) = total_to {
-                        t.inc_by(data.len() as u64);
-                    }
-                    activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-                }
-                Some(ChannelMsg::Eof) if !eof => {
-                    eof = true;
-                    let _ = target_w.shutdown().await;
-                    client_eof.notify_one();
-                }
-                Some(ChannelMsg::Close) => return Ok(ClientSide::Closed),
-                Some(_) => {}
-                None => return Ok(ClientSide::Gone),
-            }
-        }
-    };
+    let up = copy_from_client(
+        &mut from_client,
+        &mut target_w,
+        limits.write_timeout,
+        counters,
+        total_to,
+        (&activity, start),
+        &client_eof,
+    );
     let down = copy_from_target(
         target_r,
         to_client.make_writer(),
@@ -231,15 +208,7 @@ pub async fn pump(
         &activity,
         start,
     );
-    let deadline = async {
-        match limits.deadline {
-            Some((at, reason)) => {
-                tokio::time::sleep_until(at).await;
-                reason
-            }
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = deadline(limits.deadline);
     let end = {
         tokio::pin!(up, down, deadline);
         let (mut client_done, mut target_done) = (false, false);
@@ -274,6 +243,59 @@ pub async fn pump(
     // Tell the client the channel is over (a no-op if the connection is gone).
     let _ = to_client.close().await;
     end
+}
+
+/// Client to target: write each data message as it comes (no copy of
+/// ours), count it; on the client's EOF shut the target's side and say so
+/// through `client_eof`; end on CHANNEL_CLOSE or when the channel vanishes.
+async fn copy_from_client(
+    from_client: &mut ChannelReadHalf,
+    target_w: &mut OwnedWriteHalf,
+    write_timeout: Duration,
+    counters: &Counters,
+    total: Option<&Counter>,
+    (activity, start): (&AtomicU64, Instant),
+    client_eof: &tokio::sync::Notify,
+) -> io::Result<ClientSide> {
+    let mut eof = false;
+    loop {
+        match from_client.wait().await {
+            Some(ChannelMsg::Data { data }) if !eof => {
+                match tokio::time::timeout(write_timeout, target_w.write_all(&data)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if peer_gone(&e) => return Ok(ClientSide::TargetGone),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Ok(ClientSide::TargetStuck),
+                }
+                counters
+                    .to_target
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(t) = total {
+                    t.inc_by(data.len() as u64);
+                }
+                activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            Some(ChannelMsg::Eof) if !eof => {
+                eof = true;
+                let _ = target_w.shutdown().await;
+                client_eof.notify_one();
+            }
+            Some(ChannelMsg::Close) => return Ok(ClientSide::Closed),
+            Some(_) => {}
+            None => return Ok(ClientSide::Gone),
+        }
+    }
+}
+
+/// Resolves with the reason when the connection's deadline passes.
+async fn deadline(at: Option<(Instant, ForwardEnd)>) -> ForwardEnd {
+    match at {
+        Some((at, reason)) => {
+            tokio::time::sleep_until(at).await;
+            reason
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Target to client: read, write, count; on EOF pass the EOF on
