@@ -15,7 +15,7 @@ use crate::reasons::{ForwardEnd, ForwardStop};
 /// One running forward.
 #[derive(Debug)]
 pub struct LiveForward {
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     pub host: String,
     pub port: u32,
     /// Ends this forward only (a child of its connection's token).
@@ -58,7 +58,7 @@ impl Drop for Registered {
 impl Forwards {
     pub fn register(
         self: &Arc<Self>,
-        identity: Identity,
+        identity: Arc<Identity>,
         host: String,
         port: u32,
         parent: &CancellationToken,

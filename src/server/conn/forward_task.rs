@@ -26,7 +26,7 @@ pub struct ForwardJob {
     /// The config in force; loaded when the decision is made.
     pub config: SharedConfig,
     pub ctx: Arc<ConnCtx>,
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     pub host: String,
     pub port: u32,
     pub channel: Channel<Msg>,

@@ -388,7 +388,7 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(identity) = self.ctx.identity().cloned() else {
+        let Some(identity) = self.ctx.shared_identity() else {
             return Ok(());
         };
         if self.ctx.is_closing() {

@@ -38,7 +38,8 @@ pub struct ConnCtx {
     forwards_cancel: CancellationToken,
     /// The first reason given for ending, which is the one recorded.
     reason: OnceLock<CloseReason>,
-    identity: OnceLock<Identity>,
+    /// Shared with the connection's forwards (a certificate is not small).
+    identity: OnceLock<Arc<Identity>>,
     /// When the login stops being valid, and the reason to record then.
     deadline: OnceLock<(Instant, CloseReason)>,
     /// Flips to true on login (wakes the driving task to arm the deadline).
@@ -182,7 +183,11 @@ impl ConnCtx {
         self.identity.get().is_some()
     }
     pub fn identity(&self) -> Option<&Identity> {
-        self.identity.get()
+        self.identity.get().map(|id| &**id)
+    }
+    /// The login, for a forward to hold without a copy.
+    pub fn shared_identity(&self) -> Option<Arc<Identity>> {
+        self.identity.get().cloned()
     }
     pub fn deadline(&self) -> Option<(Instant, CloseReason)> {
         self.deadline.get().copied()
@@ -203,7 +208,7 @@ impl ConnCtx {
             _ => (cap, CloseReason::MaxDuration),
         };
         let _ = self.deadline.set(deadline);
-        let _ = self.identity.set(id);
+        let _ = self.identity.set(Arc::new(id));
         self.authenticated.send_replace(true);
     }
 
