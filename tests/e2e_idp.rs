@@ -1439,13 +1439,24 @@ fn parallel_totp_guessing_locks_the_user_not_the_bastion() {
         "no source was banned for TOTP guesses"
     );
 
-    // The right code is refused while the lock holds; an admin lifts it.
+    // While the lock holds the owner is told at once, with no code asked
+    // (it would not be checked), and refused; an admin lifts the lock.
     let mut owner = Askpass::with_issuer(w.env.path(), "http://127.0.0.1:9", Decision::Ignore);
     owner.set_secret(&secret);
     owner.set_totp(TotpAnswer::Fresh);
     assert_refused(
         &w.askpass_forward(&owner, &w.client("deploy", &key)),
         &owner,
+    );
+    let told = owner.prompts_of("failure");
+    assert!(
+        owner.prompts_of("totp").is_empty()
+            && !told.is_empty()
+            && told
+                .iter()
+                .all(|p| p.prompt.contains("too many wrong TOTP codes")),
+        "{}",
+        owner.describe()
     );
     w.pv.cli(&["lockout", "clear", "--user", "deploy"])
         .assert_success();

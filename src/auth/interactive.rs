@@ -309,6 +309,26 @@ impl Interactive {
         }
     }
 
+    /// Does the next answer carry a code to check (the answers a user name
+    /// under attack is slowed down for)? Acknowledging a message or an IdP
+    /// approval checks nothing.
+    pub fn awaits_code(&self) -> bool {
+        matches!(self.state, State::Totp(_) | State::Enroll(_))
+    }
+
+    /// Refuse with the lock's message while the user's TOTP step is locked
+    /// (on any node); `None` when it is not.
+    async fn refuse_if_locked(&mut self) -> Option<Step> {
+        match tokio::time::timeout(DB_WAIT, self.svc.lockout.totp_locked(&self.user)).await {
+            Ok(Ok(false)) => None,
+            Ok(Ok(true)) => Some(self.fail(
+                AuthFailure::TotpLocked,
+                "too many wrong TOTP codes; try again later or ask an admin",
+            )),
+            _ => Some(Step::Reject(AuthFailure::DatabaseUnavailable)),
+        }
+    }
+
     /// One TOTP code, checked while no other code of this user is being
     /// checked on this node, and refused unchecked while the user's TOTP
     /// step is locked (on any node).
@@ -318,15 +338,8 @@ impl Interactive {
         let Ok(_serial) = tokio::time::timeout(DB_WAIT, gate.lock()).await else {
             return Step::Reject(AuthFailure::DatabaseUnavailable);
         };
-        match tokio::time::timeout(DB_WAIT, lockout.totp_locked(&self.user)).await {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => {
-                return self.fail(
-                    AuthFailure::TotpLocked,
-                    "too many wrong TOTP codes; try again later or ask an admin",
-                );
-            }
-            _ => return Step::Reject(AuthFailure::DatabaseUnavailable),
+        if let Some(refused) = self.refuse_if_locked().await {
+            return refused;
         }
         let check = tokio::time::timeout(
             DB_WAIT,
@@ -389,6 +402,11 @@ impl Interactive {
                 _ => return Step::Reject(AuthFailure::DatabaseUnavailable),
             };
         if enrolled {
+            // A locked user is told at once rather than after typing a code
+            // that will not be checked (the key or IdP login came first).
+            if let Some(refused) = self.refuse_if_locked().await {
+                return refused;
+            }
             self.state = State::Totp(pending);
             return prompt(
                 String::new(),

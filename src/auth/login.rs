@@ -125,16 +125,23 @@ pub struct Login<S> {
     trail: Arc<Trail>,
     /// Refused attempts so far (not counting the "none" probe).
     tries: usize,
+    /// When the login grace time ends the connection.
+    grace_end: tokio::time::Instant,
 }
 
+/// What a slowed-down attempt leaves of the grace time for its answer.
+const GRACE_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl<S: LoginSink> Login<S> {
-    /// `trail` is shared with the connection, which reads it at its end.
+    /// `trail` is shared with the connection, which reads it at its end;
+    /// `grace_end` is when the login grace time ends the connection.
     pub fn new(
         config: SharedConfig,
         services: Arc<Services>,
         source: SocketAddr,
         sink: S,
         trail: Arc<Trail>,
+        grace_end: tokio::time::Instant,
     ) -> Self {
         Login {
             auth: Authenticator::live(config.clone(), source.ip()).with_services(services.clone()),
@@ -144,6 +151,7 @@ impl<S: LoginSink> Login<S> {
             sink,
             trail,
             tries: 0,
+            grace_end,
         }
     }
 
@@ -317,7 +325,9 @@ impl<S: LoginSink> Login<S> {
         let step = match answers {
             None => self.interactive.start(user).await,
             Some(answers) => {
-                self.slow_down(user).await;
+                if self.interactive.awaits_code() {
+                    self.slow_down(user).await;
+                }
                 self.interactive.respond(user, answers).await
             }
         };
@@ -442,12 +452,19 @@ impl<S: LoginSink> Login<S> {
         Auth::reject()
     }
 
-    /// A user name under attack waits before each attempt is checked.
+    /// A user name under attack waits before each attempt is checked, but
+    /// never past the login grace time: the client gets its refusal (or
+    /// its login) rather than "login took too long".
     async fn slow_down(&self, user: &str) {
         let delay = self
             .services
             .lockout
             .user_delay(user, &self.config.load().lockout);
+        let left = self
+            .grace_end
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(GRACE_MARGIN);
+        let delay = delay.min(left);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

@@ -40,7 +40,7 @@ pub async fn serve(
     state.live.register(&ctx);
     state.audit.connection_open(ctx.id(), peer);
     let grace_end = ctx.opened() + state.config.load().server.login_grace_time;
-    let handler = Connection::new(state.clone(), ctx.clone(), login_permit);
+    let handler = Connection::new(state.clone(), ctx.clone(), login_permit, grace_end);
     let started = tokio::time::timeout_at(
         grace_end,
         russh::server::run_stream(state.ssh.clone(), stream, handler),

@@ -38,7 +38,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(state: Arc<ServerState>, ctx: Arc<ConnCtx>, permit: LoginSlot) -> Self {
+    /// `grace_end`: when the login grace time ends the connection.
+    pub fn new(
+        state: Arc<ServerState>,
+        ctx: Arc<ConnCtx>,
+        permit: LoginSlot,
+        grace_end: tokio::time::Instant,
+    ) -> Self {
         let sink = Sink::new(state.clone(), ctx.clone());
         let login = Login::new(
             state.config.clone(),
@@ -46,6 +52,7 @@ impl Connection {
             ctx.source(),
             sink,
             ctx.trail(),
+            grace_end,
         );
         Connection {
             reloads_at_open: state.reloads.load(Ordering::SeqCst),
