@@ -13,6 +13,9 @@ use sqlx::any::AnyRow;
 use super::chain::{ChainFields, GENESIS, row_hash};
 use crate::store::Store;
 
+/// The table of the chained events.
+pub const EVENTS: &str = "audit_events";
+
 /// Rows read per query: memory stays bounded whatever the chain's length.
 const PAGE: i64 = 1000;
 
@@ -44,8 +47,14 @@ pub struct NodeReport {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Problem {
-    /// `id` of the row where the chain breaks.
+    /// `id` of the audit event row where the chain breaks, or of the event
+    /// a row of another table disagrees with (0: no such event).
     pub id: i64,
+    /// The table of the row found wrong: `audit_events`, or for the
+    /// cross-checks `forwards`, `connections`, `grants`.
+    pub table: &'static str,
+    /// That row's key in `table` (its `id`).
+    pub row: String,
     pub seq: Option<i64>,
     pub problem: ProblemKind,
     pub message: String,
@@ -223,6 +232,8 @@ async fn verify_node(store: &Store, node: &str) -> Result<NodeReport, sqlx::Erro
         let id: i64 = r.try_get("id")?;
         report.problems.push(Problem {
             id,
+            table: EVENTS,
+            row: id.to_string(),
             seq: None,
             problem: ProblemKind::UnchainedRow,
             message: format!(
@@ -239,6 +250,8 @@ fn check(node: &str, row: &ChainRow, prev: Option<&(i64, i64, Option<String>)>) 
     let problem = |kind: ProblemKind, message: String| {
         Some(Problem {
             id: row.id,
+            table: EVENTS,
+            row: row.id.to_string(),
             seq: Some(row.seq),
             problem: kind,
             message,
