@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod forward;
+pub mod keyfile;
 pub mod metrics;
 pub mod policy;
 pub mod reasons;

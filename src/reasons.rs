@@ -260,6 +260,14 @@ reason_enum! {
         RevokedByAdmin = "revoked_by_admin",
         /// `config.reload` refused: the new file has errors.
         InvalidConfig = "invalid_config",
+        /// `audit.checkpoint` after `checkpoint_every` events.
+        CheckpointEvents = "checkpoint_events",
+        /// `audit.checkpoint` after `checkpoint_interval`.
+        CheckpointInterval = "checkpoint_interval",
+        /// `audit.checkpoint` as the writer stops (shutdown, CLI exit).
+        CheckpointShutdown = "checkpoint_shutdown",
+        /// `audit.checkpoint` of the rows retention is about to delete.
+        CheckpointPrune = "checkpoint_prune",
     }
 }
 

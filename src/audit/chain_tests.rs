@@ -487,7 +487,7 @@ async fn a_second_appender_of_one_node_is_caught_up_with() {
 // ---- retention ----
 
 #[tokio::test]
-async fn retention_prunes_a_prefix_of_each_chain() {
+async fn retention_prunes_a_signed_prefix_of_its_own_chain() {
     on_each_store(|store| async move {
         let old = 1_000;
         let young = T0;
@@ -503,8 +503,16 @@ async fn retention_prunes_a_prefix_of_each_chain() {
             audit.emit(event_at(EventKind::AuthFailure, at));
         }
         flush(audit, writer).await;
-        let pruned = crate::audit::prune(&store, 1_000_000).await.unwrap();
-        assert_eq!(pruned.events, 4, "{pruned:?}");
+        let (audit, writer) = Audit::start_signed(
+            store.clone(),
+            "node-p".into(),
+            Checkpoints::for_test(3, 1000),
+        );
+        let pruned = crate::audit::prune(&audit, 1_000_000, "retention 30d")
+            .await
+            .unwrap();
+        assert_eq!(pruned.events, 2, "{pruned:?}");
+        flush(audit, writer).await;
         let seqs = |node: &'static str| {
             let store = store.clone();
             async move {
@@ -515,16 +523,51 @@ async fn retention_prunes_a_prefix_of_each_chain() {
                     .collect::<Vec<i64>>()
             }
         };
-        assert_eq!(seqs("node-p").await, vec![3, 4, 5]);
-        // All old: the newest stays, for the chain to go on from.
-        assert_eq!(seqs("node-q").await, vec![3]);
-        let r = verify::verify(&store, None).await.unwrap();
-        assert!(r.intact, "{r:#?}");
-        assert_eq!(r.nodes[0].first_seq, Some(3));
+        // 6: the signed prune record; 7: the writer's checkpoint as it stopped.
+        assert_eq!(seqs("node-p").await, vec![3, 4, 5, 6, 7]);
+        // Another node's chain is that node's to prune.
+        assert_eq!(seqs("node-q").await, vec![1, 2, 3]);
+        let r = report(&store, "node-p").await;
+        assert!(r.problems.is_empty(), "{r:#?}");
+        assert_eq!(r.first_seq, Some(3));
+        assert_eq!(r.pruned.len(), 1, "{r:#?}");
+        assert_eq!(r.pruned[0].first_seq, 3);
+        assert_eq!(r.pruned[0].rule, "retention 30d");
         // The chain goes on after the pruning.
-        write_events(&store, "node-q", 2).await;
-        assert_eq!(seqs("node-q").await, vec![3, 4, 5]);
+        write_events(&store, "node-p", 2).await;
+        assert_eq!(seqs("node-p").await, vec![3, 4, 5, 6, 7, 8, 9]);
         assert!(verify::verify(&store, None).await.unwrap().intact);
+        // Deleting the oldest rows by hand is not pruning.
+        sql(
+            &store,
+            "DELETE FROM audit_events WHERE node = $1 AND seq = $2",
+            "node-p",
+            3,
+        )
+        .await;
+        let r = report(&store, "node-p").await;
+        assert_problem(
+            &r,
+            ProblemKind::HeadDeleted,
+            id_of(&store, "node-p", 4).await,
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_signing_key_retention_keeps_the_chain_whole() {
+    on_each_store(|store| async move {
+        let (audit, writer) = Audit::start(store.clone(), "node-u".into());
+        for at in [1_000, 1_000, T0] {
+            audit.emit(event_at(EventKind::AuthFailure, at));
+        }
+        let pruned = crate::audit::prune(&audit, 1_000_000, "retention 30d")
+            .await
+            .unwrap();
+        assert_eq!(pruned.events, 0, "{pruned:?}");
+        flush(audit, writer).await;
+        assert_eq!(chain_rows(&store, "node-u").await.len(), 3);
     })
     .await;
 }

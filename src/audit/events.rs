@@ -32,11 +32,13 @@ pub enum EventKind {
     LockoutClear,
     /// A user's TOTP step is locked after too many wrong codes.
     LockoutUser,
+    /// The node signed its hash chain (audit::checkpoint).
+    AuditCheckpoint,
 }
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -55,6 +57,7 @@ impl EventKind {
         EventKind::TotpReset,
         EventKind::LockoutClear,
         EventKind::LockoutUser,
+        EventKind::AuditCheckpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +81,7 @@ impl EventKind {
             TotpReset => "totp.reset",
             LockoutClear => "lockout.clear",
             LockoutUser => "lockout.user",
+            AuditCheckpoint => "audit.checkpoint",
         }
     }
 }

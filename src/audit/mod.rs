@@ -12,14 +12,18 @@
 //! `seq` and `hash` per row inside the transaction that stores the batch.
 
 pub mod chain;
+pub mod checkpoint;
 mod events;
+pub mod export;
 mod forwards;
 mod observe;
 pub mod query;
 mod retention;
+mod signing;
 #[cfg(test)]
 mod tests;
 pub mod verify;
+pub mod walk;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use tokio::task::JoinHandle;
 pub use events::{Event, EventKind, clean};
 pub use forwards::{DialledForward, ForwardRecord, OpenForward, Totals};
 pub use retention::{Pruned, mark_interrupted, prune, retention_loop};
+pub use signing::{Checkpoints, load_key};
 
 use crate::clock::{micros, now_micros};
 use crate::reasons::{AuthMethod, CloseReason};
@@ -83,12 +88,54 @@ enum Record {
         client_version: Option<String>,
         at: i64,
     },
+    /// Sign and store a checkpoint of `(seq, hash)` of this node's chain
+    /// (not its tail: retention's record of what it deletes). The sender
+    /// learns whether it was stored; without a signing key it is not.
+    Sign {
+        seq: i64,
+        hash: String,
+        extensions: Vec<String>,
+        ack: Option<oneshot::Sender<bool>>,
+    },
 }
 
 impl Audit {
     /// Start the writer task. It ends once every clone of the returned
     /// `Audit` is dropped and the queue is drained; await the handle to flush.
+    /// It signs no checkpoints: see [`Audit::start_signed`].
     pub fn start(store: Store, node: String) -> (Audit, JoinHandle<()>) {
+        Self::start_with(store, node, None)
+    }
+
+    /// Start the writer task, signing checkpoints of the node's chain as
+    /// `checkpoints` says, and a last one as it ends.
+    pub fn start_signed(
+        store: Store,
+        node: String,
+        checkpoints: Checkpoints,
+    ) -> (Audit, JoinHandle<()>) {
+        Self::start_with(store, node, Some(checkpoints))
+    }
+
+    /// The writer of a CLI command that writes rows: node `NODE (cli)`,
+    /// signed with the node's key when it can read it (else unsigned, said
+    /// on stderr: `audit verify` then reports those rows as not covered).
+    pub fn start_cli(store: Store, cfg: &crate::config::Config) -> (Audit, JoinHandle<()>) {
+        let node = format!("{} (cli)", cfg.server.node_name);
+        match Checkpoints::existing(&cfg.audit) {
+            Ok(c) => Self::start_signed(store, node, c),
+            Err(e) => {
+                eprintln!("warning: audit rows of this command are not signed: {e}");
+                Self::start(store, node)
+            }
+        }
+    }
+
+    fn start_with(
+        store: Store,
+        node: String,
+        checkpoints: Option<Checkpoints>,
+    ) -> (Audit, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let inner = Arc::new(Inner {
             store: store.clone(),
@@ -96,7 +143,13 @@ impl Audit {
             tx,
             dropped: AtomicU64::new(0),
         });
-        let writer = tokio::spawn(write_loop(store, node, rx, Arc::downgrade(&inner)));
+        let writer = tokio::spawn(write_loop(
+            store,
+            node,
+            rx,
+            Arc::downgrade(&inner),
+            checkpoints,
+        ));
         (Audit { inner }, writer)
     }
 
@@ -146,6 +199,26 @@ impl Audit {
             tracing::error!("audit record not stored in time (kept in this log)");
         }
         stored
+    }
+
+    /// Sign a checkpoint of this node's chain at `(seq, hash)` with these
+    /// extension lines, stored as an `audit.checkpoint` row (retention's
+    /// record of the rows it deletes). `false`: not stored, or this writer
+    /// has no signing key.
+    pub async fn sign(&self, seq: i64, hash: String, extensions: Vec<String>) -> bool {
+        let (ack, stored) = oneshot::channel();
+        let record = Record::Sign {
+            seq,
+            hash,
+            extensions,
+            ack: Some(ack),
+        };
+        let sent = tokio::time::timeout(RECORD_WAIT, self.inner.tx.send(record)).await;
+        matches!(sent, Ok(Ok(())))
+            && matches!(
+                tokio::time::timeout(RECORD_WAIT, stored).await,
+                Ok(Ok(true))
+            )
     }
 
     fn queue(&self, r: Record) {
@@ -263,50 +336,179 @@ async fn write_loop(
     node: String,
     mut rx: mpsc::Receiver<Record>,
     inner: std::sync::Weak<Inner>,
+    checkpoints: Option<Checkpoints>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     // The node's chain tail as committed; `None`: read it again (at the
     // next write, inside its transaction) because a write failed.
     let mut tail = chain::read_tail(store.pool(), &node).await.ok();
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let mut attempt = 0;
-        loop {
-            match write_batch(&store, &node, &batch, &mut tail).await {
-                Ok(()) => {
-                    acknowledge(&mut batch, |_| true);
-                    break;
-                }
-                Err(e) if attempt < 3 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "audit write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(_) => {
-                    store.set_healthy(store.ping().await.is_ok());
-                    // One bad record must not take the others with it.
-                    let mut lost = 0u64;
-                    let mut stored = Vec::with_capacity(batch.len());
-                    for r in &batch {
-                        let ok =
-                            write_batch(&store, &node, std::slice::from_ref(r), &mut tail).await;
-                        if let Err(e) = &ok {
-                            lost += 1;
-                            tracing::error!(error = %e, record = ?r, "audit record lost to the database (kept in this log)");
-                        }
-                        stored.push(ok.is_ok());
-                    }
-                    let mut each = stored.into_iter();
-                    acknowledge(&mut batch, |_| each.next().unwrap_or(false));
-                    if let Some(inner) = inner.upgrade() {
-                        inner.dropped.fetch_add(lost, Ordering::Relaxed);
-                    }
-                    crate::metrics::get().audit_dropped.inc_by(lost);
-                    crate::metrics::get().database_errors.inc();
-                    break;
+    let mut schedule = match checkpoints {
+        Some(c) => Some(signing::Schedule::new(c, &store, &node).await),
+        None => None,
+    };
+    loop {
+        let (received, timer) = match schedule.as_ref().map(signing::Schedule::deadline) {
+            Some(at) => tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => (n, false),
+                () = tokio::time::sleep_until(at) => (usize::MAX, true),
+            },
+            None => (rx.recv_many(&mut batch, BATCH).await, false),
+        };
+        if received == 0 {
+            break;
+        }
+        sign_requests(&mut batch, schedule.as_ref(), &node);
+        if !batch.is_empty() {
+            write_or_count(&store, &node, &mut batch, &mut tail, &inner).await;
+        }
+        batch.clear();
+        if let Some(s) = schedule.as_mut() {
+            checkpoint_if_due(&store, &node, s, &mut tail, timer).await;
+        }
+    }
+    if let Some(s) = schedule.as_mut() {
+        checkpoint(&store, &node, s, &mut tail, None).await;
+    }
+}
+
+/// Sign a checkpoint when one is due (`timer`: the interval passed).
+async fn checkpoint_if_due(
+    store: &Store,
+    node: &str,
+    schedule: &mut signing::Schedule,
+    tail: &mut Option<chain::Tail>,
+    timer: bool,
+) {
+    let seq = match tail {
+        Some(t) => t.seq,
+        None => i64::MAX,
+    };
+    if let Some(reason) = schedule.due(seq, timer) {
+        checkpoint(store, node, schedule, tail, Some(reason)).await;
+    } else if timer {
+        schedule.restart_timer();
+    }
+}
+
+/// Sign the chain's tail and append the checkpoint to it (`reason` `None`:
+/// the writer stops; only if rows are unsigned).
+async fn checkpoint(
+    store: &Store,
+    node: &str,
+    schedule: &mut signing::Schedule,
+    tail: &mut Option<chain::Tail>,
+    reason: Option<crate::reasons::EventReason>,
+) {
+    let t = match tail.clone() {
+        Some(t) => t,
+        None => match chain::read_tail(store.pool(), node).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the audit chain to sign it");
+                schedule.restart_timer();
+                return;
+            }
+        },
+    };
+    if !schedule.has_unsigned(t.seq) {
+        return;
+    }
+    let reason = reason.unwrap_or(crate::reasons::EventReason::CheckpointShutdown);
+    let (cp, ev) = schedule.sign(node, t.seq, &t.hash, reason, &[]);
+    *tail = Some(t);
+    let record = [Record::Event(ev, None)];
+    match write_batch(store, node, &record, tail).await {
+        Ok(()) => {
+            let row_seq = tail.as_ref().map_or(0, |t| t.seq);
+            schedule.stored(&cp, reason, row_seq).await;
+        }
+        Err(e) => {
+            crate::metrics::get().database_errors.inc();
+            tracing::error!(error = %e, "cannot store the audit checkpoint; the next one covers these rows");
+            schedule.restart_timer();
+        }
+    }
+}
+
+/// Turn retention's requests to sign into checkpoint events (or refuse
+/// them, without a signing key).
+fn sign_requests(batch: &mut Vec<Record>, schedule: Option<&signing::Schedule>, node: &str) {
+    for r in batch.iter_mut() {
+        let Record::Sign {
+            seq,
+            hash,
+            extensions,
+            ack,
+        } = r
+        else {
+            continue;
+        };
+        let ack = ack.take();
+        match schedule {
+            Some(s) => {
+                let (_, ev) = s.sign(
+                    node,
+                    *seq,
+                    hash,
+                    crate::reasons::EventReason::CheckpointPrune,
+                    extensions,
+                );
+                *r = Record::Event(ev, ack);
+            }
+            None => {
+                if let Some(ack) = ack {
+                    let _ = ack.send(false);
                 }
             }
         }
-        batch.clear();
+    }
+    batch.retain(|r| !matches!(r, Record::Sign { .. }));
+}
+
+/// Write a batch, retried; on a lasting error, record by record, counting
+/// what is lost.
+async fn write_or_count(
+    store: &Store,
+    node: &str,
+    batch: &mut [Record],
+    tail: &mut Option<chain::Tail>,
+    inner: &std::sync::Weak<Inner>,
+) {
+    let mut attempt = 0;
+    loop {
+        match write_batch(store, node, batch, tail).await {
+            Ok(()) => {
+                acknowledge(batch, |_| true);
+                break;
+            }
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "audit write failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(_) => {
+                store.set_healthy(store.ping().await.is_ok());
+                // One bad record must not take the others with it.
+                let mut lost = 0u64;
+                let mut stored = Vec::with_capacity(batch.len());
+                for r in batch.iter() {
+                    let ok = write_batch(store, node, std::slice::from_ref(r), tail).await;
+                    if let Err(e) = &ok {
+                        lost += 1;
+                        tracing::error!(error = %e, record = ?r, "audit record lost to the database (kept in this log)");
+                    }
+                    stored.push(ok.is_ok());
+                }
+                let mut each = stored.into_iter();
+                acknowledge(batch, |_| each.next().unwrap_or(false));
+                if let Some(inner) = inner.upgrade() {
+                    inner.dropped.fetch_add(lost, Ordering::Relaxed);
+                }
+                crate::metrics::get().audit_dropped.inc_by(lost);
+                crate::metrics::get().database_errors.inc();
+                break;
+            }
+        }
     }
 }
 
@@ -422,6 +624,8 @@ async fn write_chained(
                 .execute(&mut *tx)
                 .await?;
             }
+            // Turned into events (or refused) before a batch is written.
+            Record::Sign { .. } => {}
             Record::ConnectionClose {
                 id,
                 reason,

@@ -55,6 +55,8 @@ pub fn observe(ev: &Event) {
         }
         // Counted as they happen (server/refusals.rs), not per audit row.
         EventKind::AuditPrune | EventKind::ConnectionRefused => {}
+        // Written by the audit writer itself, never observed.
+        EventKind::AuditCheckpoint => {}
         // Rare admin and account events: the audit trail is their record.
         EventKind::GrantRevoke
         | EventKind::TotpEnroll

@@ -47,14 +47,17 @@ pub struct Pruned {
 
 /// Delete audit data older than `before` (unix µs): events, ended forwards,
 /// closed connections, grants that ended. Rows of open forwards stay.
+/// `rule` names why (`retention 90d`), for the signed record.
 ///
-/// Events of a node's hash chain go only as a prefix of the chain, so that
-/// pruning never leaves a gap in it: the rows before the node's oldest row
-/// that is not old yet (`at` need not grow with `seq` by a few
-/// milliseconds, or more when the clock was set back: such a row waits
-/// for the ones before it). The node's newest chained row always stays,
-/// so the chain goes on from it.
-pub async fn prune(store: &Store, before: i64) -> Result<Pruned, sqlx::Error> {
+/// Of the hash chains, only this node's is pruned, by its writer's key:
+/// first a signed `audit.checkpoint` (reason `checkpoint_prune`) says where
+/// the chain will start and what the last deleted row's hash was, then the
+/// prefix goes, so the rest verifies from its new start (docs/AUDIT.md).
+/// Without a signing key the chain is kept whole. Other nodes prune their
+/// own chains; chains of CLI commands (`NODE (cli)`) and of nodes that no
+/// longer run are kept.
+pub async fn prune(audit: &Audit, before: i64, rule: &str) -> Result<Pruned, sqlx::Error> {
+    let store = audit.store();
     let run = |sql: &'static str| async move {
         sqlx::query(sql)
             .bind(before)
@@ -64,43 +67,68 @@ pub async fn prune(store: &Store, before: i64) -> Result<Pruned, sqlx::Error> {
     };
     Ok(Pruned {
         events: run("DELETE FROM audit_events WHERE seq IS NULL AND at < $1").await?
-            + prune_chains(store, before).await?,
+            + prune_chain(audit, before, rule).await?,
         forwards: run("DELETE FROM forwards WHERE ended_at IS NOT NULL AND ended_at < $1").await?,
         connections: run("DELETE FROM connections WHERE closed_at IS NOT NULL AND closed_at < $1").await?,
         grants: run("DELETE FROM grants WHERE expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $1)").await?,
     })
 }
 
-/// Delete, per node, the prefix of its chain that is older than `before`.
-async fn prune_chains(store: &Store, before: i64) -> Result<u64, sqlx::Error> {
-    let nodes =
-        sqlx::query("SELECT DISTINCT node FROM audit_events WHERE seq IS NOT NULL AND at < $1")
-            .bind(before)
-            .fetch_all(store.pool())
-            .await?;
-    let mut deleted = 0;
-    for r in &nodes {
-        let node: String = r.try_get("node")?;
-        let keep = sqlx::query(
-            "SELECT COALESCE( \
-                 (SELECT MIN(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL AND at >= $2), \
-                 (SELECT MAX(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL)) AS keep",
-        )
-        .bind(&node)
-        .bind(before)
-        .fetch_one(store.pool())
-        .await?;
-        let Some(keep) = keep.try_get::<Option<i64>, _>("keep")? else {
-            continue;
-        };
-        deleted += sqlx::query("DELETE FROM audit_events WHERE node = $1 AND seq < $2")
-            .bind(&node)
+/// Delete the prefix of this node's chain that is older than `before`:
+/// the rows before its oldest row that is not old yet (`at` need not grow
+/// with `seq` by a few milliseconds, or more when the clock was set back:
+/// such a row waits for the ones before it). The newest row always stays,
+/// so the chain goes on from it.
+async fn prune_chain(audit: &Audit, before: i64, rule: &str) -> Result<u64, sqlx::Error> {
+    let (store, node) = (audit.store(), audit.node());
+    let bounds = sqlx::query(
+        "SELECT MIN(seq) AS first, COALESCE( \
+             (SELECT MIN(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL AND at >= $2), \
+             (SELECT MAX(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL)) AS keep \
+         FROM audit_events WHERE node = $1 AND seq IS NOT NULL",
+    )
+    .bind(node)
+    .bind(before)
+    .fetch_one(store.pool())
+    .await?;
+    let (Some(first), Some(keep)) = (
+        bounds.try_get::<Option<i64>, _>("first")?,
+        bounds.try_get::<Option<i64>, _>("keep")?,
+    ) else {
+        return Ok(0);
+    };
+    if keep <= first {
+        return Ok(0);
+    }
+    let prev_hash: Option<String> =
+        sqlx::query("SELECT prev_hash FROM audit_events WHERE node = $1 AND seq = $2")
+            .bind(node)
+            .bind(keep)
+            .fetch_one(store.pool())
+            .await?
+            .try_get("prev_hash")?;
+    let line = format!(
+        "prune {keep} {} {rule}",
+        crate::clock::rfc3339_micros(before)
+    );
+    if !audit
+        .sign(keep - 1, prev_hash.unwrap_or_default(), vec![line])
+        .await
+    {
+        tracing::error!(
+            node,
+            "cannot sign the record of the audit rows retention would delete; the chain is kept whole"
+        );
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query("DELETE FROM audit_events WHERE node = $1 AND seq < $2")
+            .bind(node)
             .bind(keep)
             .execute(store.pool())
             .await?
-            .rows_affected();
-    }
-    Ok(deleted)
+            .rows_affected(),
+    )
 }
 
 /// Prune once an hour after start, then once a day, and audit each pass.
@@ -117,7 +145,8 @@ pub async fn retention_loop(
         }
         wait = Duration::from_secs(24 * 3600);
         let before = micros(SystemTime::now() - keep);
-        match prune(audit.store(), before).await {
+        let rule = format!("retention {}", humantime::format_duration(keep));
+        match prune(&audit, before, &rule).await {
             Ok(p) => audit.emit(
                 Event::new(EventKind::AuditPrune)
                     .detail("before", crate::clock::rfc3339_micros(before))

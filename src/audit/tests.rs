@@ -18,7 +18,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::task::JoinHandle;
 
 use super::query::{self, EventFilter, EventRow, SessionFilter, SessionRow};
-use super::{Audit, Event, EventKind, ForwardRecord, Totals, mark_interrupted};
+use super::{Audit, Checkpoints, Event, EventKind, ForwardRecord, Totals, mark_interrupted};
 use crate::auth::AuthFailure;
 use crate::policy::Refusal;
 use crate::reasons::{CloseReason, ForwardResult, ForwardStop};
@@ -26,6 +26,8 @@ use crate::store::{Backend, Store};
 
 #[path = "chain_tests.rs"]
 mod chain_tests;
+#[path = "checkpoint_tests.rs"]
+mod checkpoint_tests;
 
 const POSTGRES_ENV: &str = "PORTVAKT_TEST_POSTGRES_URL";
 
@@ -1003,6 +1005,7 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "totp.reset",
                 "lockout.clear",
                 "lockout.user",
+                "audit.checkpoint",
             ]
         );
     })
@@ -1476,7 +1479,14 @@ async fn retention_prunes_old_rows_but_never_open_forwards() {
         )
         .await;
 
-        let pruned = crate::audit::prune(&store, 1_000_000).await.unwrap();
+        let (audit, writer) = Audit::start_signed(
+            store.clone(),
+            "node-r".into(),
+            Checkpoints::for_test(1, 1000),
+        );
+        let pruned = crate::audit::prune(&audit, 1_000_000, "retention test")
+            .await
+            .unwrap();
         assert_eq!(pruned.forwards, 1, "{pruned:?}");
         assert!(pruned.events >= 1, "{pruned:?}");
         let left = ids(&sessions(&store, SessionFilter::default()).await);
@@ -1499,8 +1509,11 @@ async fn retention_prunes_old_rows_but_never_open_forwards() {
             "{kinds_left:?}"
         );
         // A second pass finds nothing more.
-        let again = crate::audit::prune(&store, 1_000_000).await.unwrap();
+        let again = crate::audit::prune(&audit, 1_000_000, "retention test")
+            .await
+            .unwrap();
         assert_eq!(again.forwards, 0);
+        flush(audit, writer).await;
     })
     .await;
 }

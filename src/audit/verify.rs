@@ -1,16 +1,14 @@
-//! `portvakt audit verify`: walk each node's hash chain in `seq` order,
-//! recompute every hash and report the first divergence per node
-//! (docs/AUDIT.md "The hash chain").
-//!
-//! Without signed checkpoints (a later slice) this proves that no row in
-//! the middle of a chain was changed, deleted, inserted or reordered; it does
-//! not detect a chain whose tail was rewritten consistently, or cut off.
+//! `portvakt audit verify`: walk each node's hash chain in `seq` order (see
+//! [`super::walk`]), recompute every hash, check every signed checkpoint,
+//! and report per node what diverges (docs/AUDIT.md "The hash chain",
+//! "Signed checkpoints").
 
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::chain::{ChainFields, GENESIS, row_hash};
+use super::checkpoint::VerifyingKey;
+use super::walk::{ChainRow, External, Keys, Walker};
 use crate::store::Store;
 
 /// The table of the chained events.
@@ -33,16 +31,63 @@ pub struct NodeReport {
     pub rows: i64,
     /// The newest `seq` seen (`None`: no chained row).
     pub last_seq: Option<i64>,
-    /// Signed checkpoints come in a later slice: always `None` for now.
+    /// The newest checkpoint in the chain that verified: `{"id", "seq",
+    /// "time"}`.
     pub last_checkpoint: Option<serde_json::Value>,
     /// The oldest `seq` present: above 1 when retention pruned the oldest
-    /// rows (which, without checkpoints, cannot be told from deleting them).
+    /// rows (then `pruned` says when and why).
     pub first_seq: Option<i64>,
     /// Rows written before the chain existed (migration 0005): not checked.
     pub unchained: i64,
+    /// Checkpoints in the chain whose signature and hash verified.
+    pub checkpoints: u64,
+    /// Rows after the newest verified checkpoint: intact as far as the
+    /// chain shows, but no signature covers them yet.
+    pub unsigned_rows: i64,
+    /// The newest `seq` a checkpoint from outside (`--checkpoints`) signed:
+    /// no row up to it was removed.
+    pub complete_to: Option<i64>,
+    /// Without `--key`: the keys the checkpoints were signed with, as the
+    /// database states them (pin them with `--key`).
+    pub keys: Vec<String>,
+    /// What retention deleted from the chain's start, by its signed record.
+    pub pruned: Vec<Pruned>,
     /// The first divergence found, if any (and any unchained row written
     /// after the chain began).
     pub problems: Vec<Problem>,
+}
+
+/// A signed prune record: rows before `first_seq` were deleted.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Pruned {
+    pub first_seq: i64,
+    /// Rows older than this went (RFC 3339).
+    pub before: String,
+    /// Why: `retention 90d`.
+    pub rule: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The record's row.
+    pub id: i64,
+}
+
+impl NodeReport {
+    pub fn new(node: &str) -> Self {
+        NodeReport {
+            node: node.to_string(),
+            rows: 0,
+            last_seq: None,
+            last_checkpoint: None,
+            first_seq: None,
+            unchained: 0,
+            checkpoints: 0,
+            unsigned_rows: 0,
+            complete_to: None,
+            keys: Vec::new(),
+            pruned: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -77,6 +122,20 @@ pub enum ProblemKind {
     UnchainedRow,
     /// A `seq` below 1.
     BadSeq,
+    /// A checkpoint whose signature is missing, malformed, or not by a key
+    /// of this node (or not by a `--key` given).
+    BadSignature,
+    /// A signed checkpoint names a hash the chain does not have at its
+    /// `seq`: the rows it covers were rewritten.
+    CheckpointMismatch,
+    /// A checkpoint from outside signs a `seq` past the chain's end: the
+    /// newest rows were deleted.
+    Truncated,
+    /// The chain starts above seq 1 with no signed prune record for it.
+    HeadDeleted,
+    /// Rows of an export that no checkpoint signed by the keys given
+    /// covers (`verify --file`).
+    Unsigned,
 }
 
 impl ProblemKind {
@@ -88,13 +147,65 @@ impl ProblemKind {
             ProblemKind::DuplicateSeq => "duplicate_seq",
             ProblemKind::UnchainedRow => "unchained_row",
             ProblemKind::BadSeq => "bad_seq",
+            ProblemKind::BadSignature => "bad_signature",
+            ProblemKind::CheckpointMismatch => "checkpoint_mismatch",
+            ProblemKind::Truncated => "truncated",
+            ProblemKind::HeadDeleted => "head_deleted",
+            ProblemKind::Unsigned => "unsigned",
         }
     }
 }
 
-/// Verify every node's chain, or only `node`'s.
+impl Problem {
+    /// A problem at an audit event row.
+    pub(super) fn event(row: &ChainRow, problem: ProblemKind, message: String) -> Problem {
+        Problem {
+            id: row.id,
+            table: EVENTS,
+            row: row.id.to_string(),
+            seq: Some(row.seq),
+            problem,
+            message,
+        }
+    }
+}
+
+/// What to verify, and against what.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub node: Option<String>,
+    /// Start at the first row at or after this time (unix µs): the chain's
+    /// head is then not checked.
+    pub since: Option<i64>,
+    /// `--key`: checkpoints must be signed by one of these.
+    pub keys: Vec<VerifyingKey>,
+    /// `--checkpoints`: checkpoints collected outside the database.
+    pub checkpoints: Vec<External>,
+}
+
+impl Options {
+    fn keys(&self) -> Keys {
+        if self.keys.is_empty() {
+            Keys::Stated
+        } else {
+            Keys::Pinned(self.keys.clone())
+        }
+    }
+}
+
+/// Verify every node's chain, or only `node`'s, trusting the keys the
+/// database states.
 pub async fn verify(store: &Store, node: Option<&str>) -> Result<Report, sqlx::Error> {
-    let nodes: Vec<String> = match node {
+    let options = Options {
+        node: node.map(str::to_string),
+        ..Options::default()
+    };
+    verify_with(store, &options).await
+}
+
+/// Verify as `options` say.
+pub async fn verify_with(store: &Store, options: &Options) -> Result<Report, sqlx::Error> {
+    let nodes: Vec<String> = match &options.node {
         Some(n) => vec![n.to_string()],
         None => sqlx::query("SELECT DISTINCT node FROM audit_events ORDER BY node")
             .fetch_all(store.pool())
@@ -105,7 +216,7 @@ pub async fn verify(store: &Store, node: Option<&str>) -> Result<Report, sqlx::E
     };
     let mut reports = Vec::with_capacity(nodes.len());
     for n in nodes {
-        reports.push(verify_node(store, &n).await?);
+        reports.push(verify_node(store, &n, options).await?);
     }
     Ok(Report {
         intact: reports.iter().all(|r| r.problems.is_empty()),
@@ -113,211 +224,152 @@ pub async fn verify(store: &Store, node: Option<&str>) -> Result<Report, sqlx::E
     })
 }
 
-/// One stored row of a chain.
-struct ChainRow {
-    id: i64,
-    seq: i64,
-    at: i64,
-    kind: String,
-    user: Option<String>,
-    source: Option<String>,
-    connection_id: Option<String>,
-    reason: Option<String>,
-    detail: String,
-    prev_hash: Option<String>,
-    hash: Option<String>,
+fn read_row(r: &AnyRow) -> Result<ChainRow, sqlx::Error> {
+    Ok(ChainRow {
+        id: r.try_get("id")?,
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        kind: r.try_get("kind")?,
+        user: r.try_get("user_name")?,
+        source: r.try_get("source")?,
+        connection_id: r.try_get("connection_id")?,
+        reason: r.try_get("reason")?,
+        detail: r.try_get("detail")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
 }
 
-impl ChainRow {
-    fn read(r: &AnyRow) -> Result<ChainRow, sqlx::Error> {
-        Ok(ChainRow {
-            id: r.try_get("id")?,
-            seq: r.try_get("seq")?,
-            at: r.try_get("at")?,
-            kind: r.try_get("kind")?,
-            user: r.try_get("user_name")?,
-            source: r.try_get("source")?,
-            connection_id: r.try_get("connection_id")?,
-            reason: r.try_get("reason")?,
-            detail: r.try_get("detail")?,
-            prev_hash: r.try_get("prev_hash")?,
-            hash: r.try_get("hash")?,
-        })
-    }
-
-    fn computed_hash(&self, node: &str) -> Option<String> {
-        Some(row_hash(&ChainFields {
-            node,
-            seq: self.seq,
-            at: self.at,
-            kind: &self.kind,
-            user: self.user.as_deref(),
-            source: self.source.as_deref(),
-            connection_id: self.connection_id.as_deref(),
-            reason: self.reason.as_deref(),
-            detail: &self.detail,
-            prev_hash: self.prev_hash.as_deref()?,
-        }))
-    }
+/// The columns [`read_row`] reads.
+macro_rules! columns {
+    () => {
+        "id, seq, at, kind, connection_id, user_name, source, reason, detail, prev_hash, hash"
+    };
 }
 
-async fn verify_node(store: &Store, node: &str) -> Result<NodeReport, sqlx::Error> {
+async fn verify_node(
+    store: &Store,
+    node: &str,
+    options: &Options,
+) -> Result<NodeReport, sqlx::Error> {
+    let pool = store.pool();
     let counts = sqlx::query(
         "SELECT COUNT(*) - COUNT(seq) AS unchained, MIN(CASE WHEN seq IS NOT NULL THEN id END) AS first_id \
          FROM audit_events WHERE node = $1",
     )
     .bind(node)
-    .fetch_one(store.pool())
+    .fetch_one(pool)
     .await?;
-    let unchained: i64 = counts.try_get("unchained")?;
     let first_id: Option<i64> = counts.try_get("first_id")?;
-    let mut report = NodeReport {
-        node: node.to_string(),
-        rows: 0,
-        last_seq: None,
-        last_checkpoint: None,
-        first_seq: None,
-        unchained,
-        problems: Vec::new(),
+    let mut walker = Walker::new(
+        node,
+        options.keys(),
+        options.since.is_some(),
+        wanted(store, node, options).await?,
+    );
+    walker.report_mut().unchained = counts.try_get("unchained")?;
+    let (mut after_seq, mut after_id) = match options.since {
+        Some(t) => (first_seq_since(store, node, t).await? - 1, i64::MAX),
+        None => (i64::MIN, i64::MIN),
     };
-
-    // (seq, id, hash) of the row before.
-    let mut prev: Option<(i64, i64, Option<String>)> = None;
-    let mut broken = false;
-    let (mut after_seq, mut after_id) = (i64::MIN, i64::MIN);
     loop {
-        let page = sqlx::query(
-            "SELECT id, seq, at, kind, connection_id, user_name, source, reason, detail, prev_hash, hash \
-             FROM audit_events WHERE node = $1 AND seq IS NOT NULL AND (seq > $2 OR (seq = $2 AND id > $3)) \
-             ORDER BY seq, id LIMIT $4",
-        )
+        let page = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM audit_events WHERE node = $1 AND seq IS NOT NULL \
+             AND (seq > $2 OR (seq = $2 AND id > $3)) ORDER BY seq, id LIMIT $4"
+        ))
         .bind(node)
         .bind(after_seq)
         .bind(after_id)
         .bind(PAGE)
-        .fetch_all(store.pool())
+        .fetch_all(pool)
         .await?;
         for r in &page {
-            let row = ChainRow::read(r)?;
-            report.rows += 1;
-            report.last_seq = Some(row.seq);
-            if report.first_seq.is_none() {
-                report.first_seq = Some(row.seq);
-            }
-            if !broken && let Some(p) = check(node, &row, prev.as_ref()) {
-                report.problems.push(p);
-                // Past the first divergence every link is suspect: report
-                // that one, keep counting.
-                broken = true;
-            }
+            let row = read_row(r)?;
             (after_seq, after_id) = (row.seq, row.id);
-            prev = Some((row.seq, row.id, row.hash));
+            walker.push(row);
         }
         if (page.len() as i64) < PAGE {
             break;
         }
     }
-
-    // Rows without seq are the ones written before the chain began; one
-    // written after the node's first chained row was put there by hand.
-    if let Some(first_id) = first_id
-        && let Some(r) = sqlx::query(
-            "SELECT id FROM audit_events WHERE node = $1 AND seq IS NULL AND id > $2 ORDER BY id LIMIT 1",
-        )
-        .bind(node)
-        .bind(first_id)
-        .fetch_optional(store.pool())
-        .await?
-    {
-        let id: i64 = r.try_get("id")?;
-        report.problems.push(Problem {
-            id,
-            table: EVENTS,
-            row: id.to_string(),
-            seq: None,
-            problem: ProblemKind::UnchainedRow,
-            message: format!(
-                "row {id} has no seq but was written after the chain began (row {first_id}): \
-                 inserted outside portvakt's writer"
-            ),
-        });
+    let mut report = walker.finish(&options.checkpoints);
+    if let Some(p) = unchained_after(store, node, first_id).await? {
+        report.problems.push(p);
     }
     Ok(report)
 }
 
-/// The first thing wrong with `row`, given the row before it in the chain.
-fn check(node: &str, row: &ChainRow, prev: Option<&(i64, i64, Option<String>)>) -> Option<Problem> {
-    let problem = |kind: ProblemKind, message: String| {
-        Some(Problem {
-            id: row.id,
-            table: EVENTS,
-            row: row.id.to_string(),
-            seq: Some(row.seq),
-            problem: kind,
-            message,
-        })
+/// The `seq`s whose hashes checkpoints name: those of the node's prune
+/// records, and those of the checkpoints given from outside.
+async fn wanted(store: &Store, node: &str, options: &Options) -> Result<Vec<i64>, sqlx::Error> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM audit_events WHERE node = $1 AND kind = $2 AND reason = $3"
+    ))
+    .bind(node)
+    .bind(super::EventKind::AuditCheckpoint.as_str())
+    .bind(crate::reasons::EventReason::CheckpointPrune.as_str())
+    .fetch_all(store.pool())
+    .await?;
+    let mut want = Vec::new();
+    for r in &rows {
+        want.extend(read_row(r)?.prune_claim_seq());
+    }
+    want.extend(
+        options
+            .checkpoints
+            .iter()
+            .filter(|c| c.node == node)
+            .filter_map(|c| super::walk::claimed_seq(&c.note)),
+    );
+    Ok(want)
+}
+
+/// The `seq` of the node's first row at or after `since`.
+async fn first_seq_since(store: &Store, node: &str, since: i64) -> Result<i64, sqlx::Error> {
+    let r = sqlx::query(
+        "SELECT MIN(seq) AS seq FROM audit_events WHERE node = $1 AND seq IS NOT NULL AND at >= $2",
+    )
+    .bind(node)
+    .bind(since)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(r.try_get::<Option<i64>, _>("seq")?.unwrap_or(i64::MAX))
+}
+
+/// Rows without seq are the ones written before the chain began; one
+/// written after the node's first chained row was put there by hand.
+async fn unchained_after(
+    store: &Store,
+    node: &str,
+    first_id: Option<i64>,
+) -> Result<Option<Problem>, sqlx::Error> {
+    let Some(first_id) = first_id else {
+        return Ok(None);
     };
-    let (id, seq) = (row.id, row.seq);
-    if let Some((prev_seq, prev_id, _)) = prev
-        && *prev_seq == seq
-    {
-        return problem(
-            ProblemKind::DuplicateSeq,
-            format!("row {id} has seq {seq}, as row {prev_id} has: a forged or copied row"),
-        );
-    }
-    if seq < 1 {
-        return problem(
-            ProblemKind::BadSeq,
-            format!("row {id} has seq {seq}: sequence numbers start at 1"),
-        );
-    }
-    let computed = row.computed_hash(node);
-    if computed.is_none() || computed != row.hash {
-        return problem(
-            ProblemKind::HashMismatch,
-            format!(
-                "row {id} (seq {seq}): its hash does not match its content: the row was changed"
-            ),
-        );
-    }
-    let stored_prev = row.prev_hash.as_deref().unwrap_or_default();
-    match prev {
-        Some((prev_seq, prev_id, prev_hash)) => {
-            if seq > prev_seq + 1 {
-                let missing = if seq == prev_seq + 2 {
-                    format!("seq {} is", prev_seq + 1)
-                } else {
-                    format!("seq {} to {} are", prev_seq + 1, seq - 1)
-                };
-                return problem(
-                    ProblemKind::SeqGap,
-                    format!(
-                        "row {id} (seq {seq}) follows row {prev_id} (seq {prev_seq}): \
-                         {missing} missing: rows were deleted"
-                    ),
-                );
-            }
-            if Some(stored_prev) != prev_hash.as_deref() {
-                return problem(
-                    ProblemKind::PrevHashMismatch,
-                    format!(
-                        "row {id} (seq {seq}) does not link to row {prev_id} (seq {prev_seq}) \
-                         before it: rows were reordered, replaced or inserted"
-                    ),
-                );
-            }
-        }
-        None if seq == 1 && stored_prev != GENESIS => {
-            return problem(
-                ProblemKind::PrevHashMismatch,
-                format!(
-                    "row {id} (seq 1) starts the chain but its prev_hash is not the genesis \
-                     value: rows were reordered, replaced or inserted"
-                ),
-            );
-        }
-        None => {}
-    }
-    None
+    let Some(r) = sqlx::query(
+        "SELECT id FROM audit_events WHERE node = $1 AND seq IS NULL AND id > $2 ORDER BY id LIMIT 1",
+    )
+    .bind(node)
+    .bind(first_id)
+    .fetch_optional(store.pool())
+    .await?
+    else {
+        return Ok(None);
+    };
+    let id: i64 = r.try_get("id")?;
+    Ok(Some(Problem {
+        id,
+        table: EVENTS,
+        row: id.to_string(),
+        seq: None,
+        problem: ProblemKind::UnchainedRow,
+        message: format!(
+            "row {id} has no seq but was written after the chain began (row {first_id}): \
+             inserted outside portvakt's writer"
+        ),
+    }))
 }

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use super::{Outcome, print_json};
-use crate::audit::{Audit, Event, EventKind};
+use crate::audit::{Event, EventKind};
 use crate::auth::grants::{self, GrantRow};
 use crate::config::Config;
 use crate::reasons::EventReason;
@@ -80,8 +80,7 @@ pub async fn run(cmd: &GrantsCmd, cfg: &Config, store: &Store) -> Outcome {
                     _ => "nothing to revoke".into(),
                 });
             }
-            let (audit, writer) =
-                Audit::start(store.clone(), format!("{} (cli)", cfg.server.node_name));
+            let (audit, writer) = crate::audit::Audit::start_cli(store.clone(), cfg);
             for g in &revoked {
                 audit.emit(
                     Event::new(EventKind::GrantRevoke)

@@ -78,8 +78,10 @@ pub fn main() -> ExitCode {
             sessions::run(cmd, cfg, store).await
         }),
         Command::Audit(cmd) => {
-            let out = with_store(&cli.config, async |cfg, store| {
-                audit::run(cmd, cfg, store).await
+            let out = cmd.run_offline(&cli.config).unwrap_or_else(|| {
+                with_store(&cli.config, async |cfg, store| {
+                    audit::run(cmd, cfg, store).await
+                })
             });
             match out {
                 // `audit verify`: 1 means tampered, nothing else.
@@ -153,8 +155,7 @@ async fn record(
     store: &Store,
     ev: crate::audit::Event,
 ) -> Result<(), Outcome> {
-    let (audit, writer) =
-        crate::audit::Audit::start(store.clone(), format!("{} (cli)", cfg.server.node_name));
+    let (audit, writer) = crate::audit::Audit::start_cli(store.clone(), cfg);
     let stored = audit.record(ev).await;
     drop(audit);
     let _ = writer.await;

@@ -71,6 +71,7 @@ pub struct Config {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub oidc: Option<OidcConfig>,
@@ -139,6 +140,22 @@ pub struct ServerConfig {
 pub struct DatabaseConfig {
     pub url: String,
     pub retention: Option<Duration>,
+}
+
+/// `[audit]`: the signed checkpoints of the hash chain (DESIGN.md §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// The node's Ed25519 checkpoint signing key (OpenSSH format), created
+    /// on first start like the host key.
+    pub signing_key: PathBuf,
+    /// Sign a checkpoint after this many events...
+    pub checkpoint_every: u64,
+    /// ...or this long after the last one, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// Also append each checkpoint here (JSON Lines), e.g. on another mount.
+    pub checkpoint_file: Option<PathBuf>,
+    /// Also POST each checkpoint here (JSON).
+    pub checkpoint_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub database: RawDatabase,
     #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
     pub auth: RawAuth,
@@ -57,6 +59,16 @@ pub struct RawServer {
 pub struct RawDatabase {
     pub url: Option<SString>,
     pub retention: Option<SString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub signing_key: Option<SString>,
+    pub checkpoint_every: Option<SInt>,
+    pub checkpoint_interval: Option<SString>,
+    pub checkpoint_file: Option<SString>,
+    pub checkpoint_url: Option<SString>,
 }
 
 #[derive(Debug, Default, Deserialize)]

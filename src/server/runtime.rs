@@ -124,7 +124,15 @@ async fn start(
             "forwards left open by an earlier run marked interrupted"
         );
     }
-    let (audit, writer) = Audit::start(store.clone(), cfg.server.node_name.clone());
+    let (checkpoints, created) = crate::audit::Checkpoints::load(&cfg.audit)?;
+    tracing::info!(
+        key = %checkpoints.signer.public_openssh(),
+        path = %cfg.audit.signing_key.display(),
+        created,
+        "audit signing key"
+    );
+    let (audit, writer) =
+        Audit::start_signed(store.clone(), cfg.server.node_name.clone(), checkpoints);
     let idp = match &cfg.oidc {
         Some(o) => Some(Arc::new(Idp::new(o.clone())?)),
         None => None,

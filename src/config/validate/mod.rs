@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use super::schema::*;
 use super::*;
 
+mod audit;
 mod auth;
 mod targets;
 use auth::{auth, oidc, users};
@@ -177,6 +178,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
 
     let server = server(&mut cx, &raw.server);
     let database = database(&mut cx, &raw.database, &server.host_key_dir);
+    let audit = audit::audit(&mut cx, &raw.audit, &server.host_key_dir);
     let log = log(&mut cx, &raw.log);
     let auth = auth(&mut cx, &raw.auth);
     let oidc = raw.oidc.as_ref().map(|o| oidc(&mut cx, o.get_ref()));
@@ -192,6 +194,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
             path: file.to_path_buf(),
             server,
             database,
+            audit,
             log,
             auth,
             oidc,
