@@ -214,6 +214,11 @@ impl Portvakt {
         self.process.wait_exit(timeout)
     }
 
+    /// The folder of its host key (and of its audit signing key).
+    pub fn host_key_dir(&self) -> PathBuf {
+        self.dir.join("hostkey")
+    }
+
     /// The `[database] url` of the test's own database.
     pub fn database_url(&self) -> &str {
         self._database.url()
