@@ -130,6 +130,13 @@ impl Event {
         self
     }
 
+    /// The event's time, when it must equal a time stored in a row of
+    /// another table (`audit verify` compares them exactly).
+    pub fn at(mut self, at: SystemTime) -> Self {
+        self.at = at;
+        self
+    }
+
     pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.detail.insert(key.to_string(), value.into());
         self

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sqlx::Row;
 
 use super::{Audit, Event, EventKind, clean};
-use crate::clock::{micros, now_micros};
+use crate::clock::micros;
 use crate::reasons::{ForwardEnd, ForwardResult, ForwardStop, Reason};
 use crate::store::StoreError;
 
@@ -94,6 +94,9 @@ struct Row_ {
     audit: Audit,
     id: i64,
     rec: ForwardRecord,
+    /// Where the forward goes: planned, then the address dialled. The
+    /// close event carries it, so that `audit verify` can check the row's.
+    address: String,
 }
 
 impl Audit {
@@ -108,6 +111,9 @@ impl Audit {
         if !self.store().is_healthy() {
             return Err(StoreError::Unhealthy);
         }
+        // One clock read for the row and its event: `audit verify`
+        // compares them exactly.
+        let at = SystemTime::now();
         let row = rec
             .bind(
                 sqlx::query(
@@ -118,12 +124,13 @@ impl Audit {
             )
         .bind(address)
         .bind(ForwardResult::Allowed.as_str())
-        .bind(now_micros())
+        .bind(micros(at))
         .fetch_one(self.store().pool())
         .await?;
         let id: i64 = row.try_get(0)?;
         self.emit(
             rec.event(EventKind::ForwardOpen, Some(id))
+                .at(at)
                 .detail("address", address),
         );
         Ok(OpenForward {
@@ -131,6 +138,7 @@ impl Audit {
                 audit: self.clone(),
                 id,
                 rec,
+                address: address.to_string(),
             }),
         })
     }
@@ -143,7 +151,7 @@ impl Audit {
         result: ForwardResult,
         reason: impl Reason,
     ) {
-        let now = now_micros();
+        let at = SystemTime::now();
         let id = rec
             .bind(
                 sqlx::query(
@@ -154,7 +162,7 @@ impl Audit {
             )
         .bind(result.as_str())
         .bind(reason.as_str())
-        .bind(now)
+        .bind(micros(at))
         .fetch_one(self.store().pool())
         .await
         .and_then(|row| row.try_get::<i64, _>(0));
@@ -166,6 +174,7 @@ impl Audit {
         }
         self.emit(
             rec.event(EventKind::ForwardDenied, id.ok())
+                .at(at)
                 .reason(reason)
                 .detail("result", result.as_str()),
         );
@@ -194,10 +203,11 @@ impl OpenForward {
     /// Connected to `addr`; recorded if it differs from the planned address
     /// (a name with several addresses). Bytes start to flow now.
     pub async fn dialled(mut self, addr: SocketAddr, planned: &str) -> DialledForward {
-        let row = self.row.take();
-        if let Some(r) = &row
+        let mut row = self.row.take();
+        if let Some(r) = &mut row
             && addr.to_string() != planned
         {
+            r.address = addr.to_string();
             let q = sqlx::query("UPDATE forwards SET address = $1 WHERE id = $2")
                 .bind(addr.to_string())
                 .bind(r.id)
@@ -227,12 +237,13 @@ impl DialledForward {
 
 impl Row_ {
     async fn fail(self, why: ForwardEnd) {
+        let at = SystemTime::now();
         let r = sqlx::query(
             "UPDATE forwards SET result = $1, reason = $2, ended_at = $3, close_reason = $2 WHERE id = $4",
         )
         .bind(ForwardResult::Failed.as_str())
         .bind(why.as_str())
-        .bind(now_micros())
+        .bind(micros(at))
         .bind(self.id)
         .execute(self.audit.store().pool())
         .await;
@@ -240,6 +251,7 @@ impl Row_ {
         self.audit.emit(
             self.rec
                 .event(EventKind::ForwardClose, Some(self.id))
+                .at(at)
                 .reason(why)
                 .detail("result", ForwardResult::Failed.as_str()),
         );
@@ -248,10 +260,11 @@ impl Row_ {
     async fn close(self, totals: Totals, why: ForwardEnd, duration: Duration) {
         let to = i64::try_from(totals.to_target).unwrap_or(i64::MAX);
         let from = i64::try_from(totals.from_target).unwrap_or(i64::MAX);
+        let at = SystemTime::now();
         let r = sqlx::query(
             "UPDATE forwards SET ended_at = $1, bytes_to_target = $2, bytes_from_target = $3, close_reason = $4 WHERE id = $5",
         )
-        .bind(micros(SystemTime::now()))
+        .bind(micros(at))
         .bind(to)
         .bind(from)
         .bind(why.as_str())
@@ -262,7 +275,9 @@ impl Row_ {
         self.audit.emit(
             self.rec
                 .event(EventKind::ForwardClose, Some(self.id))
+                .at(at)
                 .reason(why)
+                .detail("address", self.address.clone())
                 .detail("bytes_to_target", totals.to_target)
                 .detail("bytes_from_target", totals.from_target)
                 .detail("duration_seconds", duration.as_secs_f64()),

@@ -39,7 +39,7 @@ pub use forwards::{DialledForward, ForwardRecord, OpenForward, Totals};
 pub use retention::{Pruned, mark_interrupted, prune, retention_loop};
 pub use signing::{Checkpoints, load_key};
 
-use crate::clock::{micros, now_micros};
+use crate::clock::micros;
 use crate::reasons::{AuthMethod, CloseReason};
 use crate::store::Store;
 
@@ -230,11 +230,14 @@ impl Audit {
     }
 
     pub fn connection_open(&self, id: &str, source: SocketAddr) {
-        self.emit(Event::new(EventKind::ConnectionOpen).connection(id, source));
+        // The row takes the event's time: `audit verify` compares them.
+        let ev = Event::new(EventKind::ConnectionOpen).connection(id, source);
+        let at = micros(ev.at);
+        self.emit(ev);
         self.queue(Record::ConnectionOpen {
             id: id.to_string(),
             source: source.to_string(),
-            at: now_micros(),
+            at,
         });
     }
 
@@ -254,7 +257,7 @@ impl Audit {
             id: id.to_string(),
             user: user.to_string(),
             method: method.as_str().to_string(),
-            at: now_micros(),
+            at: micros(ev.at),
         });
         // The queue is written in order: once this is stored, so is the row.
         let stored = self
@@ -291,12 +294,13 @@ impl Audit {
         if let Some(v) = &client_version {
             ev = ev.detail("client_version", v.clone());
         }
+        let at = micros(ev.at);
         self.emit(ev);
         self.queue(Record::ConnectionClose {
             id: id.to_string(),
             reason: reason.as_str().to_string(),
             client_version,
-            at: now_micros(),
+            at,
         });
     }
 

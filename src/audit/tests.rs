@@ -1151,6 +1151,14 @@ async fn connection_open_login_close() {
 
 // ---- crash recovery ----
 
+/// Start `node`'s writer, close what a crash left open, flush.
+async fn interrupt(store: &Store, node: &str) -> u64 {
+    let (audit, writer) = Audit::start(store.clone(), node.into());
+    let n = mark_interrupted(&audit).await.unwrap();
+    flush(audit, writer).await;
+    n
+}
+
 #[tokio::test]
 async fn mark_interrupted_closes_only_open_forwards_of_the_node() {
     on_each_store(|store| async move {
@@ -1195,7 +1203,7 @@ async fn mark_interrupted_closes_only_open_forwards_of_the_node() {
         let was = |id: i64| before.iter().find(|r| r.id == id).unwrap().clone();
 
         let t = crate::clock::now_micros();
-        assert_eq!(mark_interrupted(&store, "node-a").await.unwrap(), 1);
+        assert_eq!(interrupt(&store, "node-a").await, 1);
 
         let row = session(&store, open_a).await;
         assert_eq!(row.close_reason.as_deref(), Some("interrupted"));
@@ -1218,10 +1226,42 @@ async fn mark_interrupted_closes_only_open_forwards_of_the_node() {
         let b_conn = connection_row(&store, "conn-b").await.unwrap();
         assert_eq!((b_conn.6, b_conn.7), (None, None));
 
+        // Each row closed has its close event, at the row's time.
+        let closes = events(
+            &store,
+            EventFilter {
+                kind: Some("forward.close".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let interrupted: Vec<_> = closes
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("interrupted"))
+            .collect();
+        assert_eq!(interrupted.len(), 1, "{closes:#?}");
+        assert_eq!(interrupted[0].detail["forward_id"], json!(open_a));
+        assert_eq!(interrupted[0].at, row.ended_at.clone().unwrap());
+        let conn_closes = events(
+            &store,
+            EventFilter {
+                kind: Some("connection.close".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(
+            conn_closes
+                .iter()
+                .any(|e| e.connection_id.as_deref() == Some("conn-a")
+                    && e.reason.as_deref() == Some("interrupted")),
+            "{conn_closes:#?}"
+        );
+
         // Nothing left to mark: idempotent.
-        assert_eq!(mark_interrupted(&store, "node-a").await.unwrap(), 0);
-        assert_eq!(mark_interrupted(&store, "node-c").await.unwrap(), 0);
-        assert_eq!(mark_interrupted(&store, "node-b").await.unwrap(), 1);
+        assert_eq!(interrupt(&store, "node-a").await, 0);
+        assert_eq!(interrupt(&store, "node-c").await, 0);
+        assert_eq!(interrupt(&store, "node-b").await, 1);
         assert_eq!(
             session(&store, open_b).await.close_reason.as_deref(),
             Some("interrupted")

@@ -101,7 +101,9 @@ pub struct NewGrant<'a> {
 
 pub async fn create(store: &Store, g: &NewGrant<'_>) -> Result<Grant, sqlx::Error> {
     let now = now_micros();
-    let expires = micros(SystemTime::now() + g.ttl);
+    // A whole second, as the `grant.create` event writes it (RFC 3339), so
+    // that `audit verify` can compare the two exactly.
+    let expires = micros(SystemTime::now() + g.ttl) / 1_000_000 * 1_000_000;
     let groups = serde_json::to_string(g.groups).unwrap_or_else(|_| "[]".into());
     let r = sqlx::query(
         "INSERT INTO grants (user_name, key_fingerprint, groups, method, node, source, created_at, expires_at) \

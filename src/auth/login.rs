@@ -342,6 +342,7 @@ impl<S: LoginSink> Login<S> {
                     let ev = self
                         .sink
                         .event(EventKind::GrantCreate)
+                        .at(crate::clock::from_micros(g.created_at))
                         .user(g.user.clone())
                         .detail("grant_id", g.id)
                         .detail("key_fingerprint", g.key_fingerprint.clone())

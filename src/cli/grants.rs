@@ -84,6 +84,9 @@ pub async fn run(cmd: &GrantsCmd, cfg: &Config, store: &Store) -> Outcome {
             for g in &revoked {
                 audit.emit(
                     Event::new(EventKind::GrantRevoke)
+                        .at(g
+                            .revoked_at
+                            .map_or_else(std::time::SystemTime::now, crate::clock::from_micros))
                         .user(g.user.clone())
                         .reason(EventReason::RevokedByAdmin)
                         .detail("grant_id", g.id)

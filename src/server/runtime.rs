@@ -117,13 +117,6 @@ async fn start(
     let store = Store::open(&cfg.database.url)
         .await
         .context("cannot open the audit database")?;
-    let interrupted = crate::audit::mark_interrupted(&store, &cfg.server.node_name).await?;
-    if interrupted > 0 {
-        tracing::warn!(
-            forwards = interrupted,
-            "forwards left open by an earlier run marked interrupted"
-        );
-    }
     let (checkpoints, created) = crate::audit::Checkpoints::load(&cfg.audit)?;
     tracing::info!(
         key = %checkpoints.signer.public_openssh(),
@@ -133,6 +126,13 @@ async fn start(
     );
     let (audit, writer) =
         Audit::start_signed(store.clone(), cfg.server.node_name.clone(), checkpoints);
+    let interrupted = crate::audit::mark_interrupted(&audit).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            forwards = interrupted,
+            "forwards left open by an earlier run marked interrupted"
+        );
+    }
     let idp = match &cfg.oidc {
         Some(o) => Some(Arc::new(Idp::new(o.clone())?)),
         None => None,

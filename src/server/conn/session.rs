@@ -133,7 +133,10 @@ impl Sessions {
             let revoked = crate::auth::grants::revoke(store, Some(grant), None, EventReason::Logout).await;
             let (text, status) = match &revoked {
                 Ok(r) if !r.is_empty() => {
-                    state.audit.record(ev).await;
+                    // The event takes the row's time: `audit verify`
+                    // compares them.
+                    let at = r[0].revoked_at.map_or(ev.at, crate::clock::from_micros);
+                    state.audit.record(ev.at(at)).await;
                     ("portvakt: your login grant is revoked; the next connection asks you to log in again.\n", 0)
                 }
                 Ok(_) => ("portvakt: your login grant had already ended.\n", 0),
