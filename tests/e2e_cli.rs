@@ -229,6 +229,34 @@ fn audit_verify_passes_after_real_traffic_and_names_a_tampered_row() {
         assert_eq!(n["problems"], serde_json::json!([]), "{report}");
     }
 
+    // Somebody makes a forward look smaller than it was: `forwards` is
+    // updated in place, not chained, but cross-checked with the chain.
+    let forward = pv
+        .sessions()
+        .into_iter()
+        .find(|r| r.ended_at.is_some())
+        .expect("a closed forward");
+    let forward_id = id_arg(&forward.id);
+    pv.wait_for_audit("the forward's close", |e| {
+        e.kind == "forward.close" && id_arg(&e.detail["forward_id"]) == forward_id
+    });
+    let bytes = |sign: char| {
+        format!(
+            "UPDATE forwards SET bytes_to_target = bytes_to_target {sign} 1000 WHERE id = {forward_id}"
+        )
+    };
+    tamper(pv.database_url(), bytes('+'));
+    let out = pv.cli(&["audit", "verify"]);
+    out.assert_code(1);
+    assert!(
+        out.stdout_text().contains(&format!(
+            "row_mismatch: forwards row {forward_id}: bytes_to_target"
+        )),
+        "names the table, the row and the field: {out}"
+    );
+    tamper(pv.database_url(), bytes('-'));
+    pv.cli(&["audit", "verify"]).assert_code(0);
+
     // Somebody makes alice's login look like mallory's.
     let login = pv
         .audit()

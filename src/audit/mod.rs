@@ -13,6 +13,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+mod crosscheck;
 mod events;
 pub mod export;
 mod forwards;

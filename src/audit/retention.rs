@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::{Audit, Event, EventKind};
 use crate::clock::micros;
 use crate::reasons::CloseReason;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Forwards and connections of this node that a crash (kill -9, power
 /// loss) left open are closed as `interrupted` at the next start, each with

@@ -28,6 +28,8 @@ use crate::store::{Backend, Store};
 mod chain_tests;
 #[path = "checkpoint_tests.rs"]
 mod checkpoint_tests;
+#[path = "crosscheck_tests.rs"]
+mod crosscheck_tests;
 
 const POSTGRES_ENV: &str = "PORTVAKT_TEST_POSTGRES_URL";
 

@@ -9,6 +9,7 @@ use sqlx::any::AnyRow;
 
 use super::checkpoint::VerifyingKey;
 use super::walk::{ChainRow, External, Keys, Walker};
+use super::crosscheck::crosscheck;
 use crate::store::Store;
 
 /// The table of the chained events.
@@ -136,6 +137,12 @@ pub enum ProblemKind {
     /// Rows of an export that no checkpoint signed by the keys given
     /// covers (`verify --file`).
     Unsigned,
+    /// A row of `forwards`, `connections` or `grants` that no chained
+    /// event backs: inserted or changed by hand.
+    RowUnbacked,
+    /// A row of `forwards`, `connections` or `grants` that disagrees with
+    /// the chained event backing it: changed by hand.
+    RowMismatch,
 }
 
 impl ProblemKind {
@@ -152,6 +159,8 @@ impl ProblemKind {
             ProblemKind::Truncated => "truncated",
             ProblemKind::HeadDeleted => "head_deleted",
             ProblemKind::Unsigned => "unsigned",
+            ProblemKind::RowUnbacked => "row_unbacked",
+            ProblemKind::RowMismatch => "row_mismatch",
         }
     }
 }
@@ -298,6 +307,8 @@ async fn verify_node(
     if let Some(p) = unchained_after(store, node, first_id).await? {
         report.problems.push(p);
     }
+    report.problems.extend(crosscheck(store, node).await?);
+    report.problems.extend(crosscheck(store, node).await?);
     Ok(report)
 }
 
