@@ -8,8 +8,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::checkpoint::VerifyingKey;
-use super::walk::{ChainRow, External, Keys, Walker};
 use super::crosscheck::crosscheck;
+use super::walk::{ChainRow, External, Keys, Walker};
 use crate::store::Store;
 
 /// The table of the chained events.
@@ -307,7 +307,6 @@ async fn verify_node(
     if let Some(p) = unchained_after(store, node, first_id).await? {
         report.problems.push(p);
     }
-    report.problems.extend(crosscheck(store, node).await?);
     report.problems.extend(crosscheck(store, node).await?);
     Ok(report)
 }
