@@ -137,6 +137,8 @@ impl Audit {
         node: String,
         checkpoints: Option<Checkpoints>,
     ) -> (Audit, JoinHandle<()>) {
+        // The benchmark's "without the chain" build signs nothing either.
+        let checkpoints = checkpoints.filter(|_| !cfg!(portvakt_bench_unchained));
         let (tx, rx) = mpsc::channel(QUEUE);
         let inner = Arc::new(Inner {
             store: store.clone(),
@@ -571,7 +573,7 @@ async fn write_chained(
                 let seq = tail.seq + 1;
                 let at = micros(ev.at);
                 let detail = Value::Object(ev.detail.clone()).to_string();
-                let hash = chain::row_hash(&chain::ChainFields {
+                let fields = chain::ChainFields {
                     node,
                     seq,
                     at,
@@ -582,7 +584,14 @@ async fn write_chained(
                     reason: ev.reason.as_deref(),
                     detail: &detail,
                     prev_hash: &tail.hash,
-                });
+                };
+                // The benchmark's "without the chain" build (bench/run
+                // --only audit): the same writes, no hash.
+                let hash = if cfg!(portvakt_bench_unchained) {
+                    String::new()
+                } else {
+                    chain::row_hash(&fields)
+                };
                 sqlx::query(
                     "INSERT INTO audit_events (at, kind, node, connection_id, user_name, source, reason, detail, \
                      seq, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
