@@ -126,31 +126,12 @@ async fn export_node(
         .fetch_all(store.pool())
         .await?;
         for r in &page {
-            let seq: i64 = r.try_get("seq")?;
-            let kind: String = r.try_get("kind")?;
-            let reason: Option<String> = r.try_get("reason")?;
-            let row = json!({
-                "type": "row",
-                "node": node,
-                "id": r.try_get::<i64, _>("id")?,
-                "seq": seq,
-                "at": r.try_get::<i64, _>("at")?,
-                "kind": kind,
-                "user_name": r.try_get::<Option<String>, _>("user_name")?,
-                "source": r.try_get::<Option<String>, _>("source")?,
-                "connection_id": r.try_get::<Option<String>, _>("connection_id")?,
-                "reason": reason,
-                "detail": r.try_get::<String, _>("detail")?,
-                "prev_hash": r.try_get::<Option<String>, _>("prev_hash")?,
-                "hash": r.try_get::<Option<String>, _>("hash")?,
-            });
+            let (row, seq, covers) = row_line(node, r)?;
             writeln!(out, "{row}")?;
             done.rows += 1;
             unsigned += 1;
             after = seq;
             // Past the range, the rows up to the checkpoint that covers it.
-            let covers = kind == EventKind::AuditCheckpoint.as_str()
-                && reason.as_deref() != Some(EventReason::CheckpointPrune.as_str());
             if covers {
                 unsigned = 0;
                 if seq > last {
@@ -164,6 +145,32 @@ async fn export_node(
     }
     done.unsigned = unsigned;
     Ok(done)
+}
+
+/// A row as an export line, its `seq`, and whether it is a checkpoint
+/// that covers the rows before it.
+fn row_line(node: &str, r: &sqlx::any::AnyRow) -> Result<(Value, i64, bool), sqlx::Error> {
+    let seq: i64 = r.try_get("seq")?;
+    let kind: String = r.try_get("kind")?;
+    let reason: Option<String> = r.try_get("reason")?;
+    let covers = kind == EventKind::AuditCheckpoint.as_str()
+        && reason.as_deref() != Some(EventReason::CheckpointPrune.as_str());
+    let row = json!({
+        "type": "row",
+        "node": node,
+        "id": r.try_get::<i64, _>("id")?,
+        "seq": seq,
+        "at": r.try_get::<i64, _>("at")?,
+        "kind": kind,
+        "user_name": r.try_get::<Option<String>, _>("user_name")?,
+        "source": r.try_get::<Option<String>, _>("source")?,
+        "connection_id": r.try_get::<Option<String>, _>("connection_id")?,
+        "reason": reason,
+        "detail": r.try_get::<String, _>("detail")?,
+        "prev_hash": r.try_get::<Option<String>, _>("prev_hash")?,
+        "hash": r.try_get::<Option<String>, _>("hash")?,
+    });
+    Ok((row, seq, covers))
 }
 
 #[derive(Debug, thiserror::Error)]
