@@ -120,6 +120,89 @@ where
     }
 }
 
+/// What anchors a node's rows from before the chain (migration 0005): how
+/// many there are and a digest of them, signed in an `unchained` line of
+/// a checkpoint (docs/AUDIT.md "Rows from before the chain").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub rows: i64,
+    /// Hex SHA-256 over, per row in `id` order, its `id` (8 bytes big
+    /// endian) and its row hash as if it were `seq` 0 after the genesis.
+    pub digest: String,
+}
+
+impl Anchor {
+    /// The checkpoint extension line.
+    pub fn line(&self) -> String {
+        format!("unchained {} {}", self.rows, self.digest)
+    }
+
+    /// Read an `unchained ROWS DIGEST` line's value.
+    pub fn parse(value: &str) -> Option<Anchor> {
+        let (rows, digest) = value.split_once(' ')?;
+        Some(Anchor {
+            rows: rows.parse().ok()?,
+            digest: digest.to_string(),
+        })
+    }
+}
+
+/// The anchor of `node`'s rows without `seq` that are at or after `from`
+/// (unix µs; `i64::MIN` for all), read a page at a time.
+pub async fn unchained_anchor(
+    db: &sqlx::Pool<sqlx::Any>,
+    node: &str,
+    from: i64,
+) -> Result<Anchor, sqlx::Error> {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let (mut rows, mut after) = (0i64, i64::MIN);
+    loop {
+        let page = sqlx::query(
+            "SELECT id, at, kind, user_name, source, connection_id, reason, detail FROM audit_events \
+             WHERE node = $1 AND seq IS NULL AND at >= $2 AND id > $3 ORDER BY id LIMIT 1000",
+        )
+        .bind(node)
+        .bind(from)
+        .bind(after)
+        .fetch_all(db)
+        .await?;
+        for r in &page {
+            let id: i64 = r.try_get("id")?;
+            let (kind, detail): (String, String) = (r.try_get("kind")?, r.try_get("detail")?);
+            let text = |c: &str| r.try_get::<Option<String>, _>(c);
+            let (user, source, conn, reason) = (
+                text("user_name")?,
+                text("source")?,
+                text("connection_id")?,
+                text("reason")?,
+            );
+            let hash = row_hash(&ChainFields {
+                node,
+                seq: 0,
+                at: r.try_get("at")?,
+                kind: &kind,
+                user: user.as_deref(),
+                source: source.as_deref(),
+                connection_id: conn.as_deref(),
+                reason: reason.as_deref(),
+                detail: &detail,
+                prev_hash: GENESIS,
+            });
+            ctx.update(&id.to_be_bytes());
+            ctx.update(hash.as_bytes());
+            rows += 1;
+            after = id;
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Ok(Anchor {
+        rows,
+        digest: hex(ctx.finish().as_ref()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

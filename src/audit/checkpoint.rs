@@ -223,7 +223,7 @@ pub fn verify(note: &str, node: &str, keys: &[VerifyingKey]) -> Result<Verified,
     let seq: i64 = lines
         .next()
         .and_then(|l| l.parse().ok())
-        .filter(|s| *s >= 1)
+        .filter(|s| *s >= 0)
         .ok_or("its second line is not a sequence number")?;
     let hash = lines
         .next()

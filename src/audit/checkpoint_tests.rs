@@ -430,3 +430,49 @@ async fn checkpoints_leave_the_host_through_the_checkpoint_file_and_the_interval
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_first_checkpoint_anchors_the_rows_from_before_the_chain() {
+    on_each_store(|store| async move {
+        // As written by a portvakt without the chain (before migration 0005).
+        for at in [1_000, 2_000, T0] {
+            sqlx::query(
+                "INSERT INTO audit_events (at, kind, node, detail) VALUES ($1, 'auth.failure', 'node-o', '{}')",
+            )
+            .bind(at)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        signed_events(&store, "node-o", 5, 1, 1000).await;
+        let first = &checkpoint_rows(&store, "node-o").await[0];
+        assert!(
+            first.3["note"].as_str().unwrap().contains("\nunchained 3 "),
+            "{first:?}"
+        );
+        let r = report_with(&store, only("node-o")).await;
+        assert!(r.problems.is_empty(), "{r:#?}");
+        assert_eq!((r.unchained, r.anchored), (3, Some(3)));
+
+        // Retention deletes two of them, after signing the one left.
+        let (audit, writer) =
+            Audit::start_signed(store.clone(), "node-o".into(), Checkpoints::for_test(1, 1000));
+        let pruned = crate::audit::prune(&audit, 1_000_000, "retention 30d")
+            .await
+            .unwrap();
+        flush(audit, writer).await;
+        assert_eq!(pruned.events, 2, "{pruned:?}");
+        let r = report_with(&store, only("node-o")).await;
+        assert!(r.problems.is_empty(), "{r:#?}");
+        assert_eq!((r.unchained, r.anchored), (1, Some(1)));
+
+        // The one left, changed by hand.
+        sqlx::query("UPDATE audit_events SET detail = '{\"x\":1}' WHERE node = 'node-o' AND seq IS NULL")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let r = report_with(&store, only("node-o")).await;
+        assert_one(&r, ProblemKind::UnchainedChanged);
+    })
+    .await;
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use sqlx::Row;
 
-use super::{Audit, Event, EventKind};
+use super::{Audit, Event, EventKind, chain};
 use crate::clock::micros;
 use crate::reasons::CloseReason;
 use crate::store::StoreError;
@@ -104,13 +104,13 @@ pub struct Pruned {
 /// closed connections, grants that ended. Rows of open forwards stay.
 /// `rule` names why (`retention 90d`), for the signed record.
 ///
-/// Of the hash chains, only this node's is pruned, by its writer's key:
-/// first a signed `audit.checkpoint` (reason `checkpoint_prune`) says where
-/// the chain will start and what the last deleted row's hash was, then the
-/// prefix goes, so the rest verifies from its new start (docs/AUDIT.md).
-/// Without a signing key the chain is kept whole. Other nodes prune their
-/// own chains; chains of CLI commands (`NODE (cli)`) and of nodes that no
-/// longer run are kept.
+/// Of the audit events, only this node's go, by its writer's key: first a
+/// signed `audit.checkpoint` (reason `checkpoint_prune`) says where the
+/// chain will start, what the last deleted row's hash was, and (when rows
+/// from before the chain go too) the anchor of those that stay; then the
+/// rows go, so the rest verifies (docs/AUDIT.md). Without a signing key no
+/// event is deleted. Other nodes prune their own; events of CLI commands
+/// (`NODE (cli)`) and of nodes that no longer run are kept.
 pub async fn prune(audit: &Audit, before: i64, rule: &str) -> Result<Pruned, sqlx::Error> {
     let store = audit.store();
     let run = |sql: &'static str| async move {
@@ -121,69 +121,83 @@ pub async fn prune(audit: &Audit, before: i64, rule: &str) -> Result<Pruned, sql
             .map(|r| r.rows_affected())
     };
     Ok(Pruned {
-        events: run("DELETE FROM audit_events WHERE seq IS NULL AND at < $1").await?
-            + prune_chain(audit, before, rule).await?,
+        events: prune_events(audit, before, rule).await?,
         forwards: run("DELETE FROM forwards WHERE ended_at IS NOT NULL AND ended_at < $1").await?,
         connections: run("DELETE FROM connections WHERE closed_at IS NOT NULL AND closed_at < $1").await?,
         grants: run("DELETE FROM grants WHERE expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $1)").await?,
     })
 }
 
-/// Delete the prefix of this node's chain that is older than `before`:
-/// the rows before its oldest row that is not old yet (`at` need not grow
-/// with `seq` by a few milliseconds, or more when the clock was set back:
-/// such a row waits for the ones before it). The newest row always stays,
-/// so the chain goes on from it.
-async fn prune_chain(audit: &Audit, before: i64, rule: &str) -> Result<u64, sqlx::Error> {
-    let (store, node) = (audit.store(), audit.node());
+/// Delete this node's events older than `before`: the prefix of its chain
+/// before its oldest row that is not old yet (`at` need not grow with `seq`
+/// by a few milliseconds, or more when the clock was set back: such a row
+/// waits for the ones before it; the newest row always stays, so the chain
+/// goes on from it), and its old rows from before the chain.
+async fn prune_events(audit: &Audit, before: i64, rule: &str) -> Result<u64, sqlx::Error> {
+    let (pool, node) = (audit.store().pool(), audit.node());
     let bounds = sqlx::query(
         "SELECT MIN(seq) AS first, COALESCE( \
              (SELECT MIN(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL AND at >= $2), \
-             (SELECT MAX(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL)) AS keep \
+             (SELECT MAX(seq) FROM audit_events WHERE node = $1 AND seq IS NOT NULL)) AS keep, \
+             (SELECT COUNT(*) FROM audit_events WHERE node = $1 AND seq IS NULL AND at < $2) AS old_unchained \
          FROM audit_events WHERE node = $1 AND seq IS NOT NULL",
     )
     .bind(node)
     .bind(before)
-    .fetch_one(store.pool())
+    .fetch_one(pool)
     .await?;
-    let (Some(first), Some(keep)) = (
-        bounds.try_get::<Option<i64>, _>("first")?,
-        bounds.try_get::<Option<i64>, _>("keep")?,
-    ) else {
-        return Ok(0);
-    };
-    if keep <= first {
+    let first: Option<i64> = bounds.try_get("first")?;
+    let keep: Option<i64> = bounds.try_get("keep")?;
+    let old_unchained: i64 = bounds.try_get("old_unchained")?;
+    let cut = first.zip(keep).filter(|(f, k)| k > f).map(|(_, k)| k);
+    if cut.is_none() && old_unchained == 0 {
         return Ok(0);
     }
-    let prev_hash: Option<String> =
-        sqlx::query("SELECT prev_hash FROM audit_events WHERE node = $1 AND seq = $2")
-            .bind(node)
-            .bind(keep)
-            .fetch_one(store.pool())
-            .await?
-            .try_get("prev_hash")?;
-    let line = format!(
-        "prune {keep} {} {rule}",
+    // The record signs the chain just before its (new) first row.
+    let (seq, hash) = match cut.or(first) {
+        Some(start) => {
+            let prev: Option<String> =
+                sqlx::query("SELECT prev_hash FROM audit_events WHERE node = $1 AND seq = $2")
+                    .bind(node)
+                    .bind(start)
+                    .fetch_one(pool)
+                    .await?
+                    .try_get("prev_hash")?;
+            (start - 1, prev.unwrap_or_default())
+        }
+        None => (0, chain::GENESIS.to_string()),
+    };
+    let mut lines = vec![format!(
+        "prune {} {} {rule}",
+        seq + 1,
         crate::clock::rfc3339_micros(before)
-    );
-    if !audit
-        .sign(keep - 1, prev_hash.unwrap_or_default(), vec![line])
-        .await
-    {
+    )];
+    if old_unchained > 0 {
+        lines.push(chain::unchained_anchor(pool, node, before).await?.line());
+    }
+    if !audit.sign(seq, hash, lines).await {
         tracing::error!(
             node,
-            "cannot sign the record of the audit rows retention would delete; the chain is kept whole"
+            "cannot sign the record of the audit rows retention would delete; none are deleted"
         );
         return Ok(0);
     }
-    Ok(
-        sqlx::query("DELETE FROM audit_events WHERE node = $1 AND seq < $2")
+    let mut deleted =
+        sqlx::query("DELETE FROM audit_events WHERE node = $1 AND seq IS NULL AND at < $2")
+            .bind(node)
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    if let Some(keep) = cut {
+        deleted += sqlx::query("DELETE FROM audit_events WHERE node = $1 AND seq < $2")
             .bind(node)
             .bind(keep)
-            .execute(store.pool())
+            .execute(pool)
             .await?
-            .rows_affected(),
-    )
+            .rows_affected();
+    }
+    Ok(deleted)
 }
 
 /// Prune once an hour after start, then once a day, and audit each pass.

@@ -155,6 +155,12 @@ impl Schedule {
         }
     }
 
+    /// No checkpoint of this node's chain yet (its first anchors the rows
+    /// from before the chain).
+    pub fn is_first(&self) -> bool {
+        self.own == 0
+    }
+
     /// Are rows after the newest checkpoint?
     pub fn has_unsigned(&self, seq: i64) -> bool {
         seq > self.own

@@ -53,6 +53,9 @@ pub struct NodeReport {
     pub keys: Vec<String>,
     /// What retention deleted from the chain's start, by its signed record.
     pub pruned: Vec<Pruned>,
+    /// How many rows from before the chain a verified checkpoint anchors
+    /// (`None`: none does, and they are not protected).
+    pub anchored: Option<i64>,
     /// The first divergence found, if any (and any unchained row written
     /// after the chain began).
     pub problems: Vec<Problem>,
@@ -86,6 +89,7 @@ impl NodeReport {
             complete_to: None,
             keys: Vec::new(),
             pruned: Vec::new(),
+            anchored: None,
             problems: Vec::new(),
         }
     }
@@ -137,6 +141,9 @@ pub enum ProblemKind {
     /// Rows of an export that no checkpoint signed by the keys given
     /// covers (`verify --file`).
     Unsigned,
+    /// The rows from before the chain differ from what a checkpoint
+    /// anchored.
+    UnchainedChanged,
     /// A row of `forwards`, `connections` or `grants` that no chained
     /// event backs: inserted or changed by hand.
     RowUnbacked,
@@ -159,6 +166,7 @@ impl ProblemKind {
             ProblemKind::Truncated => "truncated",
             ProblemKind::HeadDeleted => "head_deleted",
             ProblemKind::Unsigned => "unsigned",
+            ProblemKind::UnchainedChanged => "unchained_changed",
             ProblemKind::RowUnbacked => "row_unbacked",
             ProblemKind::RowMismatch => "row_mismatch",
         }
@@ -303,7 +311,14 @@ async fn verify_node(
             break;
         }
     }
+    let anchor = walker.anchor().cloned().filter(|_| options.since.is_none());
     let mut report = walker.finish(&options.checkpoints);
+    if let Some((id, signed)) = anchor {
+        report.anchored = Some(signed.rows);
+        report
+            .problems
+            .extend(check_anchor(store, node, id, &signed).await?);
+    }
     if let Some(p) = unchained_after(store, node, first_id).await? {
         report.problems.push(p);
     }
@@ -336,6 +351,32 @@ async fn wanted(store: &Store, node: &str, options: &Options) -> Result<Vec<i64>
             .filter_map(|c| super::walk::claimed_seq(&c.note)),
     );
     Ok(want)
+}
+
+/// The rows from before the chain must still be what the checkpoint row
+/// `id` anchored.
+async fn check_anchor(
+    store: &Store,
+    node: &str,
+    id: i64,
+    signed: &super::chain::Anchor,
+) -> Result<Option<Problem>, sqlx::Error> {
+    let now = super::chain::unchained_anchor(store.pool(), node, i64::MIN).await?;
+    if now == *signed {
+        return Ok(None);
+    }
+    Ok(Some(Problem {
+        id,
+        table: EVENTS,
+        row: id.to_string(),
+        seq: None,
+        problem: ProblemKind::UnchainedChanged,
+        message: format!(
+            "the node's {} rows from before the chain are not the {} that checkpoint row {id} \
+             anchored: rows without seq were changed, added, reordered or deleted",
+            now.rows, signed.rows
+        ),
+    }))
 }
 
 /// The `seq` of the node's first row at or after `since`.

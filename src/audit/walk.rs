@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::chain::{ChainFields, GENESIS, row_hash};
+use super::chain::{Anchor, ChainFields, GENESIS, row_hash};
 use super::checkpoint::{self, VerifyingKey};
 use super::verify::{EVENTS, NodeReport, Problem, ProblemKind, Pruned};
 use crate::reasons::EventReason;
@@ -119,6 +119,9 @@ pub struct Walker {
     /// The newest `seq` a verified checkpoint of the walk signed.
     signed_to: i64,
     omitted: usize,
+    /// The newest verified anchor of the rows from before the chain, and
+    /// the checkpoint row that signed it.
+    anchor: Option<(i64, Anchor)>,
 }
 
 impl Walker {
@@ -143,7 +146,14 @@ impl Walker {
             stated: Vec::new(),
             signed_to: 0,
             omitted: 0,
+            anchor: None,
         }
+    }
+
+    /// The newest verified anchor of the rows from before the chain, with
+    /// the id of the checkpoint row that signed it.
+    pub fn anchor(&self) -> Option<&(i64, Anchor)> {
+        self.anchor.as_ref()
     }
 
     pub fn report_mut(&mut self) -> &mut NodeReport {
@@ -210,6 +220,9 @@ impl Walker {
                 )));
             }
         };
+        if let Some(a) = v.extension("unchained").and_then(Anchor::parse) {
+            self.anchor = Some((row.id, a));
+        }
         if row.is_prune_checkpoint() {
             let info = prune_info(&v, row);
             match info {

@@ -98,7 +98,21 @@ async fn checkpoint(
         return;
     }
     let reason = reason.unwrap_or(EventReason::CheckpointShutdown);
-    let (cp, ev) = schedule.sign(node, t.seq, &t.hash, reason, &[]);
+    // The node's first checkpoint also anchors its rows from before the
+    // chain (docs/AUDIT.md "Rows from before the chain").
+    let mut extra = Vec::new();
+    if schedule.is_first() {
+        match chain::unchained_anchor(store.pool(), node, i64::MIN).await {
+            Ok(a) if a.rows > 0 => extra.push(a.line()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the rows from before the chain to anchor them");
+                schedule.restart_timer();
+                return;
+            }
+        }
+    }
+    let (cp, ev) = schedule.sign(node, t.seq, &t.hash, reason, &extra);
     *tail = Some(t);
     let record = [Record::Event(ev, None)];
     match write_batch(store, node, &record, tail).await {

@@ -185,8 +185,8 @@ const LIMITS: &str = "note: intact means no row in a node's chain was changed, d
 reordered since it was written, up to its newest checkpoint that verified; rows after it are linked but \
 not signed yet. A chain cut off at its end is caught only against checkpoints from outside the database \
 (--checkpoints with portvakt's JSON log or checkpoint_file), and a re-signed chain only against pinned \
-keys (--key). Events a compromised node never wrote cannot be found; rows from before the chain are not \
-protected (docs/AUDIT.md).";
+keys (--key). Events a compromised node never wrote cannot be found; rows from before the chain are \
+protected only once a checkpoint anchors them (docs/AUDIT.md).";
 
 pub async fn run(cmd: &AuditCmd, _cfg: &Config, store: &Store) -> Outcome {
     let (since, until, user, kind, limit, json) = match cmd {
@@ -369,11 +369,16 @@ fn print_node(n: &crate::audit::verify::NodeReport) {
             n.keys.join(", ")
         );
     }
-    if n.unchained > 0 {
-        println!(
-            "  {} rows unchained (before the chain): not checked",
+    match n.anchored {
+        Some(a) => println!(
+            "  {} rows from before the chain, anchored by a signed checkpoint ({a} when signed)",
             n.unchained
-        );
+        ),
+        None if n.unchained > 0 => println!(
+            "  {} rows unchained (before the chain): not protected (no checkpoint anchors them)",
+            n.unchained
+        ),
+        None => {}
     }
     for p in &n.problems {
         println!("  {}: {}", p.problem.as_str(), p.message);
