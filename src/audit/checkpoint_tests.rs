@@ -476,3 +476,105 @@ async fn the_first_checkpoint_anchors_the_rows_from_before_the_chain() {
     })
     .await;
 }
+
+/// One HTTP request read on `listener`, answered `200`: its body.
+fn one_post(listener: std::net::TcpListener) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Read, Write};
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let (mut length, mut request) = (0usize, String::new());
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if request.is_empty() {
+                request = line.clone();
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        assert!(request.starts_with("POST /checkpoints "), "{request}");
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        (&stream)
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        String::from_utf8(body).unwrap()
+    })
+}
+
+#[tokio::test]
+async fn each_checkpoint_is_posted_to_the_checkpoint_url() {
+    on_each_store(|store| async move {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/checkpoints", listener.local_addr().unwrap());
+        let received = one_post(listener);
+        let mut cfg = Checkpoints::for_test(1, 1_000_000);
+        cfg.url = Some(url);
+        let (audit, writer) = Audit::start_signed(store.clone(), "node-h".into(), cfg);
+        assert!(
+            audit
+                .record(Event::new(EventKind::AuthSuccess).user("alice"))
+                .await
+        );
+        flush(audit, writer).await;
+        // The POST leaves off the writer's path; the thread answers it.
+        let body = tokio::task::spawn_blocking(move || received.join().unwrap())
+            .await
+            .unwrap();
+        let posted: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(posted["event"], "audit.checkpoint");
+        assert_eq!(posted["reason"], "checkpoint_shutdown");
+        let found = export::read_checkpoints(format!("{body}\n").as_bytes(), "posted").unwrap();
+        let r = report_with(
+            &store,
+            Options {
+                checkpoints: found,
+                keys: vec![key(1)],
+                ..only("node-h")
+            },
+        )
+        .await;
+        assert!(r.problems.is_empty(), "{r:#?}");
+        assert_eq!(r.complete_to, Some(1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn since_starts_mid_chain_and_checks_from_there() {
+    on_each_store(|store| async move {
+        let (audit, writer) = Audit::start_signed(
+            store.clone(),
+            "node-m".into(),
+            Checkpoints::for_test(1, 1000),
+        );
+        for at in [1_000, 2_000, T0, T0 + 1] {
+            assert!(audit.record(event_at(EventKind::AuthFailure, at)).await);
+        }
+        flush(audit, writer).await;
+        // The old rows go by hand: from the start, the chain's head is missing...
+        exec_text(
+            &store,
+            "DELETE FROM audit_events WHERE node = $1 AND seq <= $2",
+            "node-m",
+            2,
+        )
+        .await;
+        let r = report_with(&store, only("node-m")).await;
+        assert_one(&r, ProblemKind::HeadDeleted);
+        // ...but --since T0 checks only what is at or after T0.
+        let since = Options {
+            since: Some(T0),
+            ..only("node-m")
+        };
+        let r = report_with(&store, since).await;
+        assert!(r.problems.is_empty(), "{r:#?}");
+        assert_eq!((r.first_seq, r.rows, r.checkpoints), (Some(3), 3, 1));
+    })
+    .await;
+}
