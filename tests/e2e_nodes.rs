@@ -229,7 +229,7 @@ fn both_nodes_present_one_host_key_and_a_grant_made_on_a_works_on_b_until_revoke
     let config = Config::new()
         .user(User::totp("alice", &key))
         .target(Target::host("echo", "127.0.0.1", echo.port).allow_users(&["alice"]));
-    let pair = Pair::start(&env, &config);
+    let mut pair = Pair::start(&env, &config);
 
     // One identity: both nodes present the key made once and copied, so one
     // known_hosts line (naming both) serves clients of either.
@@ -361,6 +361,36 @@ fn both_nodes_present_one_host_key_and_a_grant_made_on_a_works_on_b_until_revoke
         1,
         "no login on node B after the revocation: {successes:#?}"
     );
+
+    // Both nodes appended their chains to one database at once; stopped,
+    // each has signed its last rows with its own key: the whole trail
+    // verifies against the two keys `audit key` prints, cross-checks too.
+    let mut pinned = String::new();
+    for node in [&mut pair.a, &mut pair.b] {
+        node.signal("TERM");
+        assert!(node.wait_exit(Duration::from_secs(30)).success());
+        let key = node.cli(&["audit", "key"]);
+        key.assert_success();
+        pinned += &key.stdout_text();
+    }
+    let keys = env.write("nodes.pub", &pinned);
+    let report = pair
+        .a
+        .cli_json(&["audit", "verify", "--key", keys.to_str().unwrap(), "--json"]);
+    assert_eq!(report["intact"], true, "{report:#}");
+    let signed: Vec<&str> = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["checkpoints"].as_u64().unwrap_or(0) > 0 && n["unsigned_rows"] == 0)
+        .filter_map(|n| n["node"].as_str())
+        .collect();
+    for node in ["node-a", "node-b", "node-a (cli)"] {
+        assert!(
+            signed.contains(&node),
+            "{node} is signed to its end: {report:#}"
+        );
+    }
 }
 
 #[test]
