@@ -159,6 +159,10 @@ reason_enum! {
         ConnectFailed = "connect_failed",
         /// A reload no longer allows this forward.
         ConfigReload = "config_reload",
+        /// The approved window of the access request that allowed it ended.
+        RequestWindowEnded = "request_window_ended",
+        /// The access request that allowed it was revoked.
+        RequestRevoked = "request_revoked",
     }
 }
 

@@ -34,11 +34,19 @@ pub enum EventKind {
     LockoutUser,
     /// The node signed its hash chain (audit::checkpoint).
     AuditCheckpoint,
+    /// Access requests (DESIGN.md §13).
+    RequestCreate,
+    RequestApprove,
+    RequestDeny,
+    RequestExpire,
+    RequestRevoke,
+    /// A request's webhook could not be delivered (after its retries).
+    RequestNotifyFailed,
 }
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 25] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -58,6 +66,12 @@ impl EventKind {
         EventKind::LockoutClear,
         EventKind::LockoutUser,
         EventKind::AuditCheckpoint,
+        EventKind::RequestCreate,
+        EventKind::RequestApprove,
+        EventKind::RequestDeny,
+        EventKind::RequestExpire,
+        EventKind::RequestRevoke,
+        EventKind::RequestNotifyFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +96,12 @@ impl EventKind {
             LockoutClear => "lockout.clear",
             LockoutUser => "lockout.user",
             AuditCheckpoint => "audit.checkpoint",
+            RequestCreate => "request.create",
+            RequestApprove => "request.approve",
+            RequestDeny => "request.deny",
+            RequestExpire => "request.expire",
+            RequestRevoke => "request.revoke",
+            RequestNotifyFailed => "request.notify_failed",
         }
     }
 }

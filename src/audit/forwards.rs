@@ -31,6 +31,9 @@ pub struct ForwardRecord {
     pub target: Option<String>,
     pub host: String,
     pub port: u32,
+    /// The access request whose approved window allowed it (a target used
+    /// on request).
+    pub request_id: Option<i64>,
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -61,6 +64,9 @@ impl ForwardRecord {
         }
         if let Some(id) = id {
             ev = ev.detail("forward_id", id);
+        }
+        if let Some(r) = self.request_id {
+            ev = ev.detail("request_id", r);
         }
         ev
     }
@@ -117,14 +123,15 @@ impl Audit {
         let row = rec
             .bind(
                 sqlx::query(
-                    "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, address, result, started_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+                    "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, address, result, started_at, request_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
                 ),
                 self.node(),
             )
         .bind(address)
         .bind(ForwardResult::Allowed.as_str())
         .bind(micros(at))
+        .bind(rec.request_id)
         .fetch_one(self.store().pool())
         .await?;
         let id: i64 = row.try_get(0)?;

@@ -57,6 +57,13 @@ pub fn observe(ev: &Event) {
         EventKind::AuditPrune | EventKind::ConnectionRefused => {}
         // Written by the audit writer itself, never observed.
         EventKind::AuditCheckpoint => {}
+        // The requests table and the audit trail are their record.
+        EventKind::RequestCreate
+        | EventKind::RequestApprove
+        | EventKind::RequestDeny
+        | EventKind::RequestExpire
+        | EventKind::RequestRevoke
+        | EventKind::RequestNotifyFailed => {}
         // Rare admin and account events: the audit trail is their record.
         EventKind::GrantRevoke
         | EventKind::TotpEnroll

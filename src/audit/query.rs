@@ -29,6 +29,8 @@ pub struct SessionRow {
     pub bytes_to_target: i64,
     pub bytes_from_target: i64,
     pub close_reason: Option<String>,
+    /// The access request whose window allowed it, if any.
+    pub request_id: Option<i64>,
 }
 
 /// One audit event, fields as DESIGN.md §5 plus `node`, `connection_id`
@@ -120,7 +122,7 @@ impl Where {
 }
 
 const SESSION_COLUMNS: &str = "SELECT id, connection_id, node, user_name, auth_method, source, target, host, port, address, \
-     result, reason, started_at, ended_at, bytes_to_target, bytes_from_target, close_reason FROM forwards";
+     result, reason, started_at, ended_at, bytes_to_target, bytes_from_target, close_reason, request_id FROM forwards";
 
 fn session_row(r: &AnyRow) -> Result<SessionRow, sqlx::Error> {
     let started: i64 = r.try_get("started_at")?;
@@ -144,6 +146,7 @@ fn session_row(r: &AnyRow) -> Result<SessionRow, sqlx::Error> {
         bytes_to_target: r.try_get("bytes_to_target")?,
         bytes_from_target: r.try_get("bytes_from_target")?,
         close_reason: r.try_get("close_reason")?,
+        request_id: r.try_get("request_id")?,
     })
 }
 

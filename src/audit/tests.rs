@@ -206,6 +206,7 @@ fn record(connection: &str, user: &str, target: Option<&str>, host: &str) -> For
         target: target.map(str::to_string),
         host: host.to_string(),
         port: 22,
+        request_id: None,
     }
 }
 
@@ -1008,6 +1009,12 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "lockout.clear",
                 "lockout.user",
                 "audit.checkpoint",
+                "request.create",
+                "request.approve",
+                "request.deny",
+                "request.expire",
+                "request.revoke",
+                "request.notify_failed",
             ]
         );
     })

@@ -6,6 +6,7 @@ mod audit;
 mod check_config;
 mod grants;
 mod lockout;
+mod requests;
 mod serve;
 mod sessions;
 mod totp;
@@ -53,6 +54,9 @@ enum Command {
     /// Brute-force bans of source addresses.
     #[command(subcommand)]
     Lockout(lockout::LockoutCmd),
+    /// Access requests for targets used on request (just in time).
+    #[command(subcommand)]
+    Requests(requests::RequestsCmd),
 }
 
 /// What a command ends with.
@@ -97,6 +101,9 @@ pub fn main() -> ExitCode {
         }),
         Command::Lockout(cmd) => with_store(&cli.config, async |cfg, store| {
             lockout::run(cmd, cfg, store).await
+        }),
+        Command::Requests(cmd) => with_store(&cli.config, async |cfg, store| {
+            requests::run(cmd, cfg, store).await
         }),
     };
     match outcome {

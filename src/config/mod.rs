@@ -72,6 +72,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub audit: AuditConfig,
+    pub requests: RequestsConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub oidc: Option<OidcConfig>,
@@ -140,6 +141,30 @@ pub struct ServerConfig {
 pub struct DatabaseConfig {
     pub url: String,
     pub retention: Option<Duration>,
+}
+
+/// `[requests]`: access requests (DESIGN.md §13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestsConfig {
+    /// A request nobody decided expires after this.
+    pub pending_ttl: Duration,
+    /// JSON POSTs on create, approve, deny, expire, revoke.
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// The HMAC-SHA256 key (`webhook_secret_file`).
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[audit]`: the signed checkpoints of the hash chain (DESIGN.md §11).

@@ -16,6 +16,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub audit: RawAudit,
     #[serde(default)]
+    pub requests: RawRequests,
+    #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
     pub auth: RawAuth,
@@ -158,4 +160,17 @@ pub struct RawTarget {
     pub allow_users: Vec<SString>,
     #[serde(default)]
     pub allow_groups: Vec<SString>,
+    /// "standing" (default) or "request".
+    pub access: Option<SString>,
+    pub approvers: Option<Vec<SString>>,
+    pub max_request: Option<SString>,
+    pub approvals: Option<SInt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequests {
+    pub pending_ttl: Option<SString>,
+    pub webhook_url: Option<SString>,
+    pub webhook_secret_file: Option<SString>,
 }

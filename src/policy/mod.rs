@@ -12,7 +12,10 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-pub use target::{Destination, Target, canonical_ip, is_dns_name, is_legacy_ipv4, range_reaches};
+pub use target::{
+    Access, Destination, RequestRule, Target, canonical_ip, is_dns_name, is_legacy_ipv4,
+    range_reaches,
+};
 
 /// Who asks, as the config in force now sees them: a user name and every
 /// group they are in (from the IdP and from `[[users]]`). Built fresh for
@@ -23,6 +26,9 @@ pub struct Subject {
     groups: BTreeSet<String>,
     /// False when the login's certificate lacks `permit-port-forwarding`.
     may_forward: bool,
+    /// Lower-cased names of the request-only targets the user holds an
+    /// approved window on now.
+    windows: BTreeSet<String>,
 }
 
 impl Subject {
@@ -31,7 +37,20 @@ impl Subject {
             user: user.into(),
             groups: groups.into_iter().collect(),
             may_forward: true,
+            windows: BTreeSet::new(),
         }
+    }
+    /// The request-only targets (by name) the user holds an approved
+    /// window on now.
+    pub fn with_windows(mut self, targets: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        self.windows
+            .extend(targets.into_iter().map(|t| t.as_ref().to_ascii_lowercase()));
+        self
+    }
+    /// May use `t` now: allowed, and within a window if it is on request.
+    fn may_use(&self, t: &Target) -> bool {
+        t.allows(self.user(), self.groups())
+            && (t.request_rule().is_none() || self.windows.contains(&t.name.to_ascii_lowercase()))
     }
     /// The login itself forbids forwarding (a certificate without
     /// `permit-port-forwarding`): every request is refused.
@@ -97,6 +116,9 @@ crate::reasons::reason_enum! {
         UserNotAllowed = "user_not_allowed",
         /// The target is allowed but its host name does not resolve.
         ResolveFailed = "resolve_failed",
+        /// The target is used on request, and the user holds no approved
+        /// window on it now.
+        RequestRequired = "request_required",
     }
 }
 
@@ -213,10 +235,17 @@ pub async fn decide<R: Resolver>(
             return Err(Refusal::UserNotAllowed.on(Some(first)));
         };
         let port = port.ok_or_else(|| Refusal::PortNotAllowed.on(Some(first_allowed)))?;
-        let target = allowed
+        let with_port: Vec<&Target> = allowed
             .into_iter()
-            .find(|t| t.allows_port(port))
-            .ok_or_else(|| Refusal::PortNotAllowed.on(Some(first_allowed)))?;
+            .filter(|t| t.allows_port(port))
+            .collect();
+        let Some(first_with_port) = with_port.first().copied() else {
+            return Err(Refusal::PortNotAllowed.on(Some(first_allowed)));
+        };
+        let target = with_port
+            .into_iter()
+            .find(|t| id.may_use(t))
+            .ok_or_else(|| Refusal::RequestRequired.on(Some(first_with_port)))?;
         return Ok(Authorized {
             target: target.name.clone(),
             addrs: vec![SocketAddr::new(ip, port)],
@@ -233,6 +262,9 @@ pub async fn decide<R: Resolver>(
     let port = port.ok_or_else(|| deny(Refusal::PortNotAllowed))?;
     if !target.allows_port(port) {
         return Err(deny(Refusal::PortNotAllowed));
+    }
+    if !id.may_use(target) {
+        return Err(deny(Refusal::RequestRequired));
     }
     let Destination::Host { host, port: dport } = &target.destination else {
         return Err(deny(Refusal::UnknownTarget));

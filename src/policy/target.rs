@@ -22,6 +22,28 @@ pub struct Target {
     pub destination: Destination,
     pub allow_users: BTreeSet<String>,
     pub allow_groups: BTreeSet<String>,
+    /// Standing (the allowed may use it), or on request (they may ask).
+    pub access: Access,
+}
+
+/// How the users and groups a target allows may use it (DESIGN.md §13).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Access {
+    /// Whenever they like.
+    #[default]
+    Standing,
+    /// Only within a window an approver granted (`access = "request"`).
+    Request(RequestRule),
+}
+
+/// Who decides requests for a target, and how long a window may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRule {
+    /// Groups whose members may approve (never their own request).
+    pub approvers: BTreeSet<String>,
+    pub max_request: std::time::Duration,
+    /// Distinct approvers needed: 1, or 2 for a two-person rule.
+    pub approvals: u32,
 }
 
 impl Target {
@@ -36,12 +58,27 @@ impl Target {
             destination,
             allow_users: BTreeSet::new(),
             allow_groups: BTreeSet::new(),
+            access: Access::Standing,
+        }
+    }
+
+    /// The rule for requests, when the target is used on request only.
+    pub fn request_rule(&self) -> Option<&RequestRule> {
+        match &self.access {
+            Access::Request(r) => Some(r),
+            Access::Standing => None,
         }
     }
 
     /// This target, also allowed to each of `users`.
     pub fn with_users(mut self, users: impl IntoIterator<Item = impl Into<String>>) -> Target {
         self.allow_users.extend(users.into_iter().map(Into::into));
+        self
+    }
+
+    /// This target, used as `access` says.
+    pub fn with_access(mut self, access: Access) -> Target {
+        self.access = access;
         self
     }
 

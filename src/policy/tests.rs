@@ -39,6 +39,7 @@ fn policy() -> Policy {
             },
             allow_users: set(&["alice"]),
             allow_groups: set(&["dba"]),
+            access: Default::default(),
         },
         Target {
             name: "web".into(),
@@ -48,6 +49,7 @@ fn policy() -> Policy {
             },
             allow_users: set(&[]),
             allow_groups: set(&["sre"]),
+            access: Default::default(),
         },
         Target {
             name: "lab".into(),
@@ -57,6 +59,7 @@ fn policy() -> Policy {
             },
             allow_users: set(&[]),
             allow_groups: set(&["sre"]),
+            access: Default::default(),
         },
         Target {
             name: "lab6".into(),
@@ -66,6 +69,7 @@ fn policy() -> Policy {
             },
             allow_users: set(&["bob"]),
             allow_groups: set(&[]),
+            access: Default::default(),
         },
     ])
 }
@@ -261,6 +265,7 @@ fn resolution_failure_fails_closed() {
         },
         allow_users: set(&["alice"]),
         allow_groups: set(&[]),
+        access: Default::default(),
     }]);
     let alice = subject("alice", &[]);
     let r = FakeResolver::default();
@@ -325,4 +330,76 @@ fn denials_name_the_target_they_matched() {
 
 fn subject(user: &str, groups: &[&str]) -> Subject {
     Subject::new(user, groups.iter().map(|g| g.to_string()))
+}
+
+/// A policy with one target used on request (named) and one range used on
+/// request beside a standing range.
+fn on_request() -> Policy {
+    let rule = Access::Request(RequestRule {
+        approvers: set(&["leads"]),
+        max_request: std::time::Duration::from_secs(3600),
+        approvals: 1,
+    });
+    Policy::new(vec![
+        Target::new(
+            "prod-db",
+            Destination::Host {
+                host: "10.0.9.9".into(),
+                port: 5432,
+            },
+        )
+        .with_groups(["dba"])
+        .with_access(rule.clone()),
+        Target::new(
+            "prod-net",
+            Destination::Cidr {
+                net: "10.9.0.0/24".parse().unwrap(),
+                ports: [22].into_iter().collect(),
+            },
+        )
+        .with_groups(["sre"])
+        .with_access(rule),
+        Target::new(
+            "lab-net",
+            Destination::Cidr {
+                net: "10.9.0.0/25".parse().unwrap(),
+                ports: [22].into_iter().collect(),
+            },
+        )
+        .with_users(["carol"]),
+    ])
+}
+
+#[test]
+fn a_target_on_request_needs_a_window_and_only_for_the_allowed() {
+    let p = on_request();
+    let r = FakeResolver::default();
+    let ask = |id: &Subject, host: &str, port: u32| {
+        futures::executor::block_on(decide(&p, id, &Request { host, port }, &r))
+            .map(|a| a.target().to_string())
+            .map_err(|d| d.reason)
+    };
+    let dba = subject("dana", &["dba"]);
+    assert_eq!(ask(&dba, "prod-db", 5432), Err(Refusal::RequestRequired));
+    // A wrong port says so first: a request would not help.
+    assert_eq!(ask(&dba, "prod-db", 22), Err(Refusal::PortNotAllowed));
+    let with = dba.clone().with_windows(["PROD-DB"]);
+    assert_eq!(ask(&with, "prod-db", 5432).unwrap(), "prod-db");
+    // A window on one target opens no other.
+    assert_eq!(
+        ask(&dba.clone().with_windows(["prod-net"]), "prod-db", 5432),
+        Err(Refusal::RequestRequired)
+    );
+    // Someone the target does not allow gets the usual refusal, window or not.
+    let eve = subject("eve", &[]).with_windows(["prod-db"]);
+    assert_eq!(ask(&eve, "prod-db", 5432), Err(Refusal::UserNotAllowed));
+
+    // Ranges: a request-only range needs its window; a standing range
+    // that also contains the address serves whoever it allows.
+    let sre = subject("sam", &["sre"]);
+    assert_eq!(ask(&sre, "10.9.0.7", 22), Err(Refusal::RequestRequired));
+    let a = ask(&sre.clone().with_windows(["prod-net"]), "10.9.0.7", 22).unwrap();
+    assert_eq!(a, "prod-net");
+    let carol = subject("carol", &["sre"]);
+    assert_eq!(ask(&carol, "10.9.0.7", 22).unwrap(), "lab-net");
 }

@@ -22,6 +22,9 @@ pub struct LiveForward {
     pub cancel: CancellationToken,
     /// Why it was ended from outside, if it was.
     reason: OnceLock<ForwardEnd>,
+    /// The access request (id, target, window end in unix µs) whose
+    /// window allowed it.
+    window: OnceLock<(i64, String, i64)>,
 }
 
 impl LiveForward {
@@ -31,6 +34,18 @@ impl LiveForward {
     }
     pub fn reason(&self) -> Option<ForwardEnd> {
         self.reason.get().copied()
+    }
+    /// It runs in the approved window of request `id` on `target`, which
+    /// ends at `end` (unix µs).
+    pub fn set_window(&self, id: i64, target: &str, end: i64) {
+        let _ = self.window.set((id, target.to_string(), end));
+    }
+    /// When its window ends (unix µs), if it runs in one.
+    pub fn window_end(&self) -> Option<i64> {
+        self.window.get().map(|w| w.2)
+    }
+    pub fn request_id(&self) -> Option<i64> {
+        self.window.get().map(|w| w.0)
     }
 }
 
@@ -69,6 +84,7 @@ impl Forwards {
             port,
             cancel: parent.child_token(),
             reason: OnceLock::new(),
+            window: OnceLock::new(),
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.live.lock() {
@@ -87,6 +103,22 @@ impl Forwards {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// End every forward that runs in the window of request `id` (revoked);
+    /// returns how many.
+    pub fn close_request(&self, id: i64) -> usize {
+        let live: Vec<Arc<LiveForward>> = self
+            .live
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut closed = 0;
+        for f in live.iter().filter(|f| f.request_id() == Some(id)) {
+            f.close(ForwardStop::RequestRevoked.into());
+            closed += 1;
+        }
+        closed
     }
 
     /// Close every forward (open, or still being decided or dialled) the
@@ -110,7 +142,11 @@ impl Forwards {
                 host: &f.host,
                 port: f.port,
             };
-            let subject = f.identity.subject(cfg);
+            // Its window still holds (a revocation ends it on its own).
+            let subject = f
+                .identity
+                .subject(cfg)
+                .with_windows(f.window.get().map(|w| w.1.as_str()));
             let verdict = policy::decide(&cfg.policy, &subject, &req, &SystemResolver).await;
             // A name that no longer resolves is not a policy change: keep it.
             let refused = matches!(verdict, Err(ref d) if d.reason != Refusal::ResolveFailed);

@@ -60,6 +60,8 @@ pub struct ServerState {
     /// Live forwards (and those being decided or dialled), re-checked on
     /// reload.
     pub forwards: Arc<forwards::Forwards>,
+    /// `[requests] webhook_url` (read at start).
+    pub webhook: crate::requests::webhook::Webhook,
     /// Open connections: a reload asks their logins again, a ban ends
     /// those of its source still logging in.
     pub live: live::LiveConnections,

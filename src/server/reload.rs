@@ -148,7 +148,7 @@ fn revalidate_logins(state: &ServerState, old: &Config, new: &Config) -> usize {
 /// for a restart.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let (o, n) = (&old.server, &new.server);
-    let checks: [(&'static str, bool); 14] = [
+    let checks: [(&'static str, bool); 15] = [
         ("server.listen", o.listen != n.listen),
         ("server.host_key_dir", o.host_key_dir != n.host_key_dir),
         (
@@ -176,6 +176,10 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ),
         // The audit writer holds the key and the checkpoint settings.
         ("audit", old.audit != new.audit),
+        (
+            "requests.webhook",
+            old.requests.webhook != new.requests.webhook,
+        ),
         (
             "mfa.secret_key_file",
             old.mfa.secret_key_file != new.mfa.secret_key_file,

@@ -154,7 +154,10 @@ async fn start(
         node: cfg.server.node_name.clone(),
     });
     let max_connections = u32::try_from(cfg.server.max_connections).unwrap_or(u32::MAX);
+    let webhook =
+        crate::requests::webhook::Webhook::new(cfg.requests.webhook.as_ref(), audit.clone());
     let state = Arc::new(ServerState {
+        webhook,
         ssh: Arc::new(ssh_config(&cfg, host_key)),
         connections: Arc::new(Semaphore::new(max_connections as usize)),
         max_connections,
@@ -201,6 +204,14 @@ impl Background {
             });
         }
         tokio::spawn(state.grant_watch.clone().run(store.clone(), stop.clone()));
+        let forwards = state.forwards.clone();
+        tokio::spawn(crate::requests::watch::run(
+            store.clone(),
+            state.audit.clone(),
+            state.webhook.clone(),
+            move |id| forwards.close_request(id),
+            stop.clone(),
+        ));
         let st = state.clone();
         let lockout = state.services.lockout.clone();
         tokio::spawn(lockout.run(move || st.config.load().lockout.clone(), stop.clone()));

@@ -25,6 +25,8 @@ pub struct Target {
     pub ports: Vec<u16>,
     pub allow_users: Vec<String>,
     pub allow_groups: Vec<String>,
+    /// `access = "request"`: (approvers, max_request, approvals).
+    pub on_request: Option<(Vec<String>, String, u32)>,
 }
 
 impl Target {
@@ -38,6 +40,7 @@ impl Target {
             ports: Vec::new(),
             allow_users: Vec::new(),
             allow_groups: Vec::new(),
+            on_request: None,
         }
     }
 
@@ -51,6 +54,7 @@ impl Target {
             ports: ports.to_vec(),
             allow_users: Vec::new(),
             allow_groups: Vec::new(),
+            on_request: None,
         }
     }
 
@@ -65,8 +69,26 @@ impl Target {
         self
     }
 
+    /// Used on request only: `approvers` decide, windows up to
+    /// `max_request`, `approvals` distinct approvers needed.
+    pub fn on_request(mut self, approvers: &[&str], max_request: &str, approvals: u32) -> Self {
+        self.on_request = Some((
+            approvers.iter().map(|a| a.to_string()).collect(),
+            max_request.to_string(),
+            approvals,
+        ));
+        self
+    }
+
     fn render(&self) -> String {
         let mut s = format!("[[targets]]\nname = {}\n", toml_str(&self.name));
+        if let Some((approvers, max, n)) = &self.on_request {
+            s += &format!(
+                "access = \"request\"\napprovers = {}\nmax_request = {}\napprovals = {n}\n",
+                toml_list(approvers),
+                toml_str(max)
+            );
+        }
         if let Some(host) = &self.host {
             s += &format!("host = {}\n", toml_str(host));
         }

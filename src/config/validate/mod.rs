@@ -179,6 +179,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
     let server = server(&mut cx, &raw.server);
     let database = database(&mut cx, &raw.database, &server.host_key_dir);
     let audit = audit::audit(&mut cx, &raw.audit, &server.host_key_dir);
+    let requests = audit::requests(&mut cx, &raw.requests);
     let log = log(&mut cx, &raw.log);
     let auth = auth(&mut cx, &raw.auth);
     let oidc = raw.oidc.as_ref().map(|o| oidc(&mut cx, o.get_ref()));
@@ -195,6 +196,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
             server,
             database,
             audit,
+            requests,
             log,
             auth,
             oidc,

@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::ops::Range;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use toml::Spanned;
 
 use super::{Ctx, port, valid_name};
 use crate::config::schema::RawTarget;
-use crate::policy::{Destination, Target, canonical_ip, is_dns_name};
+use crate::policy::{Access, Destination, RequestRule, Target, canonical_ip, is_dns_name};
 
 pub(super) fn targets(cx: &mut Ctx<'_>, raw: &[Spanned<RawTarget>]) -> Vec<Target> {
     let mut seen = HashSet::new();
@@ -43,12 +44,91 @@ fn target(
             ok = false;
         }
     }
+    let access = access(cx, t, &mut ok);
     let destination = destination.filter(|_| ok)?;
     Some(Target {
         name: name.clone(),
         destination,
         allow_users: t.allow_users.iter().map(|u| u.get_ref().clone()).collect(),
         allow_groups: t.allow_groups.iter().map(|g| g.get_ref().clone()).collect(),
+        access,
+    })
+}
+
+/// The most a request may ask for, whatever `max_request` says.
+const MAX_REQUEST: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `access`, and for `"request"` who approves and for how long.
+fn access(cx: &mut Ctx<'_>, t: &RawTarget, ok: &mut bool) -> Access {
+    let name = t.name.get_ref();
+    let standing = cx.one_of(
+        &format!("target {name}: access"),
+        &t.access,
+        true,
+        &[("standing", true), ("request", false)],
+    );
+    let keys = [
+        (
+            "approvers",
+            t.approvers
+                .as_ref()
+                .and_then(|a| a.first())
+                .map(|a| a.span()),
+        ),
+        ("max_request", t.max_request.as_ref().map(|m| m.span())),
+        ("approvals", t.approvals.as_ref().map(|a| a.span())),
+    ];
+    if standing {
+        for (key, span) in keys {
+            if let Some(span) = span {
+                cx.err(
+                    &span,
+                    format!("target {name}: {key} applies only with access = \"request\""),
+                );
+                *ok = false;
+            }
+        }
+        return Access::Standing;
+    }
+    let approvers: BTreeSet<String> = t
+        .approvers
+        .iter()
+        .flatten()
+        .map(|a| a.get_ref().clone())
+        .collect();
+    for a in t.approvers.iter().flatten() {
+        if !valid_name(a.get_ref()) {
+            cx.err(
+                &a.span(),
+                format!("target {name}: {:?} is not a valid group name", a.get_ref()),
+            );
+            *ok = false;
+        }
+    }
+    if approvers.is_empty() {
+        cx.err(
+            &t.name.span(),
+            format!(
+                "target {name}: access = \"request\" needs approvers (groups whose members decide)"
+            ),
+        );
+        *ok = false;
+    }
+    let max_request = cx.duration(
+        &format!("target {name}: max_request"),
+        &t.max_request,
+        Duration::from_secs(4 * 3600),
+    );
+    if max_request > MAX_REQUEST {
+        let span = t.max_request.as_ref().map(|m| m.span()).unwrap_or_default();
+        cx.err(&span, format!("target {name}: max_request is at most 7d"));
+        *ok = false;
+    }
+    let approvals = cx.int(&format!("target {name}: approvals"), &t.approvals, 1, 1..3) as u32;
+    Access::Request(RequestRule {
+        approvers,
+        max_request,
+        approvals,
     })
 }
 

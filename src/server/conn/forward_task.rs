@@ -15,8 +15,12 @@ use crate::auth::Identity;
 use crate::config::{Config, SharedConfig};
 use crate::forward::{self, Counters, Limits};
 use crate::policy::{self, Authorized, Refusal, Request, SystemResolver};
-use crate::reasons::{ForwardRefusal, ForwardResult};
+use crate::reasons::{ForwardRefusal, ForwardResult, ForwardStop};
+use crate::requests::{self, AccessRequest};
 use crate::server::forwards::{Forwards, Registered};
+
+/// How long reading a user's access request windows may take.
+const WINDOWS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Everything a forward task needs, moved off the session loop.
 pub struct ForwardJob {
@@ -53,6 +57,7 @@ pub async fn forward(job: ForwardJob) {
         target: None,
         host: job.host.clone(),
         port: job.port,
+        request_id: None,
     };
     let (authorized, rec) = match decide(&job, &cfg, &live, rec).await {
         Ok(allowed) => allowed,
@@ -107,7 +112,14 @@ async fn decide(
         host: &job.host,
         port: job.port,
     };
-    let subject = job.identity.subject(cfg);
+    let windows = tokio::select! {
+        w = open_windows(job, cfg) => w,
+        () = live.forward.cancel.cancelled() => return Err(None),
+    };
+    let subject = job
+        .identity
+        .subject(cfg)
+        .with_windows(windows.iter().map(|w| w.target.as_str()));
     let decided = tokio::select! {
         d = policy::decide(&cfg.policy, &subject, &req, &SystemResolver) => d,
         () = live.forward.cancel.cancelled() => return Err(None),
@@ -115,6 +127,11 @@ async fn decide(
     let denied = match decided {
         Ok(a) => {
             rec.target = Some(a.target().to_string());
+            if let Some(w) = window_of(cfg, &a, &windows) {
+                rec.request_id = Some(w.id);
+                live.forward
+                    .set_window(w.id, &w.target, w.window_end.unwrap_or(0));
+            }
             return Ok((a, rec));
         }
         Err(denied) => denied,
@@ -128,6 +145,13 @@ async fn decide(
         Refusal::ForwardingNotPermitted => prohibited(format!(
             "portvakt: your certificate does not permit port forwarding ({req})"
         )),
+        Refusal::RequestRequired => {
+            let ssh = super::session_text::ssh_command(&job.identity, cfg, job.ctx.local());
+            let name = rec.target.as_deref().unwrap_or(job.host.as_str());
+            prohibited(format!(
+                "portvakt: {name} is used on request; ask with: {ssh} request {name} 1h \"REASON\""
+            ))
+        }
         // The name is known and allowed; only DNS failed.
         Refusal::ResolveFailed => ChannelOpenFailure::Other {
             code: 2,
@@ -141,6 +165,52 @@ async fn decide(
         )),
     };
     Err(Some(message))
+}
+
+/// The user's approved windows open now, when the config has targets used
+/// on request (else none are needed). A database error gives none: such
+/// targets are refused (fail closed), the others are not affected.
+async fn open_windows(job: &ForwardJob, cfg: &Config) -> Vec<AccessRequest> {
+    if !cfg
+        .policy
+        .targets()
+        .iter()
+        .any(|t| t.request_rule().is_some())
+    {
+        return Vec::new();
+    }
+    let store = job.audit.store();
+    let found = tokio::time::timeout(
+        WINDOWS_WAIT,
+        requests::store::open_windows(store, job.identity.user(), crate::clock::now_micros()),
+    )
+    .await;
+    match found {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read access request windows; request-only targets refused");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::error!(
+                "access request windows not read in time; request-only targets refused"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// The window that allowed a forward to a target used on request.
+fn window_of<'w>(
+    cfg: &Config,
+    a: &Authorized,
+    windows: &'w [AccessRequest],
+) -> Option<&'w AccessRequest> {
+    let target = cfg.policy.targets().iter().find(|t| t.name == a.target())?;
+    target.request_rule()?;
+    windows
+        .iter()
+        .find(|w| w.target.eq_ignore_ascii_case(&target.name))
 }
 
 /// Connect to the target; a failure closes the row and tells the client.
@@ -197,10 +267,18 @@ async fn pump(
         totals: Some(crate::metrics::bytes_counters()),
         ..Default::default()
     };
+    // A window's end (unix time) as an instant of this clock.
+    let window_end = live.forward.window_end().map(|end| {
+        let left = end.saturating_sub(crate::clock::now_micros()).max(0);
+        tokio::time::Instant::now() + std::time::Duration::from_micros(left as u64)
+    });
     let limits = Limits {
         idle_timeout: cfg.sessions.idle_timeout,
         write_timeout: Limits::write_timeout(cfg.sessions.idle_timeout),
-        deadline: ctx.deadline().map(|(at, why)| (at, why.for_forwards())),
+        deadline: earliest(
+            ctx.deadline().map(|(at, why)| (at, why.for_forwards())),
+            window_end.map(|at| (at, ForwardStop::RequestWindowEnded.into())),
+        ),
     };
     let end = forward::pump(
         channel,
@@ -223,6 +301,17 @@ async fn pump(
         from_target: counters.from_target.load(Ordering::Relaxed),
     };
     row.closed(totals, end.reason()).await;
+}
+
+/// The earlier of two deadlines.
+fn earliest<T>(
+    a: Option<(tokio::time::Instant, T)>,
+    b: Option<(tokio::time::Instant, T)>,
+) -> Option<(tokio::time::Instant, T)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
 }
 
 fn prohibited(reason: String) -> ChannelOpenFailure {

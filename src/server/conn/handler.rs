@@ -263,9 +263,12 @@ impl Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let command = String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned();
+        let command = String::from_utf8_lossy(&data[..data.len().min(4096)]).into_owned();
         if command.trim() == "logout" {
             return self.sessions.logout(channel, session);
+        }
+        if let Some(cmd) = crate::requests::commands::parse(&command) {
+            return self.sessions.requests(channel, cmd, session);
         }
         self.sessions
             .text(channel, ChannelRefusal::Exec, Some(command), session)

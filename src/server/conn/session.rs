@@ -103,6 +103,57 @@ impl Sessions {
         session.close(channel)
     }
 
+    /// `ssh user@bastion request|requests|approve|deny ...` (access
+    /// requests), answered off the session loop.
+    pub fn requests(
+        &mut self,
+        channel: ChannelId,
+        cmd: Result<crate::requests::commands::Command, String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(id) = self.ctx.shared_identity() else {
+            return session.channel_failure(channel);
+        };
+        session.channel_success(channel)?;
+        let (state, ctx, handle) = (self.state.clone(), self.ctx.clone(), session.handle());
+        let crlf = self.has_pty(channel);
+        self.ctx.spawn(async move {
+            let (text, status) = match cmd {
+                Err(usage) => (format!("portvakt: {usage}\n"), 2),
+                Ok(cmd) => {
+                    let cfg = state.config.load_full();
+                    let subject = id.subject(&cfg);
+                    let ssh = super::session_text::ssh_command(&id, &cfg, ctx.local());
+                    let env = crate::requests::commands::Env {
+                        cfg: &cfg,
+                        store: &state.services.store,
+                        audit: &state.audit,
+                        webhook: &state.webhook,
+                        subject: &subject,
+                        node: &state.services.node,
+                        ssh: &ssh,
+                        connection: Some((ctx.id(), ctx.source())),
+                    };
+                    crate::requests::commands::execute(cmd, &env).await
+                }
+            };
+            let text = if crlf {
+                text.replace('\n', "\r\n")
+            } else {
+                text
+            };
+            let _ = if status == 0 {
+                handle.data(channel, text.into_bytes()).await
+            } else {
+                handle.extended_data(channel, 1, text.into_bytes()).await
+            };
+            let _ = handle.exit_status_request(channel, status).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+
     /// `ssh user@bastion logout`: revoke this login's grant, so the next
     /// connection asks for a full login again.
     pub fn logout(

@@ -50,6 +50,26 @@ fn who(t: &mut String, id: &Identity, groups: &[&str]) {
     }
 }
 
+/// The `ssh` command that reaches this bastion as this user, for the
+/// requests commands (`ssh -p 2222 alice@bastion.example.com`).
+pub fn ssh_command(id: &Identity, cfg: &Config, local: SocketAddr) -> String {
+    let (host, port) = match cfg.server.public_name.as_deref() {
+        Some(name) => match name.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => {
+                (h.to_string(), p.parse().unwrap_or(22))
+            }
+            _ => (name.to_string(), 22),
+        },
+        None if local.ip().is_unspecified() => ("BASTION".to_string(), local.port()),
+        None => (host_of(local), local.port()),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match port {
+        22 => format!("ssh {}@{host}", id.user()),
+        p => format!("ssh -p {p} {}@{host}", id.user()),
+    }
+}
+
 /// How the client reaches this bastion, for the `-J` line.
 fn bastion(id: &Identity, cfg: &Config, local: SocketAddr) -> String {
     match (local.ip().is_unspecified(), local.port()) {
@@ -72,17 +92,28 @@ fn targets(t: &mut String, mine: &[&Target]) {
     for target in mine {
         match &target.destination {
             Destination::Host { port, .. } => {
-                let _ = writeln!(t, "  {:<20} port {port}", target.name);
+                let _ = write!(t, "  {:<20} port {port}", target.name);
             }
             Destination::Cidr { net, ports } => {
                 let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-                let _ = writeln!(
+                let _ = write!(
                     t,
                     "  {:<20} any address in {net}, ports {}",
                     target.name,
                     ports.join(", ")
                 );
             }
+        }
+        match target.request_rule() {
+            Some(r) => {
+                let _ = writeln!(
+                    t,
+                    "  (on request, up to {}: `request {} DURATION \"REASON\"`)",
+                    humantime::format_duration(r.max_request),
+                    target.name
+                );
+            }
+            None => t.push('\n'),
         }
     }
 }
