@@ -638,3 +638,68 @@ fn three_nodes_starting_at_once_migrate_a_fresh_database_once() {
     });
     assert_eq!(listed, names);
 }
+
+/// Just-in-time access across nodes (issue 15): alice asks on node A, bob
+/// approves on node B, and alice's next forward through node A works at
+/// once (each decision reads the shared database); the revocation on node
+/// B's host ends her live forward on node A within seconds.
+#[test]
+fn a_request_approved_on_node_b_opens_the_target_on_node_a() {
+    let env = TestEnv::new();
+    let echo = EchoServer::start();
+    let ca = env.ca("user_ca");
+    let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
+    let bob = env.signed_key(&ca, "bob", &CertSpec::user(&["bob"]));
+    let config = Config::new()
+        .trust(&ca)
+        .user(User::groups("alice", &["dba"]))
+        .user(User::groups("bob", &["leads"]))
+        .target(
+            Target::host("echo", "127.0.0.1", echo.port)
+                .allow_groups(&["dba"])
+                .on_request(&["leads"], "1h", 1),
+        );
+    let pair = Pair::start(&env, &config);
+    let via_a = pair.client(&env, &pair.a, "alice").identity(&alice);
+    let bob_b = pair.client(&env, &pair.b, "bob").identity(&bob);
+    assert_eq!(forward_stdio(&via_a, "echo", echo.port, b"x").code(), 255);
+
+    let out = via_a.run(&[BASTION, "request", "echo", "30m", "INC-7"]);
+    out.assert_success();
+    let id: i64 = out
+        .stdout_text()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    bob_b
+        .run(&[BASTION, "approve", &id.to_string()])
+        .assert_success();
+    let approved_at = Instant::now();
+    assert_echo_works(&via_a, "echo", echo.port);
+    eprintln!(
+        "node A allowed the forward {:?} after the approval on node B",
+        approved_at.elapsed()
+    );
+    assert!(approved_at.elapsed() < Duration::from_secs(5), "within 5 s");
+
+    let mut live = open_echo_forward(&via_a, &echo);
+    pair.b
+        .cli(&["requests", "revoke", &id.to_string()])
+        .assert_success();
+    let revoked_at = Instant::now();
+    let ended = poll_for(PROPAGATION, || live.try_wait());
+    assert!(
+        ended.is_some(),
+        "the forward on node A still runs after the revocation on node B"
+    );
+    eprintln!(
+        "node A ended the forward {:?} after the revocation on node B",
+        revoked_at.elapsed()
+    );
+    pair.a
+        .wait_for_session("node A's forward closed by the revocation", |r| {
+            r.close_reason.as_deref() == Some("request_revoked")
+        });
+}
