@@ -22,7 +22,7 @@ pub mod query;
 mod retention;
 mod signing;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod verify;
 pub mod walk;
 mod writer;

@@ -177,7 +177,7 @@ where
 }
 
 /// Run `case` on a freshly opened (migrated) store of each backend.
-async fn on_each_store<F, Fut>(case: F)
+pub(crate) async fn on_each_store<F, Fut>(case: F)
 where
     F: Fn(Store) -> Fut,
     Fut: Future<Output = ()>,
