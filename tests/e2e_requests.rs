@@ -189,7 +189,7 @@ fn a_request_approved_by_another_opens_the_target_until_its_window_ends() {
         "no request was stored"
     );
 
-    let id = t.request("12s", "INC-123 disk full");
+    let id = t.request("15s", "INC-123 disk full");
     let pending = t.state(id);
     assert_eq!(pending["state"], "pending", "{pending}");
     assert_eq!(pending["reason"], "INC-123 disk full", "{pending}");
@@ -222,6 +222,9 @@ fn a_request_approved_by_another_opens_the_target_until_its_window_ends() {
 
     let out = t.ssh("bob", &["approve", &id.to_string()]);
     out.assert_success();
+    // At once, a forward that stays open until the window's end (15 s:
+    // the checks below must fit in it on a loaded machine).
+    let mut live = t.live_forward();
     assert!(
         out.stdout_text().contains(&format!(
             "request {id} is approved: alice may use prod until"
@@ -241,8 +244,9 @@ fn a_request_approved_by_another_opens_the_target_until_its_window_ends() {
     let out = t.forward("alice");
     out.assert_success();
     assert_eq!(out.stdout_text(), "hi\n");
-    let used =
-        t.pv.wait_for_session("the allowed forward", |r| r.result == "allowed");
+    let used = t.pv.wait_for_session("the one-shot forward", |r| {
+        r.result == "allowed" && r.ended_at.is_some()
+    });
     let json = t.pv.sessions_json(&[]);
     let row = json.iter().find(|r| r["id"] == used.id).unwrap();
     assert_eq!(row["request_id"], id, "{row}");
@@ -250,7 +254,6 @@ fn a_request_approved_by_another_opens_the_target_until_its_window_ends() {
     assert_eq!(t.forward("eve").code(), 255);
 
     // The window ends: the live forward ends with it, and the next is refused.
-    let mut live = t.live_forward();
     // Its ssh exits when the window's end closes the forward.
     live.wait_exit(Duration::from_secs(30));
     let closed =
@@ -273,7 +276,7 @@ fn a_request_approved_by_another_opens_the_target_until_its_window_ends() {
 
 #[test]
 fn a_two_person_rule_denials_revocations_and_expiry() {
-    let t = Team::start(2, "1h", "[requests]\npending_ttl = \"3s\"\n");
+    let t = Team::start(2, "1h", "[requests]\npending_ttl = \"10s\"\n");
     let id = t.request("30m", "deploy 4.2");
     let out = t.ssh("bob", &["approve", &id.to_string()]);
     out.assert_success();
