@@ -344,6 +344,23 @@ fn a_two_person_rule_denials_revocations_and_expiry() {
         "is denied already",
     );
 
+    // An approver who asks cannot approve their own request.
+    let out = t.ssh("eve", &["request", "prod", "10m", "my own"]);
+    out.assert_success();
+    let own: i64 = out
+        .stdout_text()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_fails_with(
+        &t.ssh("eve", &["approve", &own.to_string()]),
+        1,
+        &format!("you asked for request {own} yourself: somebody else must decide it"),
+    );
+    assert_eq!(t.state(own)["state"], "pending");
+
     // Undecided, it expires after pending_ttl.
     let id = t.request("10m", "will expire");
     let expired = t.pv.wait_for_audit("request.expire", |e| {
