@@ -7,21 +7,24 @@ import os
 import resource
 import shlex
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import auditgen
 import report
-from procs import (BenchError, LineReader, Proc, mem_available_mib, settle_memory,
+from procs import (BenchError, LineReader, Proc, mem_available_mib, run, settle_memory,
                    stop_all)
-from servers import (Keys, OpensshJump, PortvaktJump, PortvaktNodes, Sink, Target, client_config,
-                     ensure_bench_user, known_hosts)
+from servers import (Keys, OpensshJump, PortvaktJump, PortvaktNodes, Sink, Target, cli_config,
+                     client_config, ensure_bench_user, known_hosts)
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
-SECTIONS = ["throughput", "latency", "memory", "scale", "logins"]
+SECTIONS = ["throughput", "latency", "memory", "scale", "logins", "audit"]
+UNCHAINED = "portvakt-unchained"
 CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"]
 MIB = 1 << 20
 
@@ -43,7 +46,8 @@ def parse_args(argv):
         description="Compare portvakt with OpenSSH sshd as a jump host (DESIGN.md §9).")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (smoke test): 8 MiB, 3 latency runs, 10 and 20 "
-                        "connections, 2 s of logins; writes no docs")
+                        "connections, 2 s of logins and forwards, 20,000 audit events; "
+                        "writes no docs")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated sections to run (default all): {','.join(SECTIONS)}")
     p.add_argument("--jumps", default="portvakt,openssh",
@@ -60,6 +64,18 @@ def parse_args(argv):
     p.add_argument("--login-clients", type=int, default=32, help="parallel login loops [32]")
     p.add_argument("--login-procs", type=int, default=2,
                    help="load client processes the login loops are spread over [2]")
+    p.add_argument("--unchained-bin", help="audit: the same source built with --cfg "
+                        "portvakt_bench_unchained, whose writer skips hashes and checkpoints "
+                        "(default: target/bench-unchained/release/portvakt, built by bench/run)")
+    p.add_argument("--audit-events", type=int,
+                   help="audit: events in the chain audit verify checks [1000000; quick 20000]")
+    p.add_argument("--verify-runs", type=int, help="audit: A/B rounds of audit verify with and "
+                        "without --key [3; quick 1]")
+    p.add_argument("--forward-seconds", type=float, help="seconds per forward-rate run [15; quick 2]")
+    p.add_argument("--forward-connections", type=int, default=4,
+                   help="logged-in connections per load client process in the forward-rate run [4]")
+    p.add_argument("--forward-clients", type=int, default=32,
+                   help="parallel forward loops (open, echo 64 bytes, close) [32]")
     p.add_argument("--open-concurrency", type=int, default=32,
                    help="connections being opened at once in memory/scale runs [32]")
     p.add_argument("--scale-nodes", type=int, default=2,
@@ -88,6 +104,9 @@ def parse_args(argv):
     args.memory_rounds = args.memory_rounds or (1 if q else 3)
     args.scale = args.scale or (50 if q else 10000)
     args.login_seconds = args.login_seconds or (2.0 if q else 15.0)
+    args.forward_seconds = args.forward_seconds or (2.0 if q else 15.0)
+    args.audit_events = args.audit_events or (20_000 if q else 1_000_000)
+    args.verify_runs = args.verify_runs or (1 if q else 3)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in args.only:
         if s not in SECTIONS:
@@ -96,9 +115,12 @@ def parse_args(argv):
     for s in args.jumps:
         if s not in ("portvakt", "openssh"):
             p.error(f"unknown jump host {s!r}; choose from portvakt, openssh")
-    if args.out is None and not q and args.only == SECTIONS and len(args.jumps) == 2:
+    if args.out is None and not q and (args.only == SECTIONS and len(args.jumps) == 2
+                                       or args.only == ["audit"]):
         args.out = os.path.join(REPO, "docs", "BENCHMARKS.md")
     args.bin = os.path.abspath(args.bin or os.path.join(REPO, "target", "release", "portvakt"))
+    args.unchained_bin = os.path.abspath(args.unchained_bin or os.path.join(
+        REPO, "target", "bench-unchained", "release", "portvakt"))
     return args
 
 
@@ -143,12 +165,16 @@ class Bench:
     # --- jump hosts ---------------------------------------------------------
 
     def start(self, kind):
-        """A fresh jump host of `kind` ("portvakt" or "openssh")."""
+        """A fresh jump host of `kind` ("portvakt", "openssh", or
+        "portvakt-unchained": the build whose audit writer skips the chain)."""
         self.instances += 1
         d = os.path.join(self.work, f"{kind}-{self.instances}")
         limit = self.args.scale + 1000
         if kind == "portvakt":
             return PortvaktJump(d, self.args.bin, self.keys, self.target_ports, limit)
+        if kind == UNCHAINED:
+            return PortvaktJump(d, self.args.unchained_bin, self.keys, self.target_ports, limit,
+                                name=UNCHAINED)
         reaper = [self.python, os.path.join(BENCH_DIR, "reaper.py")]
         return OpensshJump(d, self.keys, self.target_ports, limit, reaper)
 
@@ -329,21 +355,27 @@ class Bench:
     # --- logins -----------------------------------------------------------------
 
     def logins(self, jumps):
+        self.results["logins"] = self.rate_rounds(jumps, "logins", "login", self.args.login_seconds,
+                                                  self.args.login_clients, [])
+
+    def rate_rounds(self, jumps, mode, unit, seconds, loops, extra):
+        """A/B rounds of the load client's `mode` (logins or forwards):
+        `loops` parallel loops over --login-procs processes, for `seconds`;
+        per run the rate, and server and client CPU per `unit`."""
         procs = self.args.login_procs
-        per = self.args.login_clients // procs
+        per = loops // procs
         runs = {j.name: [] for j in jumps}
         for r in range(self.args.rounds):
             for i, jump in enumerate(in_order(jumps, r)):
                 jump.wait_idle()
                 cpu0 = jump.cpu()
                 start_at = time.time() + 2.0
-                clients = [self.loadclient("logins", jump, [
-                    "--concurrency", str(per), "--seconds", str(self.args.login_seconds),
-                    "--start-at", str(start_at)], f"logins-{jump.name}-{r + 1}-{i + 1}.log")
+                clients = [self.loadclient(mode, jump, [
+                    "--concurrency", str(per), "--seconds", str(seconds),
+                    "--start-at", str(start_at)] + extra, f"{mode}-{jump.name}-{r + 1}-{i + 1}.log")
                     for i in range(procs)]
                 try:
-                    evs = [json.loads(LineReader(c).readline(self.args.login_seconds + 300))
-                           for c in clients]
+                    evs = [json.loads(LineReader(c).readline(seconds + 300)) for c in clients]
                     for c in clients:
                         c.popen.wait(60)
                 finally:
@@ -352,23 +384,133 @@ class Bench:
                 jump.wait_idle()
                 cpu = jump.cpu() - cpu0
                 ok = sum(ev["ok"] for ev in evs)
-                seconds = max(ev["seconds"] for ev in evs)
+                took = max(ev["seconds"] for ev in evs)
                 errors = {}
                 for ev in evs:
                     for k, v in ev["errors"].items():
                         errors[k] = errors.get(k, 0) + v
                 client_cpu = sum(ev["client_cpu_seconds"] for ev in evs)
                 run = {"ok": ok, "failed": sum(ev["failed"] for ev in evs), "errors": errors,
-                       "seconds": seconds, "per_s": round(ok / seconds, 1),
+                       "seconds": took, "per_s": round(ok / took, 1),
                        "server_cpu_s": round(cpu, 2),
-                       "server_cpu_ms_per_login": round(1000 * cpu / ok, 2) if ok else None,
-                       "client_cpu_ms_per_login": round(1000 * client_cpu / ok, 2) if ok else None,
+                       f"server_cpu_ms_per_{unit}": round(1000 * cpu / ok, 3) if ok else None,
+                       f"client_cpu_ms_per_{unit}": round(1000 * client_cpu / ok, 2) if ok else None,
                        "first": i == 0}
                 runs[jump.name].append(run)
-                say(f"logins round {r + 1} {jump.name}: {run['per_s']}/s, {run['failed']} failed, "
-                    f"server {run['server_cpu_ms_per_login']} ms CPU per login, "
-                    f"load client {run['client_cpu_ms_per_login']} ms")
-        self.results["logins"] = runs
+                say(f"{mode} round {r + 1} {jump.name}: {run['per_s']}/s, {run['failed']} failed, "
+                    f"server {run[f'server_cpu_ms_per_{unit}']} ms CPU per {unit}, "
+                    f"load client {run[f'client_cpu_ms_per_{unit}']} ms")
+        return runs
+
+    # --- audit: verify rate, and what the chain costs ---------------------------
+
+    def audit(self):
+        res = {"verify": self.audit_verify()}
+        if os.access(self.args.unchained_bin, os.X_OK):
+            res.update(self.audit_chain())
+        else:
+            res["chain_skipped"] = f"no unchained build at {self.args.unchained_bin}"
+            say(f"audit: SKIPPED the chain's cost: {res['chain_skipped']} (bench/run builds it; "
+                "or give --unchained-bin)")
+        self.results["audit"] = res
+
+    def audit_verify(self):
+        """A chain of --audit-events events with a checkpoint every 1000, in a
+        fresh SQLite database; then `audit verify` with and without --key."""
+        d = os.path.join(self.work, "audit-verify")
+        os.makedirs(d)
+        db = os.path.join(d, "audit.db")
+        cfg = cli_config(os.path.join(d, "portvakt.toml"), f"sqlite://{db}", self.keys.ca + ".pub")
+        out = run([self.args.bin, "audit", "list", "--config", cfg])  # runs the migrations
+        if out.returncode != 0:
+            raise BenchError(f"portvakt audit list (to create {db}) failed: {out.stderr.strip()}")
+        n = self.args.audit_events
+        gen = auditgen.fill(db, "bench-1", n)
+        gen["db_mib"] = round(os.path.getsize(db) / MIB, 1)
+        say(f"audit: wrote {gen['rows']:,} rows ({gen['checkpoints']:,} checkpoints) in "
+            f"{gen['seconds']} s, {gen['db_mib']} MiB")
+        with open(gen["key"]) as f:
+            key = f.read().strip()
+        runs = {"key": [], "no_key": []}
+        for r in range(self.args.verify_runs):
+            for i, variant in enumerate(in_order(["key", "no_key"], r)):
+                argv = ["audit", "verify", "--config", cfg, "--json"]
+                if variant == "key":
+                    argv += ["--key", gen["key"]]
+                v = self.timed(argv, os.path.join(d, f"verify-{variant}-{r + 1}.json"))
+                check_verify(v.pop("report"), gen, key, variant)
+                v["rows_per_s"] = round(gen["rows"] / v["wall_s"])
+                v["first"] = i == 0
+                runs[variant].append(v)
+                say(f"audit verify {'--key' if variant == 'key' else 'without --key'} round "
+                    f"{r + 1}: {v['wall_s']} s, {v['rows_per_s']:,} rows/s, CPU {v['cpu_s']} s, "
+                    f"peak RSS {v['max_rss_mib']} MiB")
+        return {"generated": gen, "runs": runs}
+
+    def timed(self, argv, out_path):
+        """Run portvakt with `argv`: its JSON output, wall time, CPU and peak
+        RSS (from wait4, the process's own rusage)."""
+        with open(out_path, "w") as out:
+            t0 = time.monotonic()
+            p = subprocess.Popen([self.args.bin] + argv, stdout=out, stderr=subprocess.PIPE)
+            _, status, ru = os.wait4(p.pid, 0)
+            wall = time.monotonic() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        err = p.stderr.read().decode(errors="replace").strip()
+        p.stderr.close()
+        with open(out_path) as f:
+            text = f.read()
+        if p.returncode != 0:
+            raise BenchError(f"portvakt {' '.join(argv)} exited {p.returncode}: {err}\n{text[:2000]}")
+        return {"report": json.loads(text), "wall_s": round(wall, 3),
+                "cpu_s": round(ru.ru_utime + ru.ru_stime, 3), "user_s": round(ru.ru_utime, 3),
+                "max_rss_mib": round(ru.ru_maxrss / 1024, 1)}
+
+    def audit_chain(self):
+        """Login and forward rates of the release build against the same
+        source built without the chain (--cfg portvakt_bench_unchained)."""
+        echo = Sink(self.work, self.python, BENCH_DIR, echo=True)
+        self.target_ports.append(echo.port)
+        jumps = [self.start("portvakt"), self.start(UNCHAINED)]
+        try:
+            logins = self.rate_rounds(jumps, "logins", "login", self.args.login_seconds,
+                                      self.args.login_clients, [])
+            forwards = self.rate_rounds(jumps, "forwards", "forward", self.args.forward_seconds,
+                                        self.args.forward_clients, [
+                                            "--connections", str(self.args.forward_connections),
+                                            "--target-port", str(echo.port), "--bytes", "64"])
+        finally:
+            for j in jumps:
+                j.stop()
+        chained = self.chain_written(jumps[0], True)
+        unchained = self.chain_written(jumps[1], False)
+        say(f"audit: the chained build's rows verify intact ({chained['rows']:,} rows, "
+            f"{chained['checkpoints']} checkpoints); the unchained build wrote "
+            f"{unchained['rows']:,} rows without hashes")
+        return {"logins": logins, "forwards": forwards,
+                "written": {"portvakt": chained, UNCHAINED: unchained}}
+
+    def chain_written(self, jump, chained):
+        """What a jump host's audit writer stored: the chained build's chain
+        must verify intact and be signed; the unchained build's rows must
+        have no hash (else the comparison compares nothing)."""
+        db = os.path.join(os.path.dirname(jump.config), "portvakt.db")
+        con = sqlite3.connect(db)
+        rows, hashed, cps = con.execute(
+            "SELECT count(*), sum(hash <> ''), sum(kind = 'audit.checkpoint') "
+            "FROM audit_events").fetchone()
+        con.close()
+        if not chained:
+            if hashed or cps:
+                raise BenchError(f"{jump.name} wrote {hashed} hashed rows and {cps} checkpoints: "
+                                 "not an unchained build")
+            return {"rows": rows}
+        v = self.timed(["audit", "verify", "--config", jump.config, "--json"],
+                       os.path.join(os.path.dirname(jump.config), "verify.json"))
+        node = v["report"]["nodes"][0]
+        if not v["report"]["intact"] or node["rows"] != rows or not node["checkpoints"]:
+            raise BenchError(f"the chain {jump.name} wrote does not verify: {v['report']}")
+        return {"rows": rows, "checkpoints": node["checkpoints"]}
 
     # --- the run ------------------------------------------------------------------
 
@@ -392,6 +534,25 @@ class Bench:
             self.memory()
         if "scale" in only:
             self.scale()
+        if "audit" in only:
+            self.audit()
+
+
+def check_verify(rep, gen, key, variant):
+    """A benchmark of a verify that fails proves nothing: the chain must be
+    intact, every row checked, every checkpoint verified, none unsigned."""
+    nodes = rep.get("nodes", [])
+    node = nodes[0] if len(nodes) == 1 else {}
+    want = {"intact": True, "rows": gen["rows"], "checkpoints": gen["checkpoints"],
+            "unsigned_rows": 0, "problems": []}
+    got = {"intact": rep.get("intact"), "rows": node.get("rows"),
+           "checkpoints": node.get("checkpoints"), "unsigned_rows": node.get("unsigned_rows"),
+           "problems": node.get("problems")}
+    if got != want:
+        raise BenchError(f"audit verify ({variant}) did not report the chain intact: got {got}, "
+                         f"want {want}")
+    if variant == "no_key" and [" ".join(k.split()[:2]) for k in node.get("keys", [])] != [key]:
+        raise BenchError(f"audit verify without --key lists keys {node.get('keys')}, want [{key}]")
 
 
 def expect(line, event):
@@ -462,16 +623,26 @@ def main(argv):
     meta = report.metadata(REPO, args, command, started, time.monotonic() - t0)
     meta["file_limit"] = files
     meta["load_start"] = load_start
-    table = report.table(bench.results, args)
+    meta["unchained_bin"] = args.unchained_bin
+    meta["unchained_built"] = report.built(args.unchained_bin)
+    main_part = any(s in args.only for s in SECTIONS if s != "audit")
     print()
-    print(table)
-    print()
+    if main_part:
+        print(report.table(bench.results, args))
+        print()
+    if "audit" in bench.results:
+        print(report.audit_table(bench.results["audit"], args))
+        print()
     say(f"took {meta['duration']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": bench.results}, f, indent=1)
     if args.out:
-        report.write(args.out, report.markdown(bench.results, meta, args))
+        if main_part:
+            report.write(args.out, report.markdown(bench.results, meta, args))
+        if "audit" in bench.results:
+            report.write(args.out, report.audit_markdown(bench.results["audit"], meta, args),
+                         report.AUDIT_BEGIN, report.AUDIT_END)
         say(f"wrote {args.out}")
 
 

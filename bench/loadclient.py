@@ -16,6 +16,11 @@ certificate:
             <- close (or end of input)       close everything and exit
   logins  for SECONDS, CONCURRENCY loops of connect + authenticate +
           disconnect; prints {"event": "logins", ...} at the end.
+  forwards
+          over CONNECTIONS logged-in connections (opened first, kept open),
+          for SECONDS, CONCURRENCY loops of open a direct-tcpip channel to
+          an echo target + send BYTES + read them back + close it; prints
+          {"event": "forwards", ...} at the end.
 
 Guards (hold): stop opening new connections when MemAvailable drops below
 --mem-guard-mib, or when the number of tasks (processes + threads) nears
@@ -221,6 +226,66 @@ async def hold(args):
     await asyncio.gather(*(conn.wait_closed() for conn, _, _ in held), return_exceptions=True)
 
 
+class Echoed(asyncssh.SSHTCPSession):
+    """A forward that waits for its bytes to come back from an echo target."""
+
+    def __init__(self, want):
+        self.want = want
+        self.got = 0
+        self.done = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data, datatype):
+        self.got += len(data)
+        if self.got >= self.want and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("closed before the echo"))
+
+
+async def forwards(args):
+    opts = Options(args)
+    conns = [await opts.connect() for _ in range(args.connections)]
+    payload = b"x" * args.bytes
+    ok = 0
+    errors = Counter()
+    if args.start_at:
+        await asyncio.sleep(max(0.0, args.start_at - time.time()))
+    cpu0 = own_cpu_seconds()
+    start = time.monotonic()
+    deadline = start + args.seconds
+
+    async def loop(conn):
+        nonlocal ok
+        while time.monotonic() < deadline:
+            try:
+                chan, session = await asyncio.wait_for(conn.create_connection(
+                    lambda: Echoed(len(payload)), args.target_host, args.target_port), args.timeout)
+                chan.write(payload)
+                await asyncio.wait_for(session.done, args.timeout)
+                chan.close()
+                await chan.wait_closed()
+                ok += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                errors[short_error(exc)] += 1
+
+    await asyncio.gather(*(loop(conns[i % len(conns)]) for i in range(args.concurrency)))
+    seconds = time.monotonic() - start
+    cpu = own_cpu_seconds() - cpu0
+    for conn in conns:
+        conn.close()
+    await asyncio.gather(*(conn.wait_closed() for conn in conns), return_exceptions=True)
+    emit({
+        "event": "forwards",
+        "ok": ok,
+        "failed": sum(errors.values()),
+        "errors": dict(errors.most_common(10)),
+        "seconds": round(seconds, 3),
+        "client_cpu_seconds": round(cpu, 3),
+    })
+
+
 async def logins(args):
     opts = Options(args)
     ok = 0
@@ -256,7 +321,7 @@ async def logins(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["hold", "logins"])
+    p.add_argument("mode", choices=["hold", "logins", "forwards"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, action="append", required=True,
                    help="jump host port; repeat it to spread connections over several")
@@ -267,18 +332,20 @@ def main():
     p.add_argument("--cipher", default="chacha20-poly1305@openssh.com")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--concurrency", type=int, default=32)
-    # hold
+    # hold; forwards too: --target-host, --target-port
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--target-host", default="127.0.0.1")
     p.add_argument("--target-port", type=int, default=0)
     p.add_argument("--warmup", action="store_true")
     p.add_argument("--mem-guard-mib", type=int, default=4096)
     p.add_argument("--pid-reserve", type=int, default=2000)
-    # logins
+    # logins, forwards
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--connections", type=int, default=4, help="forwards: connections the loops share")
+    p.add_argument("--bytes", type=int, default=64, help="forwards: bytes each forward echoes")
     p.add_argument("--start-at", type=float, default=0.0, help="wall-clock time to start at")
     args = p.parse_args()
-    asyncio.run(hold(args) if args.mode == "hold" else logins(args))
+    asyncio.run({"hold": hold, "logins": logins, "forwards": forwards}[args.mode](args))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from collections import Counter
 
 BEGIN = "<!-- bench/run: begin (generated; edits between these markers are replaced) -->"
 END = "<!-- bench/run: end -->"
+AUDIT_BEGIN = "<!-- bench/run audit: begin (generated; edits between these markers are replaced) -->"
+AUDIT_END = "<!-- bench/run audit: end -->"
 SHORT = {"chacha20-poly1305@openssh.com": "chacha20-poly1305",
          "aes256-gcm@openssh.com": "aes256-gcm"}
 
@@ -43,6 +45,14 @@ def _mem_total_gib():
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def built(path):
+    """When a binary was built (its mtime), or None when it is missing."""
+    if not os.path.exists(path):
+        return None
+    return datetime.datetime.fromtimestamp(
+        os.path.getmtime(path), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def metadata(repo, args, command, started, seconds):
@@ -445,18 +455,197 @@ Every run:
 """
 
 
-def write(path, text):
-    """Replace the generated part of the file, keep everything else."""
+def write(path, text, begin=BEGIN, end=END):
+    """Replace the generated part between `begin` and `end`, keep everything
+    else. A part not in the file yet goes after the main part (or last)."""
     old = ""
     if os.path.exists(path):
         with open(path) as f:
             old = f.read()
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text.rstrip("\n") + old[old.index(END) + len(END):]
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + text.rstrip("\n") + old[old.index(end) + len(end):]
+    elif old and begin != BEGIN:
+        at = old.index(END) + len(END) if END in old else len(old)
+        new = old[:at] + "\n\n" + text.rstrip("\n") + old[at:]
     else:
         new = ("# Benchmarks: portvakt against OpenSSH sshd as a jump host\n\n"
                "`bench/run` compares the two side by side on one machine (DESIGN.md §9). "
-               "The part between the markers below is written by it; text outside them is kept.\n\n"
+               "The parts between the markers below are written by it; text outside them is kept.\n\n"
                + text)
     with open(path, "w") as f:
         f.write(new)
+
+
+# --- the audit section ------------------------------------------------------
+
+UNCHAINED = "portvakt-unchained"
+
+
+def chain_paired(runs, key):
+    """chained / unchained of each A/B round."""
+    out = [ratio(a[key], b[key]) for a, b in zip(runs.get("portvakt", []), runs.get(UNCHAINED, []))]
+    return [r for r in out if r is not None]
+
+
+def _spread(xs, digits=1):
+    """Median (min–max) of a list of numbers."""
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return fmt(xs[0], digits)
+    return f"{fmt(statistics.median(xs), digits)} ({fmt(min(xs), digits)}–{fmt(max(xs), digits)})"
+
+
+def audit_rows(res, args):
+    """(measure, with the chain, without, ratio of medians, per-round ratios, target) rows."""
+    out = []
+    goal = (">=", 0.9)
+    for part, unit, loops in [("logins", "login", f"{args.login_clients} parallel clients"),
+                              ("forwards", "forward",
+                               f"{args.forward_clients} parallel over "
+                               f"{args.forward_connections * args.login_procs} connections")]:
+        runs = res.get(part)
+        if not runs:
+            continue
+        get = lambda k, n: med(r[k] for r in runs.get(n, []))  # noqa: E731
+        a, b = get("per_s", "portvakt"), get("per_s", UNCHAINED)
+        rounds = chain_paired(runs, "per_s")
+        checked = [ratio(a, b)] + ([statistics.median(rounds)] if rounds else [])
+        out.append((f"{unit} rate, {part}/s ({loops})", fmt(a), fmt(b), fmt_ratio(ratio(a, b)),
+                    fmt_spread(rounds), ">= 0.90" + _check(checked, goal)))
+        key = f"server_cpu_ms_per_{unit}"
+        a, b = get(key, "portvakt"), get(key, UNCHAINED)
+        out.append((f"server CPU per {unit}, ms", fmt(a, 3), fmt(b, 3), fmt_ratio(ratio(a, b)),
+                    fmt_spread(chain_paired(runs, key)), ""))
+    return out
+
+
+def verify_rows(res):
+    """(measure, with --key, without --key, target) rows."""
+    v = res["verify"]
+    g = v["generated"]
+    k, nk = v["runs"]["key"], v["runs"]["no_key"]
+    col = lambda rs, key, d=1: _spread([r[key] for r in rs], d)  # noqa: E731
+    rates = [r["rows_per_s"] for r in k]
+    met = _check([med(rates)], (">=", 200_000))
+    return [
+        ("chain checked (one node, SQLite)", f"{g['rows']:,} rows: {g['events']:,} events + "
+         f"{g['checkpoints']:,} checkpoints, intact, {g['checkpoints']:,} checkpoints verified",
+         "the same", ""),
+        ("wall time, s", col(k, "wall_s", 2), col(nk, "wall_s", 2), ""),
+        ("rows checked per second", col(k, "rows_per_s", 0), col(nk, "rows_per_s", 0),
+         ">= 200,000" + met),
+        ("CPU (user + system), s", col(k, "cpu_s", 2), col(nk, "cpu_s", 2), ""),
+        ("peak RSS, MiB", col(k, "max_rss_mib"), col(nk, "max_rss_mib"), ""),
+    ]
+
+
+def _md(header, body, align):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def audit_table(res, args):
+    parts = [_md(("audit verify --json", "with --key node.pub", "without --key", "target"),
+                 verify_rows(res), ["---", "---:", "---:", "---"])]
+    if res.get("chain_skipped"):
+        parts.append(f"The chain's cost was not measured: {res['chain_skipped']}.")
+    else:
+        parts.append(_md(("measure", "portvakt", "without the chain", "with / without",
+                          "per round: median (min–max)", "target"),
+                         audit_rows(res, args), ["---"] + ["---:"] * 4 + ["---"]))
+    return "\n\n".join(parts)
+
+
+def audit_details(res, args):
+    out = []
+    v = res["verify"]
+    g = v["generated"]
+    out.append(f"- the chain: {g['rows']:,} rows written in {g['seconds']} s by bench/auditgen.py "
+               f"(one transaction), database {g['db_mib']} MiB")
+    for variant, rs in v["runs"].items():
+        name = "with --key" if variant == "key" else "without --key"
+        out.append(f"- audit verify {name}{_first(rs)}: " + "; ".join(
+            f"{r['wall_s']} s, {r['rows_per_s']:,} rows/s, CPU {r['cpu_s']} s (user {r['user_s']}), "
+            f"peak RSS {r['max_rss_mib']} MiB" for r in rs))
+    for part, unit in [("logins", "login"), ("forwards", "forward")]:
+        runs = res.get(part, {})
+        for name, rs in runs.items():
+            out.append(f"- {part} {name}{_first(rs)}: " + "; ".join(
+                f"{r['ok']} in {r['seconds']} s = {r['per_s']}/s, {r['failed']} failed, server "
+                f"{r[f'server_cpu_ms_per_{unit}']} ms CPU/{unit}, load client "
+                f"{r[f'client_cpu_ms_per_{unit}']} ms CPU/{unit}"
+                + (f", errors {json.dumps(r['errors'])}" if r["errors"] else "")
+                for r in rs))
+        if chain_paired(runs, "per_s"):
+            out.append(f"- {part}, with / without the chain by round: {part}/s "
+                       f"{_ratios(chain_paired(runs, 'per_s'), 3)}; server CPU per {unit} "
+                       f"{_ratios(chain_paired(runs, f'server_cpu_ms_per_{unit}'), 3)}")
+    w = res.get("written")
+    if w:
+        out.append(f"- audit rows the jump hosts wrote: portvakt {w['portvakt']['rows']:,} "
+                   f"(`audit verify`: intact, {w['portvakt']['checkpoints']} checkpoints), "
+                   f"without the chain {w[UNCHAINED]['rows']:,} (no hash, no checkpoint)")
+    return "\n".join(out)
+
+
+AUDIT_METHOD = """\
+How it measures (bench/run --only audit; bench/auditgen.py, bench/bench.py):
+- Verify: bench/auditgen.py writes {events:,} events of one node into a fresh SQLite
+  database that portvakt's migrations created (`portvakt audit list` on it), with the
+  documented canonical encoding and SHA-256, and after every 1,000 events an
+  `audit.checkpoint` row (reason `checkpoint_events`) signing the row before it: a C2SP
+  signed note made with a fresh Ed25519 key, as the writer makes them. The events repeat
+  one connection's life (connection.open, auth.success, forward.open, forward.close,
+  connection.close) with the server's detail fields. Only `audit_events` is filled, so
+  the cross-checks of `forwards`, `connections` and `grants` have no rows to compare.
+  Then `portvakt audit verify --json` runs {runs} time(s) with `--key` (the generated
+  public key) and as often without, alternating which goes first; wall time from start
+  to exit, CPU and peak RSS from the process's rusage (wait4). The database was just
+  written, so it is in the page cache. Each run must report the chain intact, every row
+  checked, every checkpoint verified and none unsigned, or the benchmark fails.
+- The chain's cost: the release build against the same source built with
+  `--cfg portvakt_bench_unchained` (target/bench-unchained), whose audit writer stores the
+  same rows without hashes and signs no checkpoints; both run side by side with the
+  config of the other sections (SQLite, log level warn). Logins: as in the logins
+  section. Forwards: {procs} load client processes, each with {conns} logged-in
+  connections kept open; {loops} loops in all, each opening a `direct-tcpip` channel to
+  an echo target, sending 64 bytes, reading them back and closing the channel (each
+  writes forward.open and forward.close). A/B rounds alternate the side that runs first;
+  server CPU is the jump's utime+stime once it closed the run's connections. Afterwards
+  the chained build's database must verify intact with checkpoints, and the unchained
+  build's rows must carry no hash. Everything runs at nice {nice}.
+"""
+
+
+def audit_markdown(res, meta, args):
+    m = meta
+    return f"""{AUDIT_BEGIN}
+## Audit chain
+
+Issue 13: chaining and checkpoints cost at most 10 % of the login and forward rates;
+`audit verify` checks at least 200,000 events per second. Run on {m['date']}, took
+{m['duration']}:
+
+    {m['command']}
+
+{audit_table(res, args)}
+
+"with / without" is the release build over the build without the chain: 0.90 or more
+meets the target for rates (1 means the chain costs nothing); for CPU, above 1 is what the
+chain costs. "per round" is the median and range of the ratios of single A/B rounds.
+
+Machine: {m['cores']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM, Linux {m['kernel']}.
+Load average (1, 5, 15 min) at the start {m['load_start']}, at the end {m['load_end']}.
+Versions: portvakt {m['portvakt']} (`{os.path.relpath(m['portvakt_bin'])}`, built
+{m['portvakt_built']}; without the chain `{os.path.relpath(m['unchained_bin'])}`, built
+{m['unchained_built'] or 'missing'}), {m['rustc']}, Python {m['python']}, asyncssh {m['asyncssh']}.
+
+Every run:
+
+{audit_details(res, args)}
+
+{AUDIT_METHOD.format(events=args.audit_events, runs=args.verify_runs, procs=args.login_procs,
+                     conns=args.forward_connections, loops=args.forward_clients, nice=args.nice)}
+{AUDIT_END}
+"""

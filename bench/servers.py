@@ -74,12 +74,14 @@ class Target:
 
 
 class Sink:
-    """Idle TCP target for the forwards of the memory and scale runs."""
+    """Idle TCP target for the forwards of the memory and scale runs; with
+    `echo`, one that sends back what arrives (the audit section's forwards)."""
 
-    def __init__(self, d, python, bench_dir):
+    def __init__(self, d, python, bench_dir, echo=False):
         self.port = free_port()
-        self.proc = Proc("sink", [python, os.path.join(bench_dir, "sink.py"), str(self.port)],
-                         os.path.join(d, "sink.log"))
+        name = "echo" if echo else "sink"
+        self.proc = Proc(name, [python, os.path.join(bench_dir, "sink.py"), str(self.port)]
+                         + (["--echo"] if echo else []), os.path.join(d, f"{name}.log"))
         self.proc.wait_port(self.port)
 
 
@@ -109,7 +111,10 @@ class PortvaktJump(Jump):
     name = "portvakt"
     label = "portvakt"
 
-    def __init__(self, d, binary, keys, target_ports, max_connections, database=None, node=None):
+    def __init__(self, d, binary, keys, target_ports, max_connections, database=None, node=None,
+                 name=None):
+        if name:  # another build of portvakt, side by side (the audit section)
+            self.name = self.label = name
         os.makedirs(d, exist_ok=True)
         self.port = free_port()
         database = database or f"sqlite://{d}/portvakt.db"
@@ -150,7 +155,8 @@ allow_users = ["{USER}"]
         path = os.path.join(d, "portvakt.toml")
         with open(path, "w") as f:
             f.write(config)
-        self.proc = Proc("portvakt", [binary, "serve", "--config", path],
+        self.config = path
+        self.proc = Proc(self.name, [binary, "serve", "--config", path],
                          os.path.join(d, "portvakt.log"))
         self.proc.wait_port(self.port)
         self.pid = self.proc.pid
@@ -168,6 +174,23 @@ allow_users = ["{USER}"]
         in the CPU read next."""
         poll_until("portvakt to close the connections of the last run",
                    lambda: tcp_connections(self.port) == 0, timeout, interval=0.02)
+
+
+def cli_config(path, database, ca_pub):
+    """A config for portvakt's CLI commands on `database` (SQLite URL)."""
+    d = os.path.dirname(path)
+    with open(path, "w") as f:
+        f.write(f"""[server]
+listen = ["127.0.0.1:{free_port()}"]
+host_key_dir = "{os.path.join(d, 'keys')}"
+
+[database]
+url = "{database}"
+
+[auth]
+trusted_user_ca_keys = ["{ca_pub}"]
+""")
+    return path
 
 
 class PortvaktNodes(Jump):
