@@ -457,7 +457,7 @@ Every run:
 
 def write(path, text, begin=BEGIN, end=END):
     """Replace the generated part between `begin` and `end`, keep everything
-    else. A part not in the file yet goes after the main part (or last)."""
+    else. A part other than the main one goes at the end the first time."""
     old = ""
     if os.path.exists(path):
         with open(path) as f:
@@ -465,8 +465,7 @@ def write(path, text, begin=BEGIN, end=END):
     if begin in old and end in old:
         new = old[:old.index(begin)] + text.rstrip("\n") + old[old.index(end) + len(end):]
     elif old and begin != BEGIN:
-        at = old.index(END) + len(END) if END in old else len(old)
-        new = old[:at] + "\n\n" + text.rstrip("\n") + old[at:]
+        new = old.rstrip("\n") + "\n\n" + text
     else:
         new = ("# Benchmarks: portvakt against OpenSSH sshd as a jump host\n\n"
                "`bench/run` compares the two side by side on one machine (DESIGN.md §9). "
