@@ -25,6 +25,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 SECTIONS = ["throughput", "latency", "memory", "scale", "logins", "audit"]
 UNCHAINED = "portvakt-unchained"
+TIME = "/usr/bin/time"  # GNU time (bench/run installs it)
 CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"]
 MIB = 1 << 20
 
@@ -449,22 +450,24 @@ class Bench:
 
     def timed(self, argv, out_path):
         """Run portvakt with `argv`: its JSON output, wall time, CPU and peak
-        RSS (from wait4, the process's own rusage)."""
+        RSS. Under GNU time, because a child of this process would count
+        this process's own RSS (copied at fork) in its peak."""
+        usage = out_path + ".time"
         with open(out_path, "w") as out:
             t0 = time.monotonic()
-            p = subprocess.Popen([self.args.bin] + argv, stdout=out, stderr=subprocess.PIPE)
-            _, status, ru = os.wait4(p.pid, 0)
+            p = subprocess.run([TIME, "-f", "%U %S %M", "-o", usage, self.args.bin] + argv,
+                               stdout=out, stderr=subprocess.PIPE, text=True)
             wall = time.monotonic() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        err = p.stderr.read().decode(errors="replace").strip()
-        p.stderr.close()
         with open(out_path) as f:
             text = f.read()
         if p.returncode != 0:
-            raise BenchError(f"portvakt {' '.join(argv)} exited {p.returncode}: {err}\n{text[:2000]}")
+            raise BenchError(f"portvakt {' '.join(argv)} exited {p.returncode}: "
+                             f"{p.stderr.strip()}\n{text[:2000]}")
+        with open(usage) as f:
+            user, system, rss_kib = f.read().split()[-3:]
         return {"report": json.loads(text), "wall_s": round(wall, 3),
-                "cpu_s": round(ru.ru_utime + ru.ru_stime, 3), "user_s": round(ru.ru_utime, 3),
-                "max_rss_mib": round(ru.ru_maxrss / 1024, 1)}
+                "cpu_s": round(float(user) + float(system), 2), "user_s": float(user),
+                "max_rss_mib": round(int(rss_kib) / 1024, 1)}
 
     def audit_chain(self):
         """Login and forward rates of the release build against the same

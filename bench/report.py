@@ -600,7 +600,7 @@ How it measures (bench/run --only audit; bench/auditgen.py, bench/bench.py):
   the cross-checks of `forwards`, `connections` and `grants` have no rows to compare.
   Then `portvakt audit verify --json` runs {runs} time(s) with `--key` (the generated
   public key) and as often without, alternating which goes first; wall time from start
-  to exit, CPU and peak RSS from the process's rusage (wait4). The database was just
+  to exit, CPU and peak RSS from GNU time. The database was just
   written, so it is in the page cache. Each run must report the chain intact, every row
   checked, every checkpoint verified and none unsigned, or the benchmark fails.
 - The chain's cost: the release build against the same source built with
