@@ -190,19 +190,25 @@ impl Audit {
             self.inner.tx.send(Record::Event(ev, Some(ack))),
         )
         .await;
-        let stored = match sent {
-            Ok(Ok(())) => matches!(
-                tokio::time::timeout(RECORD_WAIT, stored).await,
-                Ok(Ok(true))
-            ),
-            _ => false,
-        };
-        if !stored {
-            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::get().audit_dropped.inc();
-            tracing::error!("audit record not stored in time (kept in this log)");
+        match sent {
+            // Queued: the writer counts it as dropped if the database
+            // refuses it; if it only takes long, it may still be stored.
+            Ok(Ok(())) => match tokio::time::timeout(RECORD_WAIT, stored).await {
+                Ok(Ok(true)) => true,
+                Ok(_) => false,
+                Err(_) => {
+                    tracing::error!("audit record not stored in time (kept in this log)");
+                    false
+                }
+            },
+            // Never queued: lost here.
+            _ => {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::get().audit_dropped.inc();
+                tracing::error!("audit record not queued in time (kept only in this log)");
+                false
+            }
         }
-        stored
     }
 
     /// Sign a checkpoint of this node's chain at `(seq, hash)` with these

@@ -1566,3 +1566,33 @@ async fn retention_prunes_old_rows_but_never_open_forwards() {
     })
     .await;
 }
+
+/// A record the database refuses is counted once as dropped (by the
+/// writer), not again by the `record` that waited for it.
+#[tokio::test]
+async fn a_refused_record_is_counted_once() {
+    on_each_store(|store| async move {
+        let (audit, writer) = Audit::start(store.clone(), "node-x".into());
+        assert!(
+            audit
+                .record(Event::new(EventKind::AuthSuccess).user("a"))
+                .await
+        );
+        sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_away")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let stored = audit
+            .record(Event::new(EventKind::AuthSuccess).user("b"))
+            .await;
+        assert!(!stored, "stored without its table");
+        assert_eq!(audit.dropped(), 1, "counted once");
+        drop(audit);
+        writer.await.unwrap();
+        sqlx::query("ALTER TABLE audit_events_away RENAME TO audit_events")
+            .execute(store.pool())
+            .await
+            .unwrap();
+    })
+    .await;
+}
