@@ -191,12 +191,14 @@ async fn write_or_count(
                     }
                     stored.push(ok.is_ok());
                 }
-                let mut each = stored.into_iter();
-                acknowledge(batch, |_| each.next().unwrap_or(false));
+                // Counted before anyone waiting learns of the loss, so that
+                // `Audit::dropped` already includes it then.
                 if let Some(inner) = inner.upgrade() {
                     inner.dropped.fetch_add(lost, Ordering::Relaxed);
                 }
                 crate::metrics::get().audit_dropped.inc_by(lost);
+                let mut each = stored.into_iter();
+                acknowledge(batch, |_| each.next().unwrap_or(false));
                 crate::metrics::get().database_errors.inc();
                 break;
             }
