@@ -207,6 +207,11 @@ fn a_request_approved_by_another_opens_the_target_until_its_window_ends() {
         1,
         "you may not decide",
     );
+    let refused = t.pv.wait_for_audit("request.refused", |e| {
+        e.kind == "request.refused" && e.detail["command"] == "approve"
+    });
+    assert_eq!(refused.user.as_deref(), Some("alice"), "{refused:?}");
+    assert_eq!(refused.detail["request_id"], id, "{refused:?}");
     assert_fails_with(
         &t.ssh("eve", &["approve", "999"]),
         1,

@@ -70,7 +70,7 @@ fn assert_problem(r: &NodeReport, kind: ProblemKind, id: i64) {
     assert!(p.message.contains(&format!("row {id}")), "{p:?}");
 }
 
-async fn sql(store: &Store, query: &'static str, a: &str, b: i64) {
+pub(super) async fn sql(store: &Store, query: &'static str, a: &str, b: i64) {
     sqlx::query(query)
         .bind(a)
         .bind(b)

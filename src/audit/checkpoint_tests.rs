@@ -76,15 +76,6 @@ fn assert_one(r: &NodeReport, kind: ProblemKind) -> &verify::Problem {
     &r.problems[0]
 }
 
-async fn exec_text(store: &Store, sql: &'static str, a: &str, b: i64) {
-    sqlx::query(sql)
-        .bind(a)
-        .bind(b)
-        .execute(store.pool())
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn the_writer_signs_every_n_events_and_as_it_stops() {
     on_each_store(|store| async move {
@@ -185,7 +176,7 @@ async fn a_tail_cut_off_is_caught_only_with_checkpoints_from_outside() {
         // Cut the chain after the second checkpoint (its last rows and the
         // newest checkpoint go).
         let cut = cps[1].1;
-        exec_text(
+        super::chain_tests::sql(
             &store,
             "DELETE FROM audit_events WHERE node = $1 AND seq > $2",
             "node-t",
@@ -234,7 +225,7 @@ async fn a_chain_rewritten_with_honest_hashes_breaks_its_checkpoint() {
     on_each_store(|store| async move {
         signed_events(&store, "node-w", 12, 1, 10).await;
         // Change row 3 and recompute every hash after it, as anyone can.
-        exec_text(
+        super::chain_tests::sql(
             &store,
             "UPDATE audit_events SET detail = '{}' WHERE node = $1 AND seq = $2",
             "node-w",
@@ -300,7 +291,7 @@ async fn a_deleted_checkpoint_row_is_a_gap() {
     on_each_store(|store| async move {
         signed_events(&store, "node-d", 25, 1, 10).await;
         let cp = checkpoint_rows(&store, "node-d").await[0].clone();
-        exec_text(
+        super::chain_tests::sql(
             &store,
             "DELETE FROM audit_events WHERE node = $1 AND seq = $2",
             "node-d",
@@ -558,7 +549,7 @@ async fn since_starts_mid_chain_and_checks_from_there() {
         }
         flush(audit, writer).await;
         // The old rows go by hand: from the start, the chain's head is missing...
-        exec_text(
+        super::chain_tests::sql(
             &store,
             "DELETE FROM audit_events WHERE node = $1 AND seq <= $2",
             "node-m",

@@ -42,11 +42,13 @@ pub enum EventKind {
     RequestRevoke,
     /// A request's webhook could not be delivered (after its retries).
     RequestNotifyFailed,
+    /// A requests command over SSH was refused (bad input, no right).
+    RequestRefused,
 }
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -72,6 +74,7 @@ impl EventKind {
         EventKind::RequestExpire,
         EventKind::RequestRevoke,
         EventKind::RequestNotifyFailed,
+        EventKind::RequestRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +105,7 @@ impl EventKind {
             RequestExpire => "request.expire",
             RequestRevoke => "request.revoke",
             RequestNotifyFailed => "request.notify_failed",
+            RequestRefused => "request.refused",
         }
     }
 }

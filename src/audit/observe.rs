@@ -63,7 +63,8 @@ pub fn observe(ev: &Event) {
         | EventKind::RequestDeny
         | EventKind::RequestExpire
         | EventKind::RequestRevoke
-        | EventKind::RequestNotifyFailed => {}
+        | EventKind::RequestNotifyFailed
+        | EventKind::RequestRefused => {}
         // Rare admin and account events: the audit trail is their record.
         EventKind::GrantRevoke
         | EventKind::TotpEnroll

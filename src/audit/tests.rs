@@ -1015,6 +1015,7 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "request.expire",
                 "request.revoke",
                 "request.notify_failed",
+                "request.refused",
             ]
         );
     })

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::store::{self, Approval, DecideError, Filter, NewRequest};
 use super::webhook::Webhook;
 use super::{AccessRequest, State, check_reason};
-use crate::audit::{Audit, EventKind};
+use crate::audit::{Audit, Event, EventKind};
 use crate::clock::{now_micros, rfc3339_micros};
 use crate::config::Config;
 use crate::policy::{Subject, Target};
@@ -127,8 +127,25 @@ impl Env<'_> {
     }
 }
 
-/// Run a command; the text to show and the exit status.
+impl Command {
+    fn verb(&self) -> &'static str {
+        match self {
+            Command::Request { .. } => "request",
+            Command::List => "requests",
+            Command::Approve(_) => "approve",
+            Command::Deny(..) => "deny",
+        }
+    }
+}
+
+/// Run a command; the text to show and the exit status. A refusal is
+/// audited (`request.refused`), the text bounded and cleaned.
 pub async fn execute(cmd: Command, env: &Env<'_>) -> (String, u32) {
+    let verb = cmd.verb();
+    let id = match &cmd {
+        Command::Approve(id) | Command::Deny(id, _) => Some(*id),
+        _ => None,
+    };
     let done = match cmd {
         Command::Request {
             target,
@@ -141,7 +158,21 @@ pub async fn execute(cmd: Command, env: &Env<'_>) -> (String, u32) {
     };
     match done {
         Ok(text) => (text, 0),
-        Err(e) => (format!("portvakt: {e}\n"), 1),
+        Err(e) => {
+            let e = crate::text::clean(&e, 300);
+            let mut ev = Event::new(EventKind::RequestRefused)
+                .user(env.user())
+                .detail("command", verb)
+                .detail("message", e.clone());
+            if let Some(id) = id {
+                ev = ev.detail("request_id", id);
+            }
+            if let Some((conn, source)) = env.connection {
+                ev = ev.connection(conn, source);
+            }
+            env.audit.emit(ev);
+            (format!("portvakt: {e}\n"), 1)
+        }
     }
 }
 
