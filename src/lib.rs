@@ -17,6 +17,7 @@ pub mod keyfile;
 pub mod metrics;
 pub mod policy;
 pub mod reasons;
+pub mod recording;
 pub mod requests;
 pub mod revocation;
 pub mod secret_file;

@@ -1,0 +1,4 @@
+//! Recorded targets (DESIGN.md §10): what a recorded session wrote, as
+//! asciicast v2 (`cast`), stored in the database (`store`).
+
+pub mod cast;
