@@ -2,3 +2,8 @@
 //! asciicast v2 (`cast`), stored in the database (`store`).
 
 pub mod cast;
+pub mod store;
+
+pub use store::{
+    Content, ContentError, Filter, Kind, Meta, Recorder, RecordingRow, Settings, Summary,
+};

@@ -1,0 +1,509 @@
+//! Recordings in the database: a `recordings` row per recorded channel and
+//! its asciicast content in `recording_chunks`, each chunk compressed
+//! (zlib). A [`Recorder`] writes one recording; `list`, `get` and `content`
+//! read them back for the CLI.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use aws_lc_rs::digest;
+use flate2::Compression;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::cast::{Encoder, Header};
+use crate::clock::{now_micros, rfc3339_micros};
+use crate::store::{Store, StoreError};
+
+/// Content encoded but not stored past this asks for a flush.
+pub const FLUSH_BYTES: usize = 64 * 1024;
+
+/// What was recorded: the channel's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Shell,
+    Exec,
+    Sftp,
+    Scp,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Shell, Kind::Exec, Kind::Sftp, Kind::Scp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Shell => "shell",
+            Kind::Exec => "exec",
+            Kind::Sftp => "sftp",
+            Kind::Scp => "scp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Who recorded what, stored once at the start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub node: String,
+    pub connection_id: String,
+    /// The `forwards` row of the recorded session.
+    pub session_id: i64,
+    pub channel: u32,
+    pub user: String,
+    pub target: String,
+    /// The account on the target.
+    pub login: String,
+    pub kind: Kind,
+    pub command: Option<String>,
+    pub term: Option<String>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// `[recording]` settings that shape the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Content past this is dropped and the recording marked truncated.
+    pub max_bytes: u64,
+    /// Also record keystrokes ("i" events).
+    pub input: bool,
+}
+
+/// What a finished recording ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub id: i64,
+    /// Size of the uncompressed content.
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of the uncompressed content.
+    pub sha256: String,
+    pub truncated: bool,
+    pub exit_status: Option<u32>,
+}
+
+/// Writes one recording. Events are encoded at once and stored in chunks:
+/// the caller awaits `flush` when `wants_flush` says so, and `finish` at
+/// the end. A recorder dropped without `finish` leaves a row without
+/// `ended_at` whose stored chunks stay readable.
+pub struct Recorder {
+    store: Store,
+    id: i64,
+    /// Event times count from here (monotonic, unlike `started_at`).
+    started: Instant,
+    settings: Settings,
+    encoder: Encoder,
+    /// Content encoded but not yet stored.
+    pending: Vec<u8>,
+    /// Content accepted so far, stored or pending: what `max_bytes` bounds.
+    bytes: u64,
+    /// Over the stored chunks, in order.
+    hash: digest::Context,
+    /// Chunks stored, and the seq of the next.
+    chunks: i64,
+    truncated: bool,
+}
+
+impl Recorder {
+    /// Inserts the `recordings` row (started_at now) and remembers the
+    /// start instant. The header line is the first content.
+    pub async fn start(
+        store: Store,
+        meta: Meta,
+        settings: Settings,
+    ) -> Result<Recorder, StoreError> {
+        let started_at = now_micros();
+        let started = Instant::now();
+        let id: i64 = sqlx::query(
+            "INSERT INTO recordings (node, connection_id, session_id, channel, user_name, target, login, \
+             kind, command, term, width, height, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        )
+        .bind(&meta.node)
+        .bind(&meta.connection_id)
+        .bind(meta.session_id)
+        .bind(i64::from(meta.channel))
+        .bind(&meta.user)
+        .bind(&meta.target)
+        .bind(&meta.login)
+        .bind(meta.kind.as_str())
+        .bind(&meta.command)
+        .bind(&meta.term)
+        .bind(i64::from(meta.width))
+        .bind(i64::from(meta.height))
+        .bind(started_at)
+        .fetch_one(store.pool())
+        .await?
+        .try_get("id")?;
+        let header = Header {
+            width: meta.width,
+            height: meta.height,
+            timestamp: started_at.div_euclid(1_000_000),
+            term: meta.term.clone(),
+            title: Some(format!("{} as {}@{}", meta.user, meta.login, meta.target)),
+            command: meta.command.clone(),
+        }
+        .line();
+        Ok(Recorder {
+            store,
+            id,
+            started,
+            settings,
+            encoder: Encoder::new(),
+            bytes: header.len() as u64,
+            pending: header.into_bytes(),
+            hash: digest::Context::new(&digest::SHA256),
+            chunks: 0,
+            truncated: false,
+        })
+    }
+
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// An "o" event now. Returns true exactly once: when this call made the
+    /// recording reach max_bytes (the event that does not fit is dropped,
+    /// later events too; the recording is marked truncated).
+    pub fn output(&mut self, data: &[u8]) -> bool {
+        if self.truncated {
+            return false;
+        }
+        let line = self.encoder.output(self.started.elapsed(), data);
+        self.append(line)
+    }
+
+    /// An "i" event now, recorded only when `settings.input`; returns as
+    /// `output`.
+    pub fn input(&mut self, data: &[u8]) -> bool {
+        if self.truncated || !self.settings.input {
+            return false;
+        }
+        let line = self.encoder.input(self.started.elapsed(), data);
+        self.append(line)
+    }
+
+    /// An "r" event now; returns as `output`.
+    pub fn resize(&mut self, width: u32, height: u32) -> bool {
+        if self.truncated {
+            return false;
+        }
+        let line = self.encoder.resize(self.started.elapsed(), width, height);
+        self.append(Some(line))
+    }
+
+    /// Bytes encoded but not yet stored >= 64 KiB (the caller then awaits
+    /// `flush`).
+    pub fn wants_flush(&self) -> bool {
+        self.pending.len() >= FLUSH_BYTES
+    }
+
+    /// Has max_bytes been reached?
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Keeps `line` within max_bytes; true when it is the first that does
+    /// not fit.
+    fn append(&mut self, line: Option<String>) -> bool {
+        let Some(line) = line else {
+            return false;
+        };
+        let size = line.len() as u64;
+        if self.bytes.saturating_add(size) > self.settings.max_bytes {
+            self.truncated = true;
+            return true;
+        }
+        self.bytes += size;
+        self.pending.extend_from_slice(line.as_bytes());
+        false
+    }
+
+    /// Stores pending content as the next compressed chunk (nothing when
+    /// empty); keeps a running SHA-256 and byte count. On an error the
+    /// content stays pending.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let data = compress(&self.pending)?;
+        let mut tx = self.store.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(self.id)
+        .bind(self.chunks)
+        .bind(data)
+        .bind(self.pending.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        let stored = self.stored_bytes() + self.pending.len() as u64;
+        sqlx::query("UPDATE recordings SET bytes = $1, chunks = $2 WHERE id = $3")
+            .bind(i64::try_from(stored).unwrap_or(i64::MAX))
+            .bind(self.chunks + 1)
+            .bind(self.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.hash.update(&self.pending);
+        self.chunks += 1;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Content already in `recording_chunks`.
+    fn stored_bytes(&self) -> u64 {
+        self.bytes - self.pending.len() as u64
+    }
+
+    /// Flushes, then sets ended_at, bytes, sha256, truncated, exit_status,
+    /// chunks.
+    pub async fn finish(mut self, exit_status: Option<u32>) -> Result<Summary, StoreError> {
+        if !self.truncated {
+            for line in self.encoder.finish(self.started.elapsed()) {
+                self.append(Some(line));
+            }
+        }
+        self.flush().await?;
+        let sha256 = hex(self.hash.clone().finish().as_ref());
+        sqlx::query(
+            "UPDATE recordings SET ended_at = $1, bytes = $2, sha256 = $3, truncated = $4, \
+             exit_status = $5, chunks = $6 WHERE id = $7",
+        )
+        .bind(now_micros())
+        .bind(i64::try_from(self.bytes).unwrap_or(i64::MAX))
+        .bind(&sha256)
+        .bind(i64::from(self.truncated))
+        .bind(exit_status.map(i64::from))
+        .bind(self.chunks)
+        .bind(self.id)
+        .execute(self.store.pool())
+        .await?;
+        Ok(Summary {
+            id: self.id,
+            bytes: self.bytes,
+            sha256,
+            truncated: self.truncated,
+            exit_status,
+        })
+    }
+}
+
+fn compress(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut z = ZlibEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::default());
+    // Writing to a Vec fails only when memory does.
+    z.write_all(raw)
+        .and_then(|()| z.finish())
+        .map_err(|e| StoreError::Query(sqlx::Error::Encode(Box::new(e))))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One `recordings` row, fields as DESIGN.md §10 (`recordings list --json`)
+/// plus node, channel, term, size, exit status and chunk count.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordingRow {
+    pub id: i64,
+    pub node: String,
+    pub connection_id: String,
+    pub session_id: i64,
+    pub channel: i64,
+    pub user: String,
+    pub target: String,
+    pub login: String,
+    pub kind: Kind,
+    pub command: Option<String>,
+    pub term: Option<String>,
+    pub width: i64,
+    pub height: i64,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_seconds: Option<f64>,
+    /// Size of the uncompressed content (so far, while it records).
+    pub bytes: i64,
+    /// Set when the recording ended.
+    pub sha256: Option<String>,
+    pub truncated: bool,
+    pub exit_status: Option<i64>,
+    pub chunks: i64,
+}
+
+const COLUMNS: &str = "SELECT id, node, connection_id, session_id, channel, user_name, target, login, kind, \
+     command, term, width, height, started_at, ended_at, bytes, sha256, truncated, exit_status, chunks \
+     FROM recordings";
+
+fn row(r: &AnyRow) -> Result<RecordingRow, sqlx::Error> {
+    let started: i64 = r.try_get("started_at")?;
+    let ended: Option<i64> = r.try_get("ended_at")?;
+    let kind: String = r.try_get("kind")?;
+    let kind = Kind::parse(&kind).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: "kind".into(),
+        source: format!("unknown recording kind {kind:?}").into(),
+    })?;
+    let truncated: i64 = r.try_get("truncated")?;
+    Ok(RecordingRow {
+        id: r.try_get("id")?,
+        node: r.try_get("node")?,
+        connection_id: r.try_get("connection_id")?,
+        session_id: r.try_get("session_id")?,
+        channel: r.try_get("channel")?,
+        user: r.try_get("user_name")?,
+        target: r.try_get("target")?,
+        login: r.try_get("login")?,
+        kind,
+        command: r.try_get("command")?,
+        term: r.try_get("term")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        started_at: rfc3339_micros(started),
+        ended_at: ended.map(rfc3339_micros),
+        duration_seconds: ended.map(|e| (e - started).max(0) as f64 / 1e6),
+        bytes: r.try_get("bytes")?,
+        sha256: r.try_get("sha256")?,
+        truncated: truncated != 0,
+        exit_status: r.try_get("exit_status")?,
+        chunks: r.try_get("chunks")?,
+    })
+}
+
+/// Filters of `recordings list`; times in unix microseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<i64>,
+    pub session_id: Option<i64>,
+    /// At most this many rows (default 1000).
+    pub limit: Option<i64>,
+}
+
+/// Recordings, newest first.
+pub async fn list(store: &Store, f: &Filter) -> Result<Vec<RecordingRow>, StoreError> {
+    enum Param {
+        Text(String),
+        Int(i64),
+    }
+    let mut params = Vec::new();
+    let mut conds = Vec::new();
+    let mut cond = |column_op: &str, p: Option<Param>| {
+        if let Some(p) = p {
+            params.push(p);
+            conds.push(format!("{column_op} ${}", params.len()));
+        }
+    };
+    cond("user_name =", f.user.clone().map(Param::Text));
+    cond("target =", f.target.clone().map(Param::Text));
+    cond("started_at >=", f.since.map(Param::Int));
+    cond("session_id =", f.session_id.map(Param::Int));
+    let filter = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    let sql = format!(
+        "{COLUMNS}{filter} ORDER BY started_at DESC, id DESC LIMIT {}",
+        f.limit.unwrap_or(1000).max(0)
+    );
+    // Only fixed column names, `$n` placeholders and a number are formatted in.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in params {
+        q = match p {
+            Param::Text(s) => q.bind(s),
+            Param::Int(i) => q.bind(i),
+        };
+    }
+    let rows = q.fetch_all(store.pool()).await?;
+    Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
+}
+
+pub async fn get(store: &Store, id: i64) -> Result<Option<RecordingRow>, StoreError> {
+    let sql = format!("{COLUMNS} WHERE id = $1");
+    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?;
+    Ok(r.as_ref().map(row).transpose()?)
+}
+
+/// A recording's stored content, uncompressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub bytes: Vec<u8>,
+    /// Lowercase hex SHA-256 of `bytes`.
+    pub sha256: String,
+    /// Does it match the SHA-256 stored at the end? None while the
+    /// recording has none (not finished, or its node stopped first).
+    pub sha256_ok: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("no recording {0}")]
+    NotFound(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A chunk is missing, cannot be decompressed or has another size than
+    /// stored with it.
+    #[error("recording {id}: chunk {seq}: {problem}")]
+    Corrupt { id: i64, seq: i64, problem: String },
+}
+
+/// The content of recording `id`: its chunks decompressed in seq order,
+/// checked against the stored chunk count, sizes and SHA-256.
+pub async fn content(store: &Store, id: i64) -> Result<Content, ContentError> {
+    let rec = get(store, id).await?.ok_or(ContentError::NotFound(id))?;
+    let chunks = sqlx::query(
+        "SELECT seq, data, raw_bytes FROM recording_chunks WHERE recording_id = $1 ORDER BY seq",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let corrupt = |seq, problem: &str| ContentError::Corrupt {
+        id,
+        seq,
+        problem: problem.to_string(),
+    };
+    let mut bytes = Vec::with_capacity(usize::try_from(rec.bytes).unwrap_or(0));
+    for (expected, c) in (0_i64..).zip(&chunks) {
+        let seq: i64 = c.try_get("seq").map_err(StoreError::from)?;
+        let data: Vec<u8> = c.try_get("data").map_err(StoreError::from)?;
+        let raw: i64 = c.try_get("raw_bytes").map_err(StoreError::from)?;
+        if seq != expected {
+            return Err(corrupt(expected, "missing"));
+        }
+        let raw = u64::try_from(raw).map_err(|_| corrupt(seq, "negative size"))?;
+        let before = bytes.len();
+        // Never inflate past the stored size (a bomb stops there).
+        ZlibDecoder::new(data.as_slice())
+            .take(raw + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| corrupt(seq, &format!("cannot decompress: {e}")))?;
+        if (bytes.len() - before) as u64 != raw {
+            return Err(corrupt(seq, "size differs from the stored size"));
+        }
+    }
+    let count = chunks.len() as i64;
+    if count < rec.chunks {
+        return Err(corrupt(count, "missing"));
+    }
+    let sha256 = hex(digest::digest(&digest::SHA256, &bytes).as_ref());
+    let sha256_ok = rec.sha256.as_ref().map(|s| *s == sha256);
+    Ok(Content {
+        bytes,
+        sha256,
+        sha256_ok,
+    })
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

@@ -1,0 +1,352 @@
+//! Recordings stored and read back, on SQLite and on PostgreSQL.
+
+use super::*;
+use crate::audit::tests::on_each_store;
+use crate::recording::cast;
+
+fn meta(user: &str, target: &str, session_id: i64) -> Meta {
+    Meta {
+        node: "node-a".into(),
+        connection_id: format!("conn-{session_id}"),
+        session_id,
+        channel: 0,
+        user: user.into(),
+        target: target.into(),
+        login: "root".into(),
+        kind: Kind::Shell,
+        command: None,
+        term: Some("xterm-256color".into()),
+        width: 80,
+        height: 24,
+    }
+}
+
+const SETTINGS: Settings = Settings {
+    max_bytes: 1 << 20,
+    input: false,
+};
+
+async fn sql(store: &Store, text: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(text.to_string()))
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+fn events(content: &Content) -> Vec<cast::Event> {
+    let text = std::str::from_utf8(&content.bytes).unwrap();
+    cast::parse(text).unwrap().1
+}
+
+#[test]
+fn kinds_have_stable_names() {
+    for k in Kind::ALL {
+        assert_eq!(Kind::parse(k.as_str()), Some(k));
+        assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+    }
+    assert_eq!(Kind::parse("x11"), None);
+}
+
+#[tokio::test]
+async fn a_recording_round_trips_with_its_sha256() {
+    on_each_store(|store| async move {
+        let mut m = meta("alice", "db-1", 7);
+        m.kind = Kind::Exec;
+        m.command = Some("uptime".into());
+        let mut r = Recorder::start(store.clone(), m, SETTINGS).await.unwrap();
+        let id = r.id();
+        let open = get(&store, id).await.unwrap().unwrap();
+        assert_eq!(
+            (open.ended_at.as_deref(), open.sha256.as_deref()),
+            (None, None)
+        );
+        assert_eq!(
+            (open.kind, open.command.as_deref()),
+            (Kind::Exec, Some("uptime"))
+        );
+
+        let euro = "€".as_bytes();
+        assert!(!r.output(&[b'a', euro[0]]));
+        assert!(!r.output(&euro[1..]));
+        assert!(!r.input(b"secret\r"), "input is off");
+        r.flush().await.unwrap();
+        assert!(!r.resize(100, 30));
+        assert!(!r.output(b"\x1b[0m\"done\"\r\n"));
+        let summary = r.finish(Some(3)).await.unwrap();
+
+        let c = content(&store, id).await.unwrap();
+        assert_eq!(c.sha256_ok, Some(true));
+        assert_eq!((summary.id, summary.sha256.clone()), (id, c.sha256.clone()));
+        assert_eq!(summary.bytes, c.bytes.len() as u64);
+        assert_eq!((summary.truncated, summary.exit_status), (false, Some(3)));
+        let text = std::str::from_utf8(&c.bytes).unwrap();
+        let (header, _) = cast::parse(text).unwrap();
+        assert_eq!(header["command"], "uptime");
+        assert_eq!(header["env"]["TERM"], "xterm-256color");
+        let ev = events(&c);
+        let seen: Vec<(&str, &str)> = ev
+            .iter()
+            .map(|e| (e.code.as_str(), e.data.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("o", "a"),
+                ("o", "€"),
+                ("r", "100x30"),
+                ("o", "\x1b[0m\"done\"\r\n")
+            ]
+        );
+        assert!(ev.windows(2).all(|w| w[0].time <= w[1].time));
+
+        let row = get(&store, id).await.unwrap().unwrap();
+        assert_eq!(row.sha256.as_deref(), Some(summary.sha256.as_str()));
+        assert_eq!((row.bytes, row.chunks), (c.bytes.len() as i64, 2));
+        assert_eq!((row.exit_status, row.truncated), (Some(3), false));
+        assert!(row.ended_at.is_some() && row.duration_seconds.is_some());
+        assert_eq!((row.user.as_str(), row.login.as_str()), ("alice", "root"));
+        assert_eq!((row.session_id, row.connection_id.as_str()), (7, "conn-7"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn input_is_recorded_when_asked_for() {
+    on_each_store(|store| async move {
+        let settings = Settings {
+            input: true,
+            ..SETTINGS
+        };
+        let mut r = Recorder::start(store.clone(), meta("bob", "web", 1), settings)
+            .await
+            .unwrap();
+        let id = r.id();
+        r.input(b"ls\r");
+        r.output(b"file\r\n");
+        r.finish(None).await.unwrap();
+        let c = content(&store, id).await.unwrap();
+        let codes: Vec<String> = events(&c).into_iter().map(|e| e.code).collect();
+        assert_eq!(codes, ["i", "o"]);
+        assert_eq!(get(&store, id).await.unwrap().unwrap().exit_status, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_output_is_stored_in_several_chunks() {
+    on_each_store(|store| async move {
+        let mut r = Recorder::start(store.clone(), meta("alice", "db-1", 2), SETTINGS)
+            .await
+            .unwrap();
+        let id = r.id();
+        let piece = vec![b'x'; 8 * 1024];
+        let mut flushes = 0;
+        for _ in 0..20 {
+            r.output(&piece);
+            if r.wants_flush() {
+                r.flush().await.unwrap();
+                flushes += 1;
+            }
+        }
+        assert!(flushes >= 2, "{flushes}");
+        let bytes_so_far = get(&store, id).await.unwrap().unwrap().bytes;
+        assert!(bytes_so_far >= 2 * FLUSH_BYTES as i64);
+        let s = r.finish(Some(0)).await.unwrap();
+        let c = content(&store, id).await.unwrap();
+        assert_eq!((c.sha256_ok, c.bytes.len() as u64), (Some(true), s.bytes));
+        let out: usize = events(&c).iter().map(|e| e.data.len()).sum();
+        assert_eq!(out, 20 * piece.len());
+        assert_eq!(get(&store, id).await.unwrap().unwrap().chunks, flushes + 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn output_past_max_bytes_is_dropped_and_marked_truncated() {
+    on_each_store(|store| async move {
+        // Room for the header and about three 20-byte events.
+        let probe = Recorder::start(store.clone(), meta("alice", "db-1", 3), SETTINGS)
+            .await
+            .unwrap();
+        let header = probe.bytes;
+        let settings = Settings {
+            max_bytes: header + 80,
+            input: false,
+        };
+        let mut r = Recorder::start(store.clone(), meta("alice", "db-1", 3), settings)
+            .await
+            .unwrap();
+        let id = r.id();
+        let mut reached = Vec::new();
+        for _ in 0..6 {
+            reached.push(r.output(b"abc"));
+        }
+        assert_eq!(reached.iter().filter(|t| **t).count(), 1, "{reached:?}");
+        assert!(r.truncated());
+        assert!(!r.resize(1, 1) && !r.output(b"later"));
+        let s = r.finish(Some(0)).await.unwrap();
+        assert!(s.truncated && s.bytes <= header + 80);
+        let c = content(&store, id).await.unwrap();
+        assert_eq!((c.sha256_ok, c.bytes.len() as u64), (Some(true), s.bytes));
+        let kept = events(&c).len();
+        assert_eq!(kept, reached.iter().position(|t| *t).unwrap());
+        assert!(get(&store, id).await.unwrap().unwrap().truncated);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn changed_or_missing_content_is_noticed() {
+    on_each_store(|store| async move {
+        assert!(matches!(
+            content(&store, 999).await,
+            Err(ContentError::NotFound(999))
+        ));
+        assert_eq!(get(&store, 999).await.unwrap(), None);
+
+        let mut r = Recorder::start(store.clone(), meta("alice", "db-1", 4), SETTINGS)
+            .await
+            .unwrap();
+        let id = r.id();
+        r.output(b"one");
+        r.flush().await.unwrap();
+        r.output(b"two");
+        r.flush().await.unwrap();
+        // Not finished yet: readable, nothing to check against.
+        let open = content(&store, id).await.unwrap();
+        assert_eq!(open.sha256_ok, None);
+        r.finish(None).await.unwrap();
+
+        sql(
+            &store,
+            &format!("UPDATE recordings SET sha256 = 'ab' WHERE id = {id}"),
+        )
+        .await;
+        assert_eq!(content(&store, id).await.unwrap().sha256_ok, Some(false));
+
+        let other = compress(b"[0.1, \"o\", \"forged\"]\n").unwrap();
+        sqlx::query("UPDATE recording_chunks SET data = $1 WHERE recording_id = $2 AND seq = 1")
+            .bind(other)
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(matches!(
+            content(&store, id).await,
+            Err(ContentError::Corrupt { seq: 1, .. })
+        ));
+        sqlx::query("UPDATE recording_chunks SET data = $1 WHERE recording_id = $2 AND seq = 1")
+            .bind(b"not zlib".to_vec())
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(matches!(
+            content(&store, id).await,
+            Err(ContentError::Corrupt { seq: 1, .. })
+        ));
+        for seq in [1, 0] {
+            sql(
+                &store,
+                &format!("DELETE FROM recording_chunks WHERE recording_id = {id} AND seq = {seq}"),
+            )
+            .await;
+            let e = content(&store, id).await;
+            assert!(
+                matches!(e, Err(ContentError::Corrupt { seq: 0 | 1, .. })),
+                "{e:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn list_filters_by_user_target_time_and_session() {
+    on_each_store(|store| async move {
+        let mut ids = Vec::new();
+        for (user, target, session) in [
+            ("alice", "db-1", 10),
+            ("bob", "db-1", 11),
+            ("alice", "web", 12),
+        ] {
+            let r = Recorder::start(store.clone(), meta(user, target, session), SETTINGS)
+                .await
+                .unwrap();
+            ids.push(r.id());
+            r.finish(Some(0)).await.unwrap();
+        }
+        // Spread the start times: the first an hour ago.
+        let hour_ago = now_micros() - 3_600_000_000;
+        sql(
+            &store,
+            &format!(
+                "UPDATE recordings SET started_at = {hour_ago} WHERE id = {}",
+                ids[0]
+            ),
+        )
+        .await;
+        let of = |f: Filter| {
+            let store = store.clone();
+            async move {
+                list(&store, &f)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(of(Filter::default()).await, [ids[2], ids[1], ids[0]]);
+        let alice = |f: Filter| Filter {
+            user: Some("alice".into()),
+            ..f
+        };
+        assert_eq!(of(alice(Filter::default())).await, [ids[2], ids[0]]);
+        let db1 = Filter {
+            target: Some("db-1".into()),
+            ..Default::default()
+        };
+        assert_eq!(of(db1.clone()).await, [ids[1], ids[0]]);
+        assert_eq!(of(alice(db1)).await, [ids[0]]);
+        let recent = Filter {
+            since: Some(hour_ago + 1),
+            ..Default::default()
+        };
+        assert_eq!(of(recent).await, [ids[2], ids[1]]);
+        let session = Filter {
+            session_id: Some(11),
+            ..Default::default()
+        };
+        assert_eq!(of(session).await, [ids[1]]);
+        let limited = Filter {
+            limit: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(of(limited).await, [ids[2]]);
+
+        let json =
+            serde_json::to_value(&list(&store, &Filter::default()).await.unwrap()[0]).unwrap();
+        for key in [
+            "id",
+            "connection_id",
+            "session_id",
+            "user",
+            "target",
+            "login",
+            "kind",
+            "command",
+            "started_at",
+            "ended_at",
+            "bytes",
+            "sha256",
+            "truncated",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing from {json}");
+        }
+        assert_eq!(json["kind"], "shell");
+        assert_eq!(json["truncated"], false);
+        assert!(json["started_at"].as_str().unwrap().ends_with('Z'));
+    })
+    .await;
+}
