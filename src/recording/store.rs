@@ -17,9 +17,15 @@ use sqlx::any::AnyRow;
 use super::cast::{Encoder, Header};
 use crate::clock::{now_micros, rfc3339_micros};
 use crate::store::{Store, StoreError};
+use crate::text::clean;
 
 /// Content encoded but not stored past this asks for a flush.
 pub const FLUSH_BYTES: usize = 64 * 1024;
+
+/// The longest command kept (in the row and the header); the client chose it.
+pub const COMMAND_MAX: usize = 4096;
+/// The longest `TERM` kept.
+const TERM_MAX: usize = 64;
 
 /// What was recorded: the channel's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,6 +124,9 @@ impl Recorder {
         meta: Meta,
         settings: Settings,
     ) -> Result<Recorder, StoreError> {
+        // The client's text, made safe to store and show (crate::text).
+        let command = meta.command.as_deref().map(|c| clean(c, COMMAND_MAX));
+        let term = meta.term.as_deref().map(|t| clean(t, TERM_MAX));
         let started_at = now_micros();
         let started = Instant::now();
         let id: i64 = sqlx::query(
@@ -133,8 +142,8 @@ impl Recorder {
         .bind(&meta.target)
         .bind(&meta.login)
         .bind(meta.kind.as_str())
-        .bind(&meta.command)
-        .bind(&meta.term)
+        .bind(&command)
+        .bind(&term)
         .bind(i64::from(meta.width))
         .bind(i64::from(meta.height))
         .bind(started_at)
@@ -145,9 +154,9 @@ impl Recorder {
             width: meta.width,
             height: meta.height,
             timestamp: started_at.div_euclid(1_000_000),
-            term: meta.term.clone(),
+            term,
             title: Some(format!("{} as {}@{}", meta.user, meta.login, meta.target)),
-            command: meta.command.clone(),
+            command,
         }
         .line();
         Ok(Recorder {

@@ -350,3 +350,28 @@ async fn list_filters_by_user_target_time_and_session() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_clients_command_and_term_are_stored_cleaned() {
+    on_each_store(|store| async move {
+        let mut m = meta("alice", "db-1", 5);
+        m.kind = Kind::Exec;
+        m.command = Some(format!("echo \0\x1b[2J{}", "x".repeat(2 * COMMAND_MAX)));
+        m.term = Some("xterm\u{202E}".into());
+        let r = Recorder::start(store.clone(), m, SETTINGS).await.unwrap();
+        let id = r.id();
+        r.finish(Some(0)).await.unwrap();
+        let row = get(&store, id).await.unwrap().unwrap();
+        let command = row.command.unwrap();
+        assert!(
+            command.starts_with("echo \u{FFFD}\u{FFFD}[2J"),
+            "{command:?}"
+        );
+        assert_eq!(command.chars().count(), COMMAND_MAX);
+        assert_eq!(row.term.as_deref(), Some("xterm\u{FFFD}"));
+        let c = content(&store, id).await.unwrap();
+        let (header, _) = cast::parse(std::str::from_utf8(&c.bytes).unwrap()).unwrap();
+        assert_eq!(header["command"].as_str(), Some(command.as_str()));
+    })
+    .await;
+}
