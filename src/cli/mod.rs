@@ -6,6 +6,7 @@ mod audit;
 mod check_config;
 mod grants;
 mod lockout;
+mod recordings;
 mod requests;
 mod serve;
 mod sessions;
@@ -57,6 +58,9 @@ enum Command {
     /// Access requests for targets used on request (just in time).
     #[command(subcommand)]
     Requests(requests::RequestsCmd),
+    /// Recorded sessions of targets with mode = "record".
+    #[command(subcommand)]
+    Recordings(recordings::RecordingsCmd),
 }
 
 /// What a command ends with.
@@ -104,6 +108,9 @@ pub fn main() -> ExitCode {
         }),
         Command::Requests(cmd) => with_store(&cli.config, async |cfg, store| {
             requests::run(cmd, cfg, store).await
+        }),
+        Command::Recordings(cmd) => with_store(&cli.config, async |cfg, store| {
+            recordings::run(cmd, cfg, store).await
         }),
     };
     match outcome {
