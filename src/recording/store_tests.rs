@@ -375,3 +375,25 @@ async fn the_clients_command_and_term_are_stored_cleaned() {
     })
     .await;
 }
+
+/// The session's task owns its recorder: it and its futures are `Send`.
+#[tokio::test]
+async fn a_recorder_moves_into_a_spawned_task() {
+    on_each_store(|store| async move {
+        let mut r = Recorder::start(store.clone(), meta("alice", "db-1", 6), SETTINGS)
+            .await
+            .unwrap();
+        let summary = tokio::spawn(async move {
+            r.output(b"hi");
+            r.flush().await.unwrap();
+            r.finish(Some(0)).await.unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            content(&store, summary.id).await.unwrap().sha256_ok,
+            Some(true)
+        );
+    })
+    .await;
+}
