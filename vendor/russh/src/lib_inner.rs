@@ -35,6 +35,10 @@ mod sshbuffer;
 
 pub use negotiation::{Names, Preferred};
 
+/// What a server presents in [`client::Handler::check_server_key`]: a
+/// plain key or a host certificate.
+pub use cert::PublicKeyOrCertificate;
+
 mod pty;
 
 pub use pty::Pty;
