@@ -67,13 +67,7 @@ pub fn load_or_create(
         fs::create_dir_all(dir).map_err(io)?;
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
     }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| invalid(format!("no randomness: {e}")))?;
-    let key = PrivateKey::new(
-        KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
-        comment,
-    )
-    .map_err(|e| invalid(e.to_string()))?;
+    let key = generate(comment).map_err(invalid)?;
     let pem = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| invalid(e.to_string()))?;
@@ -90,6 +84,17 @@ pub fn load_or_create(
     pub_path.push(".pub");
     fs::write(PathBuf::from(pub_path), format!("{public}\n")).map_err(io)?;
     Ok((key, true))
+}
+
+/// A new ed25519 key, kept in memory only.
+pub fn generate(comment: &str) -> Result<PrivateKey, String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
+    PrivateKey::new(
+        KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
+        comment,
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

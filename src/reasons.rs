@@ -163,6 +163,12 @@ reason_enum! {
         RequestWindowEnded = "request_window_ended",
         /// The access request that allowed it was revoked.
         RequestRevoked = "request_revoked",
+        /// A recorded target presented a host key its `host_key` or
+        /// `host_ca` does not vouch for.
+        TargetHostKey = "target_host_key",
+        /// portvakt could not log in to a recorded target (refused,
+        /// unreachable, no SSH).
+        TargetLogin = "target_login_failed",
     }
 }
 
@@ -234,6 +240,10 @@ reason_enum! {
         Streamlocal = "streamlocal_refused",
         /// More than `max_channels_per_connection` forwards at once.
         TooManyChannels = "too_many_channels",
+        /// A recorded target: a login its `logins` does not allow.
+        TargetLogin = "target_login_refused",
+        /// A recorded target: a forward inside the session (`-L`).
+        InnerForward = "inner_forward_refused",
     }
 }
 

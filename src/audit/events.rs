@@ -44,11 +44,14 @@ pub enum EventKind {
     RequestNotifyFailed,
     /// A requests command over SSH was refused (bad input, no right).
     RequestRefused,
+    /// A session on a recorded target began / ended (DESIGN.md §10).
+    RecordingStart,
+    RecordingEnd,
 }
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -75,6 +78,8 @@ impl EventKind {
         EventKind::RequestRevoke,
         EventKind::RequestNotifyFailed,
         EventKind::RequestRefused,
+        EventKind::RecordingStart,
+        EventKind::RecordingEnd,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +111,8 @@ impl EventKind {
             RequestRevoke => "request.revoke",
             RequestNotifyFailed => "request.notify_failed",
             RequestRefused => "request.refused",
+            RecordingStart => "recording.start",
+            RecordingEnd => "recording.end",
         }
     }
 }

@@ -65,6 +65,8 @@ pub fn observe(ev: &Event) {
         | EventKind::RequestRevoke
         | EventKind::RequestNotifyFailed
         | EventKind::RequestRefused => {}
+        // The recordings table and the audit trail are their record.
+        EventKind::RecordingStart | EventKind::RecordingEnd => {}
         // Rare admin and account events: the audit trail is their record.
         EventKind::GrantRevoke
         | EventKind::TotpEnroll

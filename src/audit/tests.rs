@@ -1016,6 +1016,8 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "request.revoke",
                 "request.notify_failed",
                 "request.refused",
+                "recording.start",
+                "recording.end",
             ]
         );
     })

@@ -3,6 +3,7 @@
 //! stdout and nothing else.
 
 mod audit;
+mod ca;
 mod check_config;
 mod grants;
 mod lockout;
@@ -61,6 +62,9 @@ enum Command {
     /// Recorded sessions of targets with mode = "record".
     #[command(subcommand)]
     Recordings(recordings::RecordingsCmd),
+    /// The recording CAs: what engineers and recorded targets must trust.
+    #[command(subcommand)]
+    Ca(ca::CaCmd),
 }
 
 /// What a command ends with.
@@ -112,6 +116,10 @@ pub fn main() -> ExitCode {
         Command::Recordings(cmd) => with_store(&cli.config, async |cfg, store| {
             recordings::run(cmd, cfg, store).await
         }),
+        Command::Ca(cmd) => match Config::load(&cli.config) {
+            Ok(cfg) => ca::run(cmd, &cfg),
+            Err(e) => Outcome::Usage(e.to_string()),
+        },
     };
     match outcome {
         Outcome::Ok => ExitCode::SUCCESS,

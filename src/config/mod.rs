@@ -73,6 +73,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub audit: AuditConfig,
     pub requests: RequestsConfig,
+    pub recording: RecordingConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub oidc: Option<OidcConfig>,
@@ -165,6 +166,25 @@ impl fmt::Debug for WebhookConfig {
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
+}
+
+/// `[recording]`: targets with `mode = "record"` (DESIGN.md §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingConfig {
+    /// Signs the short-lived host certificates clients see for recorded
+    /// targets (created on first start, mode 0600).
+    pub host_ca_key: PathBuf,
+    /// Signs the short-lived user certificates portvakt logs in to targets
+    /// with; never one of `trusted_user_ca_keys`.
+    pub target_ca_key: PathBuf,
+    pub certificate_validity: Duration,
+    /// Also record keystrokes (asciicast "i"); they contain passwords.
+    pub input: bool,
+    /// Per recording; past it the recording is cut (audited), the session goes on.
+    pub max_bytes: u64,
+    /// End the session when its recording cannot be stored (else go on and
+    /// note the gap).
+    pub close_on_failure: bool,
 }
 
 /// `[audit]`: the signed checkpoints of the hash chain (DESIGN.md §11).

@@ -18,6 +18,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub requests: RawRequests,
     #[serde(default)]
+    pub recording: RawRecording,
+    #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
     pub auth: RawAuth,
@@ -165,6 +167,26 @@ pub struct RawTarget {
     pub approvers: Option<Vec<SString>>,
     pub max_request: Option<SString>,
     pub approvals: Option<SInt>,
+    /// "forward" (default) or "record" (DESIGN.md §10).
+    pub mode: Option<SString>,
+    pub logins: Option<Vec<SString>>,
+    pub host_key: Option<SString>,
+    pub host_ca: Option<SString>,
+    pub aliases: Option<Vec<SString>>,
+    pub agent_forwarding: Option<Spanned<bool>>,
+    pub permit_port_forwarding: Option<Spanned<bool>>,
+}
+
+/// `[recording]` (DESIGN.md §10).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecording {
+    pub host_ca_key: Option<SString>,
+    pub target_ca_key: Option<SString>,
+    pub certificate_validity: Option<SString>,
+    pub input: Option<bool>,
+    pub max_bytes: Option<SString>,
+    pub on_failure: Option<SString>,
 }
 
 #[derive(Debug, Default, Deserialize)]

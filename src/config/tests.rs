@@ -312,3 +312,66 @@ fn display_is_file_colon_line() {
     };
     assert_eq!(e.to_string(), "/etc/portvakt/portvakt.toml:7: bad");
 }
+
+#[test]
+fn recorded_targets() {
+    let base = "[[targets]]\nname = \"db-1\"\nhost = \"10.0.1.5\"\nallow_users = [\"alice\"]\n";
+    // Valid: logins, a pinned host key, aliases reach the same target.
+    let text = format!(
+        "{base}mode = \"record\"\nlogins = [\"admin\", \"{{user}}\"]\nhost_key = \"{KEY}\"\naliases = [\"db-1.corp.example\"]\n"
+    );
+    let (_dir, cfg) = load(&text);
+    let cfg = cfg.unwrap();
+    let t = &cfg.policy.targets()[0];
+    let rec = t.record.as_ref().expect("recorded");
+    assert!(rec.allows_login("alice", "admin"));
+    assert!(rec.allows_login("alice", "alice"));
+    assert!(!rec.allows_login("alice", "bob"));
+    assert!(t.has_name("DB-1.corp.example"));
+    assert_eq!(t.dial_names(), ["db-1", "10.0.1.5", "db-1.corp.example"]);
+    assert_eq!(cfg.recording.max_bytes, 64 << 20);
+    assert!(cfg.recording.close_on_failure);
+    // No way to check the target's key: never trust on first use.
+    has_error(
+        &format!("{base}mode = \"record\"\nlogins = [\"admin\"]\n"),
+        1,
+        "needs the target's host_key or its host_ca",
+    );
+    has_error(
+        &format!("{base}mode = \"record\"\nhost_key = \"{KEY}\"\n"),
+        1,
+        "needs logins",
+    );
+    has_error(
+        &format!("{base}logins = [\"admin\"]\n"),
+        5,
+        "applies only with mode = \"record\"",
+    );
+    has_error(
+        &format!("{base}mode = \"record\"\nlogins = [\"admin\"]\nhost_key = \"nope\"\n"),
+        7,
+        "not an OpenSSH public key",
+    );
+    has_error(
+        "[[targets]]\nname = \"net\"\ncidr = \"10.0.0.0/24\"\nports = [22]\nallow_users = [\"a\"]\nmode = \"record\"\nlogins = [\"x\"]\nhost_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\n",
+        1,
+        "cidr target cannot be recorded",
+    );
+    has_error(
+        &format!(
+            "{base}\n[[targets]]\nname = \"db-2\"\nhost = \"10.0.1.6\"\nallow_users = [\"a\"]\nmode = \"record\"\nlogins = [\"x\"]\nhost_key = \"{KEY}\"\naliases = [\"db-1\"]\n"
+        ),
+        13,
+        "already names another target",
+    );
+    has_error(
+        "[recording]\nmax_bytes = \"lots\"\n",
+        2,
+        "recording.max_bytes",
+    );
+    has_error(
+        "[recording]\nhost_ca_key = \"k\"\ntarget_ca_key = \"k\"\n",
+        3,
+        "must be different keys",
+    );
+}

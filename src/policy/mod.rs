@@ -13,8 +13,8 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use target::{
-    Access, Destination, RequestRule, Target, canonical_ip, is_dns_name, is_legacy_ipv4,
-    range_reaches,
+    Access, Destination, HostTrust, Recorded, RequestRule, Target, canonical_ip, is_dns_name,
+    is_legacy_ipv4, range_reaches,
 };
 
 /// Who asks, as the config in force now sees them: a user name and every
@@ -141,6 +141,8 @@ impl Refusal {
 pub struct Authorized {
     target: String,
     addrs: Vec<SocketAddr>,
+    /// A recorded target: how to log in to it, and the names it answers to.
+    record: Option<(std::sync::Arc<Recorded>, Vec<String>)>,
 }
 
 impl Authorized {
@@ -151,6 +153,11 @@ impl Authorized {
     /// Addresses to try, in order.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+    /// `mode = "record"`: the target's recording settings and every name
+    /// it is dialled by.
+    pub fn record(&self) -> Option<(&std::sync::Arc<Recorded>, &[String])> {
+        self.record.as_ref().map(|(r, n)| (r, n.as_slice()))
     }
 }
 
@@ -249,6 +256,7 @@ pub async fn decide<R: Resolver>(
         return Ok(Authorized {
             target: target.name.clone(),
             addrs: vec![SocketAddr::new(ip, port)],
+            record: None,
         });
     }
 
@@ -282,6 +290,10 @@ pub async fn decide<R: Resolver>(
     Ok(Authorized {
         target: target.name.clone(),
         addrs,
+        record: target
+            .record
+            .as_ref()
+            .map(|r| (r.clone(), target.dial_names())),
     })
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -24,6 +25,51 @@ pub struct Target {
     pub allow_groups: BTreeSet<String>,
     /// Standing (the allowed may use it), or on request (they may ask).
     pub access: Access,
+    /// `mode = "record"`: portvakt ends the engineer's SSH connection
+    /// itself, logs in to the target and records the session.
+    pub record: Option<Arc<Recorded>>,
+}
+
+/// What a recorded target needs beyond a forward (DESIGN.md §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Accounts users may log in as on the target; `{user}` is the
+    /// portvakt user name.
+    pub logins: Vec<String>,
+    /// How the target's host key is checked (never trust on first use).
+    pub trust: HostTrust,
+    /// More names clients dial the target by.
+    pub aliases: Vec<String>,
+    pub agent_forwarding: bool,
+    pub permit_port_forwarding: bool,
+}
+
+/// The target's host key, or the CA that signs its host certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostTrust {
+    Key(russh::keys::PublicKey),
+    Ca(russh::keys::PublicKey),
+}
+
+impl Recorded {
+    /// May `user` log in to the target as `login`?
+    pub fn allows_login(&self, user: &str, login: &str) -> bool {
+        self.logins
+            .iter()
+            .any(|l| l == login || (l == "{user}" && login == user))
+    }
+
+    /// The logins `user` may use, `{user}` replaced.
+    pub fn logins_for(&self, user: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for l in &self.logins {
+            let l = if l == "{user}" { user } else { l.as_str() };
+            if !out.iter().any(|o| o == l) {
+                out.push(l.to_string());
+            }
+        }
+        out
+    }
 }
 
 /// How the users and groups a target allows may use it (DESIGN.md §13).
@@ -59,6 +105,7 @@ impl Target {
             allow_users: BTreeSet::new(),
             allow_groups: BTreeSet::new(),
             access: Access::Standing,
+            record: None,
         }
     }
 
@@ -96,7 +143,26 @@ impl Target {
     /// Does `host` (as typed by the user) name this target? Exact and
     /// case-insensitive; "db-1." is not "db-1".
     pub fn has_name(&self, host: &str) -> bool {
-        matches!(self.destination, Destination::Host { .. }) && self.name.eq_ignore_ascii_case(host)
+        matches!(self.destination, Destination::Host { .. })
+            && (self.name.eq_ignore_ascii_case(host)
+                || self
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| r.aliases.iter().any(|a| a.eq_ignore_ascii_case(host))))
+    }
+
+    /// Every name a client may dial this target by: its name, its host and
+    /// its aliases (the principals of a recorded target's host certificate).
+    pub fn dial_names(&self) -> Vec<String> {
+        let mut names = vec![self.name.clone()];
+        if let Destination::Host { host, .. } = &self.destination {
+            names.push(host.clone());
+        }
+        if let Some(r) = &self.record {
+            names.extend(r.aliases.iter().cloned());
+        }
+        names.dedup();
+        names
     }
 
     /// Does this target's range contain `ip`? IPv4-mapped IPv6 addresses are

@@ -40,6 +40,7 @@ fn policy() -> Policy {
             allow_users: set(&["alice"]),
             allow_groups: set(&["dba"]),
             access: Default::default(),
+            record: None,
         },
         Target {
             name: "web".into(),
@@ -50,6 +51,7 @@ fn policy() -> Policy {
             allow_users: set(&[]),
             allow_groups: set(&["sre"]),
             access: Default::default(),
+            record: None,
         },
         Target {
             name: "lab".into(),
@@ -60,6 +62,7 @@ fn policy() -> Policy {
             allow_users: set(&[]),
             allow_groups: set(&["sre"]),
             access: Default::default(),
+            record: None,
         },
         Target {
             name: "lab6".into(),
@@ -70,6 +73,7 @@ fn policy() -> Policy {
             allow_users: set(&["bob"]),
             allow_groups: set(&[]),
             access: Default::default(),
+            record: None,
         },
     ])
 }
@@ -266,6 +270,7 @@ fn resolution_failure_fails_closed() {
         allow_users: set(&["alice"]),
         allow_groups: set(&[]),
         access: Default::default(),
+        record: None,
     }]);
     let alice = subject("alice", &[]);
     let r = FakeResolver::default();

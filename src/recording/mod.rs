@@ -1,9 +1,304 @@
-//! Recorded targets (DESIGN.md §10): what a recorded session wrote, as
-//! asciicast v2 (`cast`), stored in the database (`store`).
+//! Recorded targets (DESIGN.md §10): a `direct-tcpip` channel to a target
+//! with `mode = "record"` is not dialled through as bytes; portvakt serves
+//! SSH inside it ([`inner`]), logs in to the target itself ([`upstream`]),
+//! relays each session and records it ([`relay`], [`store`], [`cast`]).
 
+pub mod ca;
 pub mod cast;
+mod counted;
+mod inner;
+mod relay;
 pub mod store;
+mod upstream;
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use russh::server::Msg;
+use russh::{Channel, ChannelId, client};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use ca::{CaError, Cas};
 pub use store::{
     Content, ContentError, Filter, Kind, Meta, Recorder, RecordingRow, Settings, Summary,
 };
+
+use crate::audit::{Audit, Event, EventKind, Totals};
+use crate::auth::Identity;
+use crate::config::Config;
+use crate::policy::Recorded;
+use crate::reasons::{ChannelRefusal, ForwardEnd, ForwardStop, Reason};
+use crate::store::StoreError;
+
+/// Audits a refused channel request of the connection (aggregated there).
+pub type RefusalSink = Box<dyn Fn(ChannelRefusal, Option<&str>) + Send + Sync>;
+
+/// Everything a recorded forward needs, from the connection that carries it.
+pub struct RecordJob {
+    pub audit: Audit,
+    /// The config when the forward was decided (settings; decisions about
+    /// the forward itself are the forward task's).
+    pub config: Arc<Config>,
+    pub cas: Arc<Cas>,
+    pub identity: Arc<Identity>,
+    pub connection_id: String,
+    pub source: SocketAddr,
+    /// The forward's row (the recordings' `session_id`).
+    pub forward_id: i64,
+    pub target: String,
+    pub recorded: Arc<Recorded>,
+    /// Every name the target is dialled by.
+    pub names: Vec<String>,
+    pub kex: &'static [russh::kex::Name],
+    pub refusals: RefusalSink,
+    /// Set when logging in to the target failed: the forward's end reason.
+    upstream_failure: Mutex<Option<ForwardStop>>,
+    upstream: Mutex<Option<Arc<client::Handle<upstream::Upstream>>>>,
+}
+
+/// When a recorded forward must end although both sides are open.
+pub struct Stop<'a, F: Fn() -> ForwardEnd> {
+    pub cancel: &'a CancellationToken,
+    pub reason: F,
+    pub deadline: Option<(Instant, ForwardEnd)>,
+}
+
+impl RecordJob {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        audit: Audit,
+        config: Arc<Config>,
+        cas: Arc<Cas>,
+        identity: Arc<Identity>,
+        connection_id: String,
+        source: SocketAddr,
+        forward_id: i64,
+        target: String,
+        recorded: Arc<Recorded>,
+        names: Vec<String>,
+        kex: &'static [russh::kex::Name],
+        refusals: RefusalSink,
+    ) -> RecordJob {
+        RecordJob {
+            audit,
+            config,
+            cas,
+            identity,
+            connection_id,
+            source,
+            forward_id,
+            target,
+            recorded,
+            names,
+            kex,
+            refusals,
+            upstream_failure: Mutex::new(None),
+            upstream: Mutex::new(None),
+        }
+    }
+
+    fn event(&self, kind: EventKind) -> Event {
+        Event::new(kind)
+            .connection(&self.connection_id, self.source)
+            .user(self.identity.user())
+            .detail("target", self.target.as_str())
+            .detail("session_id", self.forward_id)
+    }
+
+    fn refused(&self, what: ChannelRefusal, detail: Option<&str>) {
+        (self.refusals)(what, detail);
+    }
+
+    fn upstream_ok(&self, login: &str, handle: Arc<client::Handle<upstream::Upstream>>) {
+        tracing::info!(
+            connection_id = %self.connection_id,
+            target = %self.target,
+            login,
+            "logged in to recorded target"
+        );
+        *self.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    }
+
+    fn upstream_failed(&self, login: &str, e: &upstream::UpstreamError) {
+        let stop = match e {
+            upstream::UpstreamError::HostKey(_) => ForwardStop::TargetHostKey,
+            _ => ForwardStop::TargetLogin,
+        };
+        tracing::warn!(
+            connection_id = %self.connection_id,
+            target = %self.target,
+            login,
+            error = %e,
+            "cannot log in to recorded target"
+        );
+        *self
+            .upstream_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(stop);
+    }
+
+    /// The recording's row, and its `recording.start` event (awaited: a
+    /// recording the audit trail does not know of is a failed one).
+    async fn start_recording(
+        &self,
+        login: &str,
+        channel: ChannelId,
+        s: relay::SessionStart,
+    ) -> Result<store::Recorder, StoreError> {
+        let meta = store::Meta {
+            node: self.audit.node().to_string(),
+            connection_id: self.connection_id.clone(),
+            session_id: self.forward_id,
+            channel: u32::from(channel),
+            user: self.identity.user().to_string(),
+            target: self.target.clone(),
+            login: login.to_string(),
+            kind: s.kind,
+            command: s.command.clone(),
+            term: s.term,
+            width: s.width,
+            height: s.height,
+        };
+        let settings = store::Settings {
+            max_bytes: self.config.recording.max_bytes,
+            input: self.config.recording.input,
+        };
+        let recorder = store::Recorder::start(self.audit.store().clone(), meta, settings).await?;
+        let mut ev = self
+            .event(EventKind::RecordingStart)
+            .detail("recording_id", recorder.id())
+            .detail("login", login)
+            .detail("kind", s.kind.as_str());
+        if let Some(c) = &s.command {
+            ev = ev.detail("command", crate::audit::clean(c));
+        }
+        if !self.audit.record(ev).await {
+            return Err(StoreError::Unhealthy);
+        }
+        Ok(recorder)
+    }
+
+    fn truncated(&self, id: i64) {
+        tracing::warn!(recording_id = id, target = %self.target, "recording reached max_bytes; the rest is not recorded");
+    }
+
+    fn recording_failed(&self, id: Option<i64>, e: &StoreError, closed: bool) {
+        tracing::error!(recording_id = ?id, error = %e, closed, "cannot store recording");
+        let mut ev = self
+            .event(EventKind::RecordingEnd)
+            .detail("failed", true)
+            .detail("error", e.to_string())
+            .detail("session_closed", closed);
+        if let Some(id) = id {
+            ev = ev.detail("recording_id", id);
+        }
+        self.audit.emit(ev);
+    }
+
+    fn recording_ended(&self, s: &store::Summary) {
+        let mut ev = self
+            .event(EventKind::RecordingEnd)
+            .detail("recording_id", s.id)
+            .detail("sha256", s.sha256.as_str())
+            .detail("bytes", s.bytes)
+            .detail("truncated", s.truncated);
+        if let Some(x) = s.exit_status {
+            ev = ev.detail("exit_status", x);
+        }
+        self.audit.emit(ev);
+    }
+}
+
+/// Serve the engineer's SSH connection inside `channel`, log in to the
+/// target over `tcp`, relay and record until either side ends or `stop`
+/// says so. Returns the bytes carried on the channel and why it ended.
+pub async fn serve<F: Fn() -> ForwardEnd>(
+    job: RecordJob,
+    ssh: Arc<russh::server::Config>,
+    channel: Channel<Msg>,
+    tcp: TcpStream,
+    stop: Stop<'_, F>,
+) -> (Totals, ForwardEnd) {
+    let job = Arc::new(job);
+    let counters = Arc::new(counted::Counters::default());
+    let stream = counted::Counted::new(channel.into_stream(), counters.clone());
+    let inner = inner::Inner::new(job.clone(), tcp);
+    let end = match russh::server::run_stream(ssh, stream, inner).await {
+        Err(e) => {
+            tracing::debug!(error = %e, "recorded target: no SSH from the client");
+            ForwardStop::Error.into()
+        }
+        Ok(mut running) => {
+            let handle = running.handle();
+            let deadline = stop.deadline.map(|(at, _)| at);
+            let stopped = tokio::select! {
+                r = &mut running => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "recorded session ended with an error");
+                    }
+                    None
+                }
+                () = stop.cancel.cancelled() => Some((stop.reason)()),
+                () = sleep_until(deadline) => stop.deadline.map(|(_, why)| why),
+            };
+            if let Some(why) = stopped {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        format!("portvakt: the session was ended ({})", why.as_str()),
+                        String::new(),
+                    )
+                    .await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), running).await;
+            }
+            let failed = *job
+                .upstream_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            stopped.unwrap_or_else(|| failed.unwrap_or(ForwardStop::Closed).into())
+        }
+    };
+    let upstream = job
+        .upstream
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(up) = upstream {
+        let _ = up
+            .disconnect(russh::Disconnect::ByApplication, "", "")
+            .await;
+    }
+    (counters.totals(), end)
+}
+
+/// The `@cert-authority` line engineers put in known_hosts to trust the
+/// recorded targets of `cfg` (`host_ca`: the host CA's public key line).
+/// Its pattern names every name they are dialled by (as `name` and, for
+/// ports other than 22, `[name]:*`), or `*` when there is none yet.
+pub fn known_hosts_line(cfg: &Config, host_ca: &str) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for t in cfg.policy.targets().iter().filter(|t| t.record.is_some()) {
+        for n in t.dial_names() {
+            for p in [n.clone(), format!("[{n}]:*")] {
+                if !names.contains(&p) {
+                    names.push(p);
+                }
+            }
+        }
+    }
+    let pattern = if names.is_empty() {
+        "*".to_string()
+    } else {
+        names.join(",")
+    };
+    format!("@cert-authority {pattern} {}", host_ca.trim())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -69,6 +69,8 @@ pub struct ServerState {
     pub reloads: std::sync::atomic::AtomicU64,
     /// Connections refused before the handshake, audited in batches.
     pub refusals: Arc<refusals::Refusals>,
+    /// The recording CAs (loaded once a config has a recorded target).
+    pub recording: Arc<crate::recording::ca::CaCache>,
 }
 
 /// Key exchanges: post-quantum hybrids only (ML-KEM for OpenSSH 9.9+,
@@ -124,6 +126,33 @@ const KEYS: &[Algorithm] = &[
     },
 ];
 
+/// The key exchanges of this config, also for portvakt's own logins to
+/// recorded targets.
+pub fn kex_list(cfg: &Config) -> &'static [kex::Name] {
+    if cfg.server.classic_kex {
+        KEX_CLASSIC
+    } else {
+        KEX
+    }
+}
+
+/// The settings of the SSH server portvakt runs inside a recorded target's
+/// channel: the outer server's algorithms, the node's recording host key
+/// with its certificate for this target, and logins by `none` or the
+/// outer login's key only.
+pub fn recorded_ssh_config(
+    cfg: &Config,
+    key: PrivateKey,
+    cert: russh::keys::Certificate,
+) -> russh::server::Config {
+    let mut c = ssh_config(cfg, key);
+    c.methods = MethodSet::from(&[MethodKind::None, MethodKind::PublicKey][..]);
+    c.certificates = vec![cert];
+    c.auth_rejection_time_initial = Some(Duration::ZERO);
+    c.max_auth_attempts = 6;
+    c
+}
+
 /// russh's server settings for this config and host key.
 pub fn ssh_config(cfg: &Config, host_key: PrivateKey) -> russh::server::Config {
     let mut methods = vec![MethodKind::PublicKey];
@@ -145,11 +174,7 @@ pub fn ssh_config(cfg: &Config, host_key: PrivateKey) -> russh::server::Config {
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
         preferred: Preferred {
-            kex: Cow::Borrowed(if cfg.server.classic_kex {
-                KEX_CLASSIC
-            } else {
-                KEX
-            }),
+            kex: Cow::Borrowed(kex_list(cfg)),
             key: Cow::Borrowed(KEYS),
             host_key_certificates: Cow::Borrowed(&[]),
             cipher: Cow::Borrowed(CIPHERS),

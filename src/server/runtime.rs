@@ -153,6 +153,17 @@ async fn start(
         flows: Default::default(),
         node: cfg.server.node_name.clone(),
     });
+    let recording = Arc::new(crate::recording::ca::CaCache::default());
+    if cfg.policy.targets().iter().any(|t| t.record.is_some()) {
+        let cas = recording
+            .get(&cfg.recording, &cfg.auth)
+            .context("recorded targets need the recording CAs")?;
+        tracing::info!(
+            host_ca = %cas.host_ca().fingerprint(russh::keys::HashAlg::Sha256),
+            target_ca = %cas.target_ca().fingerprint(russh::keys::HashAlg::Sha256),
+            "recording CAs"
+        );
+    }
     let max_connections = u32::try_from(cfg.server.max_connections).unwrap_or(u32::MAX);
     let webhook =
         crate::requests::webhook::Webhook::new(cfg.requests.webhook.as_ref(), audit.clone());
@@ -172,6 +183,7 @@ async fn start(
         live: Default::default(),
         reloads: Default::default(),
         refusals: Arc::default(),
+        recording,
     });
     Ok((state, writer))
 }

@@ -133,6 +133,25 @@ impl SshClient {
         self
     }
 
+    /// Adds `Host alias`, a recorded target behind the bastion: trusted
+    /// only through `known_hosts_line` (the `@cert-authority` line `portvakt
+    /// ca show` prints), logged in to as `login` with no key of the client's own.
+    pub fn recorded_target(
+        mut self,
+        alias: &str,
+        port: u16,
+        login: &str,
+        known_hosts_line: &str,
+    ) -> Self {
+        self.known_hosts.push(known_hosts_line.trim().to_string());
+        self.hosts.push(format!(
+            "Host {alias}\n  HostName {alias}\n  Port {port}\n  User {login}\n  \
+             IdentityFile {none}\n  IdentitiesOnly yes\n  IdentityAgent none\n  ProxyJump {BASTION}\n",
+            none = self.dir.join("no-such-key").display(),
+        ));
+        self
+    }
+
     /// Writes the `-F` file (a fresh one per call) and returns its path.
     pub fn write_config(&self) -> PathBuf {
         let n = NEXT_CLIENT.fetch_add(1, Ordering::SeqCst);

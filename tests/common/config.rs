@@ -27,6 +27,8 @@ pub struct Target {
     pub allow_groups: Vec<String>,
     /// `access = "request"`: (approvers, max_request, approvals).
     pub on_request: Option<(Vec<String>, String, u32)>,
+    /// More `key = value` lines, as written (recording keys, say).
+    pub lines: Vec<String>,
 }
 
 impl Target {
@@ -41,6 +43,7 @@ impl Target {
             allow_users: Vec::new(),
             allow_groups: Vec::new(),
             on_request: None,
+            lines: Vec::new(),
         }
     }
 
@@ -55,6 +58,7 @@ impl Target {
             allow_users: Vec::new(),
             allow_groups: Vec::new(),
             on_request: None,
+            lines: Vec::new(),
         }
     }
 
@@ -80,8 +84,25 @@ impl Target {
         self
     }
 
+    /// A `key = value` line as written.
+    pub fn line(mut self, line: &str) -> Self {
+        self.lines.push(line.to_string());
+        self
+    }
+
+    /// `mode = "record"` with these logins, checking the target's host key.
+    pub fn recorded(self, logins: &[&str], host_key: &str) -> Self {
+        self.line("mode = \"record\"")
+            .line(&format!("logins = {}", toml_list(logins)))
+            .line(&format!("host_key = {}", toml_str(host_key)))
+    }
+
     fn render(&self) -> String {
         let mut s = format!("[[targets]]\nname = {}\n", toml_str(&self.name));
+        for l in &self.lines {
+            s += l;
+            s += "\n";
+        }
         if let Some((approvers, max, n)) = &self.on_request {
             s += &format!(
                 "access = \"request\"\napprovers = {}\nmax_request = {}\napprovals = {n}\n",

@@ -35,6 +35,29 @@ impl Sshd {
     /// It runs as the current user with `PermitRootLogin yes`: it is only a
     /// test peer, never the bastion.
     pub fn start(parent: &Path, authorized: &[&UserKey], trusted_ca: Option<&UserCa>) -> Sshd {
+        let extra = trusted_ca
+            .map(|ca| format!("TrustedUserCAKeys {}\n", ca.public_path().display()))
+            .unwrap_or_default();
+        Self::start_with(parent, authorized, &extra)
+    }
+
+    /// An sshd that trusts only user certificates of the CA whose public
+    /// key file is `ca_pub` (portvakt's recording target CA), for `login`
+    /// through an AuthorizedPrincipalsFile, as DESIGN.md §10 asks targets.
+    pub fn start_trusting(parent: &Path, ca_pub: &Path, login: &str) -> Sshd {
+        let principals = parent.join(format!("principals-{}", free_port()));
+        fs::create_dir_all(&principals).expect("create principals dir");
+        fs::write(principals.join(login), format!("{login}\n")).expect("write principals");
+        let extra = format!(
+            "TrustedUserCAKeys {}\nAuthorizedPrincipalsFile {}/%u\n",
+            ca_pub.display(),
+            principals.display()
+        );
+        Self::start_with(parent, &[], &extra)
+    }
+
+    /// An sshd with `extra` lines in its config.
+    pub fn start_with(parent: &Path, authorized: &[&UserKey], extra: &str) -> Sshd {
         let port = free_port();
         let dir = parent.join(format!("sshd-{port}"));
         fs::create_dir_all(&dir).expect("create sshd dir");
@@ -69,12 +92,7 @@ impl Sshd {
             host_key = host_key.path.display(),
             authorized_keys = authorized_keys.display(),
         );
-        if let Some(ca) = trusted_ca {
-            config.push_str(&format!(
-                "TrustedUserCAKeys {}\n",
-                ca.public_path().display()
-            ));
-        }
+        config.push_str(extra);
         let config_path = dir.join("sshd_config");
         fs::write(&config_path, config).expect("write sshd_config");
 

@@ -12,6 +12,7 @@ use super::*;
 
 mod audit;
 mod auth;
+mod recording;
 mod targets;
 use auth::{auth, oidc, users};
 use targets::targets;
@@ -180,6 +181,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
     let database = database(&mut cx, &raw.database, &server.host_key_dir);
     let audit = audit::audit(&mut cx, &raw.audit, &server.host_key_dir);
     let requests = audit::requests(&mut cx, &raw.requests);
+    let recording = recording::recording(&mut cx, &raw.recording, &server.host_key_dir);
     let log = log(&mut cx, &raw.log);
     let auth = auth(&mut cx, &raw.auth);
     let oidc = raw.oidc.as_ref().map(|o| oidc(&mut cx, o.get_ref()));
@@ -197,6 +199,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
             database,
             audit,
             requests,
+            recording,
             log,
             auth,
             oidc,

@@ -14,9 +14,30 @@ use crate::policy::{Access, Destination, RequestRule, Target, canonical_ip, is_d
 
 pub(super) fn targets(cx: &mut Ctx<'_>, raw: &[Spanned<RawTarget>]) -> Vec<Target> {
     let mut seen = HashSet::new();
-    raw.iter()
+    let targets: Vec<Target> = raw
+        .iter()
         .filter_map(|t| target(cx, t.span(), t.get_ref(), &mut seen))
-        .collect()
+        .collect();
+    // An alias is one more name: it may name no other target.
+    for t in raw.iter().map(|t| t.get_ref()) {
+        for a in t.aliases.iter().flatten() {
+            let taken = targets
+                .iter()
+                .filter(|o| !o.name.eq_ignore_ascii_case(t.name.get_ref()))
+                .any(|o| o.has_name(a.get_ref()));
+            if taken {
+                cx.err(
+                    &a.span(),
+                    format!(
+                        "target {}: alias {:?} already names another target",
+                        t.name.get_ref(),
+                        a.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    targets
 }
 
 /// One target, or `None` (with its errors noted) when any part is wrong.
@@ -45,6 +66,7 @@ fn target(
         }
     }
     let access = access(cx, t, &mut ok);
+    let record = super::recording::target_record(cx, &span, t, destination.as_ref(), &mut ok);
     let destination = destination.filter(|_| ok)?;
     Some(Target {
         name: name.clone(),
@@ -52,6 +74,7 @@ fn target(
         allow_users: t.allow_users.iter().map(|u| u.get_ref().clone()).collect(),
         allow_groups: t.allow_groups.iter().map(|g| g.get_ref().clone()).collect(),
         access,
+        record,
     })
 }
 

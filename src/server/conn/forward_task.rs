@@ -15,7 +15,7 @@ use crate::auth::Identity;
 use crate::config::{Config, SharedConfig};
 use crate::forward::{self, Counters, Limits};
 use crate::policy::{self, Authorized, Refusal, Request, SystemResolver};
-use crate::reasons::{ForwardRefusal, ForwardResult, ForwardStop};
+use crate::reasons::{ForwardEnd, ForwardRefusal, ForwardResult, ForwardStop};
 use crate::requests::{self, AccessRequest};
 use crate::server::forwards::{Forwards, Registered};
 
@@ -35,6 +35,8 @@ pub struct ForwardJob {
     pub port: u32,
     pub channel: Channel<Msg>,
     pub reply: ChannelOpenHandle,
+    /// The recording CAs, for targets with `mode = "record"`.
+    pub recording: Arc<crate::recording::ca::CaCache>,
 }
 
 /// Decide, audit (before dialling), dial, pump, audit the end.
@@ -87,16 +89,143 @@ pub async fn forward(job: ForwardJob) {
             return;
         }
     };
+    // A recorded target needs its CAs before anything is dialled.
+    let cas = match authorized.record() {
+        None => None,
+        Some(_) => match job.recording.get(&cfg.recording, &cfg.auth) {
+            Ok(cas) => Some(cas),
+            Err(e) => {
+                tracing::error!(error = %e, "recording CAs unavailable; recorded target refused");
+                open.failed(ForwardStop::TargetLogin.into()).await;
+                let text = format!(
+                    "portvakt: {} is recorded, and recording is not available (see the bastion's log)",
+                    authorized.target()
+                );
+                job.reply.reject(prohibited(text)).await;
+                return;
+            }
+        },
+    };
     let ForwardJob {
         ctx,
         channel,
         reply,
+        audit,
+        identity,
         ..
     } = job;
     let Some((tcp, row)) = dial(&ctx, &cfg, &live, &authorized, open, &planned, reply).await else {
         return;
     };
-    pump(&ctx, &cfg, &live, channel, tcp, row).await;
+    match (authorized.record(), cas) {
+        (Some((recorded, names)), Some(cas)) => {
+            let rec = RecordedForward {
+                audit,
+                identity,
+                cas,
+                recorded: recorded.clone(),
+                names: names.to_vec(),
+                target: authorized.target().to_string(),
+            };
+            record(&ctx, cfg, &live, channel, tcp, row, rec).await;
+        }
+        _ => pump(&ctx, &cfg, &live, channel, tcp, row).await,
+    }
+}
+
+/// What a recorded forward carries beyond a plain one.
+struct RecordedForward {
+    audit: Audit,
+    identity: Arc<Identity>,
+    cas: Arc<crate::recording::Cas>,
+    recorded: Arc<crate::policy::Recorded>,
+    names: Vec<String>,
+    target: String,
+}
+
+/// Serve SSH inside the channel, log in to the target and record, until
+/// either side ends; then close the row.
+async fn record(
+    ctx: &Arc<ConnCtx>,
+    cfg: Arc<Config>,
+    live: &Registered,
+    channel: Channel<Msg>,
+    tcp: tokio::net::TcpStream,
+    row: DialledForward,
+    rec: RecordedForward,
+) {
+    let validity = cfg.recording.certificate_validity;
+    let cert = match rec.cas.host_certificate(&rec.target, &rec.names, validity) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot sign a host certificate for a recorded target");
+            row.closed(Totals::default(), ForwardStop::TargetLogin.into())
+                .await;
+            return;
+        }
+    };
+    let ssh = Arc::new(crate::server::recorded_ssh_config(
+        &cfg,
+        rec.cas.inner_host_key().clone(),
+        cert,
+    ));
+    let refusals: crate::recording::RefusalSink = {
+        let ctx = ctx.clone();
+        let audit = rec.audit.clone();
+        let user = rec.identity.user().to_string();
+        Box::new(move |what, detail| {
+            if !ctx.channel_refused(what) {
+                return;
+            }
+            let mut ev = crate::audit::Event::new(crate::audit::EventKind::ChannelRefused)
+                .connection(ctx.id(), ctx.source())
+                .user(user.as_str())
+                .reason(what);
+            if let Some(d) = detail {
+                ev = ev.detail("request", crate::audit::clean(d));
+            }
+            audit.emit(ev);
+        })
+    };
+    let job = crate::recording::RecordJob::new(
+        rec.audit,
+        cfg.clone(),
+        rec.cas,
+        rec.identity,
+        ctx.id().to_string(),
+        ctx.source(),
+        row.id(),
+        rec.target,
+        rec.recorded,
+        rec.names,
+        crate::server::kex_list(&cfg),
+        refusals,
+    );
+    let stop = crate::recording::Stop {
+        cancel: &live.forward.cancel,
+        reason: || {
+            live.forward
+                .reason()
+                .unwrap_or_else(|| ctx.forward_close_reason())
+        },
+        deadline: deadline(ctx, live),
+    };
+    let (totals, end) = crate::recording::serve(job, ssh, channel, tcp, stop).await;
+    row.closed(totals, end).await;
+}
+
+/// When the forward must end: the connection's deadline or the request
+/// window's end, whichever comes first.
+fn deadline(ctx: &ConnCtx, live: &Registered) -> Option<(tokio::time::Instant, ForwardEnd)> {
+    // A window's end (unix time) as an instant of this clock.
+    let window_end = live.forward.window_end().map(|end| {
+        let left = end.saturating_sub(crate::clock::now_micros()).max(0);
+        tokio::time::Instant::now() + std::time::Duration::from_micros(left as u64)
+    });
+    earliest(
+        ctx.deadline().map(|(at, why)| (at, why.for_forwards())),
+        window_end.map(|at| (at, ForwardStop::RequestWindowEnded.into())),
+    )
 }
 
 /// The policy's answer under the config in force. A refusal is audited and
@@ -267,18 +396,10 @@ async fn pump(
         totals: Some(crate::metrics::bytes_counters()),
         ..Default::default()
     };
-    // A window's end (unix time) as an instant of this clock.
-    let window_end = live.forward.window_end().map(|end| {
-        let left = end.saturating_sub(crate::clock::now_micros()).max(0);
-        tokio::time::Instant::now() + std::time::Duration::from_micros(left as u64)
-    });
     let limits = Limits {
         idle_timeout: cfg.sessions.idle_timeout,
         write_timeout: Limits::write_timeout(cfg.sessions.idle_timeout),
-        deadline: earliest(
-            ctx.deadline().map(|(at, why)| (at, why.for_forwards())),
-            window_end.map(|at| (at, ForwardStop::RequestWindowEnded.into())),
-        ),
+        deadline: deadline(ctx, live),
     };
     let end = forward::pump(
         channel,

@@ -427,6 +427,7 @@ impl Handler for Connection {
             port,
             channel,
             reply,
+            recording: self.state.recording.clone(),
         };
         let ctx = self.ctx.clone();
         self.ctx.spawn(async move {

@@ -90,11 +90,21 @@ impl Sessions {
         let Some(id) = self.ctx.identity() else {
             return session.channel_failure(channel);
         };
+        let cfg = self.state.config.load();
+        let host_ca = cfg
+            .policy
+            .targets()
+            .iter()
+            .any(|t| t.record.is_some())
+            .then(|| self.state.recording.get(&cfg.recording, &cfg.auth).ok())
+            .flatten()
+            .and_then(|cas| cas.host_ca().to_openssh().ok());
         let text = super::session_text::render(
             id,
-            &self.state.config.load(),
+            &cfg,
             self.ctx.local(),
             self.has_pty(channel),
+            host_ca.as_deref(),
         );
         session.channel_success(channel)?;
         session.extended_data(channel, 1, text.into_bytes())?;

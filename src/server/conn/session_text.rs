@@ -9,7 +9,15 @@ use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::policy::{Destination, Target};
 
-pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> String {
+/// `host_ca`: the recording host CA's public key line, when the config has
+/// recorded targets.
+pub fn render(
+    id: &Identity,
+    cfg: &Config,
+    local: SocketAddr,
+    pty: bool,
+    host_ca: Option<&str>,
+) -> String {
     let mut t = String::new();
     let subject = id.subject(cfg);
     let groups: Vec<&str> = subject.groups().collect();
@@ -25,6 +33,7 @@ pub fn render(id: &Identity, cfg: &Config, local: SocketAddr, pty: bool) -> Stri
     } else {
         targets(&mut t, &mine);
         how_to_connect(&mut t, &mine, &bastion);
+        recorded(&mut t, &mine, cfg, host_ca);
     }
     if pty { t.replace('\n', "\r\n") } else { t }
 }
@@ -118,6 +127,28 @@ fn targets(t: &mut String, mine: &[&Target]) {
     }
 }
 
+/// For users with recorded targets: that they are recorded, and the one
+/// known_hosts line their `ssh` needs to trust them.
+fn recorded(t: &mut String, mine: &[&Target], cfg: &Config, host_ca: Option<&str>) {
+    let names: Vec<&str> = mine
+        .iter()
+        .filter(|t| t.record.is_some())
+        .map(|t| t.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        t,
+        "Sessions on {} are recorded (terminal output, commands, file transfers).",
+        names.join(", ")
+    );
+    if let Some(ca) = host_ca {
+        let _ = writeln!(t, "Trust them with this line in ~/.ssh/known_hosts:");
+        let _ = writeln!(t, "  {}", crate::recording::known_hosts_line(cfg, ca));
+    }
+}
+
 /// The `ssh -J` line and the `~/.ssh/config` block, for the first named target.
 fn how_to_connect(t: &mut String, mine: &[&Target], bastion: &str) {
     let (example, port) = mine
@@ -178,7 +209,7 @@ allow_users = ["alice"]
         )
         .unwrap();
         let id = Identity::for_test("alice", &[]);
-        let text = render(&id, &cfg, "127.0.0.1:2222".parse().unwrap(), false);
+        let text = render(&id, &cfg, "127.0.0.1:2222".parse().unwrap(), false, None);
         assert!(
             text.contains("ssh -J alice@127.0.0.1:2222 -p 2200 USER@demo"),
             "{text}"

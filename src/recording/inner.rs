@@ -1,0 +1,469 @@
+//! The SSH server portvakt runs inside a recorded target's `direct-tcpip`
+//! channel: the engineer's `ssh` logs in to it without a second prompt
+//! (the outer login proved who they are), and each session channel is
+//! relayed to the target and recorded ([`super::relay`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::HashAlg;
+use russh::keys::ssh_key::Certificate;
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, Sig, client};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::RecordJob;
+use super::relay::{self, Control, SessionStart};
+use super::store::Kind;
+use super::upstream::{self, Upstream, UpstreamError};
+use crate::reasons::ChannelRefusal;
+
+/// How long the target may take to answer a channel request.
+const REPLY_WAIT: Duration = Duration::from_secs(20);
+
+/// One session channel of the inner connection, as its requests see it.
+struct SessionCtl {
+    up: Arc<russh::ChannelWriteHalf<client::Msg>>,
+    /// The target's answers to requests sent with want_reply, in order.
+    replies: mpsc::UnboundedReceiver<bool>,
+    control: mpsc::UnboundedSender<Control>,
+    pty: Option<(String, u32, u32)>,
+    started: bool,
+}
+
+/// The inner connection's handler.
+pub struct Inner {
+    job: Arc<RecordJob>,
+    tcp: Option<TcpStream>,
+    upstream: Option<Arc<client::Handle<Upstream>>>,
+    /// Why there is no upstream (told when a session opens).
+    failure: Option<String>,
+    login: Option<String>,
+    channels: HashMap<ChannelId, SessionCtl>,
+}
+
+impl Inner {
+    pub fn new(job: Arc<RecordJob>, tcp: TcpStream) -> Inner {
+        Inner {
+            job,
+            tcp: Some(tcp),
+            upstream: None,
+            failure: None,
+            login: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    fn allowed(&self, login: &str) -> bool {
+        self.job
+            .recorded
+            .allows_login(self.job.identity.user(), login)
+    }
+
+    /// The login is allowed: log in to the target as `login` now, so that
+    /// a failure is known before a session opens.
+    async fn accept(&mut self, login: &str) -> Auth {
+        if self.login.is_some() {
+            return Auth::Accept;
+        }
+        self.login = Some(login.to_string());
+        let Some(tcp) = self.tcp.take() else {
+            return Auth::reject();
+        };
+        let job = &self.job;
+        let l = upstream::Login {
+            cas: &job.cas,
+            recorded: &job.recorded,
+            names: &job.names,
+            login,
+            key_id: format!("portvakt:{}:{}", job.identity.user(), job.connection_id),
+            validity: job.config.recording.certificate_validity,
+            timeout: job.config.sessions.connect_timeout + Duration::from_secs(10),
+            kex: job.kex,
+        };
+        match upstream::connect(tcp, l).await {
+            Ok(h) => {
+                let h = Arc::new(h);
+                self.upstream = Some(h.clone());
+                job.upstream_ok(login, h);
+            }
+            Err(e) => {
+                job.upstream_failed(login, &e);
+                self.failure = Some(match e {
+                    UpstreamError::HostKey(_) => format!(
+                        "portvakt: {} presented a host key the config does not trust; not logged in",
+                        job.target
+                    ),
+                    e => format!("portvakt: cannot log in to {} as {login}: {e}", job.target),
+                });
+            }
+        }
+        Auth::Accept
+    }
+
+    fn refuse_login(&self, login: &str) -> Auth {
+        self.job.refused(ChannelRefusal::TargetLogin, Some(login));
+        Auth::reject()
+    }
+
+    /// Send a request to the target and answer the client as the target did.
+    async fn ask(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        sent: Result<(), russh::Error>,
+    ) -> Result<bool, russh::Error> {
+        let ok = match (sent, self.channels.get_mut(&channel)) {
+            (Ok(()), Some(ctl)) => matches!(
+                tokio::time::timeout(REPLY_WAIT, ctl.replies.recv()).await,
+                Ok(Some(true))
+            ),
+            _ => false,
+        };
+        if ok {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(ok)
+    }
+
+    /// A shell, exec or subsystem: start the recording, then ask the target.
+    async fn start(
+        &mut self,
+        channel: ChannelId,
+        kind: Kind,
+        command: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(ctl) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        if ctl.started {
+            return session.channel_failure(channel);
+        }
+        ctl.started = true;
+        let (term, width, height) = ctl.pty.clone().unwrap_or_default();
+        let _ = ctl.control.send(Control::Start(SessionStart {
+            kind,
+            command: command.clone(),
+            term: (!term.is_empty()).then_some(term),
+            width,
+            height,
+        }));
+        let up = ctl.up.clone();
+        let sent = match (kind, &command) {
+            (Kind::Shell, _) => up.request_shell(true).await,
+            (Kind::Sftp, _) => up.request_subsystem(true, "sftp").await,
+            (_, Some(c)) => up.exec(true, c.as_bytes()).await,
+            (_, None) => up.request_shell(true).await,
+        };
+        self.ask(channel, session, sent).await.map(|_| ())
+    }
+}
+
+impl Handler for Inner {
+    type Error = russh::Error;
+
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        let logins = self.job.recorded.logins_for(self.job.identity.user());
+        Ok(Some(format!(
+            "portvakt: this session on {} is recorded. Logins: {}\r\n",
+            self.job.target,
+            logins.join(", ")
+        )))
+    }
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        if self.allowed(user) {
+            return Ok(self.accept(user).await);
+        }
+        Ok(self.refuse_login(user))
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let same = offer.public_key.fingerprint(HashAlg::Sha256).to_string()
+            == self.job.identity.key_fingerprint();
+        Ok(if same && self.allowed(user) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let same = key.public_key.fingerprint(HashAlg::Sha256).to_string()
+            == self.job.identity.key_fingerprint();
+        if same && self.allowed(user) {
+            return Ok(self.accept(user).await);
+        }
+        Ok(self.refuse_login(user))
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let same = cert.public_key().fingerprint(HashAlg::Sha256).to_string()
+            == self.job.identity.key_fingerprint();
+        if same && self.allowed(user) {
+            return Ok(self.accept(user).await);
+        }
+        Ok(self.refuse_login(user))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(up), Some(login)) = (self.upstream.clone(), self.login.clone()) else {
+            // No target behind: say why on the session, then end it.
+            reply.accept().await;
+            let why = self
+                .failure
+                .clone()
+                .unwrap_or_else(|| "portvakt: not logged in to the target".into());
+            relay::refuse(channel, session.handle(), why);
+            return Ok(());
+        };
+        let up_channel = match tokio::time::timeout(REPLY_WAIT, up.channel_open_session()).await {
+            Ok(Ok(c)) => c,
+            _ => {
+                reply
+                    .reject(russh::ChannelOpenFailure::Other {
+                        code: 2,
+                        reason: format!("portvakt: {} did not open a session", self.job.target),
+                    })
+                    .await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        let id = channel.id();
+        let (replies_tx, replies) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let up_write = relay::start(relay::Relay {
+            job: self.job.clone(),
+            login,
+            inner: channel,
+            inner_handle: session.handle(),
+            upstream: up_channel,
+            replies: replies_tx,
+            control: control_rx,
+            control_tx: control.clone(),
+        });
+        self.channels.insert(
+            id,
+            SessionCtl {
+                up: up_write,
+                replies,
+                control,
+                pty: None,
+                started: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ctl) = self.channels.get_mut(&channel) else {
+            return session.channel_failure(channel);
+        };
+        ctl.pty = Some((term.to_string(), col_width, row_height));
+        let up = ctl.up.clone();
+        let sent = up
+            .request_pty(
+                true, term, col_width, row_height, pix_width, pix_height, modes,
+            )
+            .await;
+        self.ask(channel, session, sent).await.map(|_| ())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The target's AcceptEnv decides; no answer is awaited (OpenSSH
+        // sends env without want_reply).
+        if let Some(ctl) = self.channels.get(&channel) {
+            let _ = ctl.up.set_env(false, name, value).await;
+        }
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, Kind::Shell, None, session).await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        let kind = if is_scp(&command) {
+            Kind::Scp
+        } else {
+            Kind::Exec
+        };
+        self.start(channel, kind, Some(command), session).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != "sftp" {
+            self.job.refused(ChannelRefusal::Subsystem, Some(name));
+            return session.channel_failure(channel);
+        }
+        self.start(channel, Kind::Sftp, Some("sftp".into()), session)
+            .await
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(ctl) = self.channels.get(&channel) {
+            let _ = ctl.control.send(Control::Resize(col_width, row_height));
+            let _ = ctl
+                .up
+                .window_change(col_width, row_height, pix_width, pix_height)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(ctl) = self.channels.get(&channel) {
+            let _ = ctl.up.signal(signal).await;
+        }
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.job.refused(ChannelRefusal::AgentForward, None);
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.job.refused(ChannelRefusal::X11, None);
+        session.channel_failure(channel)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.job.refused(
+            ChannelRefusal::InnerForward,
+            Some(&format!("{host}:{port}")),
+        );
+        reply
+            .reject(russh::ChannelOpenFailure::Other {
+                code: 1,
+                reason: format!(
+                    "portvakt: forwarding inside a recorded session of {} is not allowed",
+                    self.job.target
+                ),
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+}
+
+/// `scp -t ...` / `scp -f ...`: the remote end of the legacy scp protocol.
+fn is_scp(command: &str) -> bool {
+    let mut words = command.split_whitespace();
+    words
+        .next()
+        .is_some_and(|w| w == "scp" || w.ends_with("/scp"))
+        && words.any(|w| w == "-t" || w == "-f")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_scp;
+
+    #[test]
+    fn scp_commands() {
+        assert!(is_scp("scp -t /tmp/x"));
+        assert!(is_scp("scp -v -f file"));
+        assert!(is_scp("/usr/bin/scp -t ."));
+        assert!(!is_scp("scp"));
+        assert!(!is_scp("echo scp -t"));
+    }
+}

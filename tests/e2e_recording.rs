@@ -1,0 +1,276 @@
+//! Recorded targets (issue 12, DESIGN.md §10) with the stock `ssh -J`: the
+//! engineer's client trusts the target only through one `@cert-authority`
+//! line and logs in with no second prompt; portvakt logs in to a real sshd
+//! that trusts only its target CA, relays, and records what was done.
+
+mod common;
+
+use serde_json::Value;
+
+use common::*;
+
+/// alice (certificate login) may use the recorded target "db-1", a real
+/// sshd that trusts only portvakt's recording target CA.
+struct Recorded {
+    env: TestEnv,
+    pv: Portvakt,
+    sshd: Sshd,
+    alice: UserKey,
+    login: String,
+    host_ca: String,
+}
+
+impl Recorded {
+    fn start() -> Recorded {
+        Self::start_with(|cfg, _| cfg)
+    }
+
+    /// `edit` may change the config (given the sshd) before portvakt starts.
+    fn start_with(edit: impl FnOnce(Config, &Sshd) -> Config) -> Recorded {
+        let env = TestEnv::new();
+        let ca = env.ca("user_ca");
+        let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
+        // The recording CAs, made before portvakt starts so that the target
+        // can trust the target CA from its first connection.
+        let keys = env.path().join("recording");
+        std::fs::create_dir_all(&keys).unwrap();
+        let host_ca = UserKey::ed25519(&keys, "host_ca");
+        let target_ca = UserKey::ed25519(&keys, "target_ca");
+        let login = sshd::target_login_user();
+        let sshd = Sshd::start_trusting(env.path(), &target_ca.public_path(), &login);
+        let mut config = Config::new().trust(&ca).target(
+            Target::host("db-1", "127.0.0.1", sshd.port)
+                .allow_users(&["alice"])
+                .recorded(&[&login], &sshd.host_key),
+        );
+        config.extra = format!(
+            "[recording]\nhost_ca_key = {}\ntarget_ca_key = {}\n",
+            config::toml_str(&host_ca.path.display().to_string()),
+            config::toml_str(&target_ca.path.display().to_string()),
+        );
+        let config = edit(config, &sshd);
+        let pv = env.portvakt(&config);
+        // What an engineer is told to put in known_hosts.
+        let shown = pv.cli_json(&["ca", "show", "--json"]);
+        assert_eq!(
+            shown["host_ca"].as_str(),
+            Some(host_ca.public_line().trim())
+        );
+        assert_eq!(
+            shown["target_ca"].as_str(),
+            Some(target_ca.public_line().trim())
+        );
+        let line = shown["known_hosts_line"].as_str().unwrap().to_string();
+        assert!(line.starts_with("@cert-authority db-1,[db-1]:*,"), "{line}");
+        Recorded {
+            host_ca: line,
+            env,
+            pv,
+            sshd,
+            alice,
+            login,
+        }
+    }
+
+    fn client(&self) -> SshClient {
+        self.env
+            .client(&self.pv, "alice")
+            .identity(&self.alice)
+            .recorded_target("db-1", self.sshd.port, &self.login, &self.host_ca)
+    }
+
+    fn recordings(&self) -> Vec<Value> {
+        match self.pv.cli_json(&["recordings", "list", "--json"]) {
+            Value::Array(rows) => rows,
+            other => panic!("recordings list --json is not an array: {other}"),
+        }
+    }
+
+    /// The one recording of `kind`, once it has ended.
+    fn wait_recording(&self, kind: &str) -> Value {
+        proc::poll_until(
+            &format!("an ended {kind} recording"),
+            std::time::Duration::from_secs(20),
+            || {
+                self.recordings()
+                    .into_iter()
+                    .find(|r| r["kind"] == kind && !r["ended_at"].is_null())
+            },
+        )
+    }
+
+    fn export(&self, id: &Value) -> String {
+        let out = self.pv.cli(&["recordings", "export", &id.to_string()]);
+        out.assert_success();
+        String::from_utf8(out.stdout).expect("asciicast is UTF-8")
+    }
+}
+
+/// asciicast v2: a header object, then `[time, code, data]` events in time order.
+fn parse_cast(text: &str) -> (Value, Vec<(f64, String, String)>) {
+    let mut lines = text.lines();
+    let header: Value = serde_json::from_str(lines.next().expect("header")).expect("header JSON");
+    assert_eq!(header["version"], 2, "{header}");
+    assert!(header["width"].as_u64().is_some(), "{header}");
+    let mut events = Vec::new();
+    let mut at = 0.0;
+    for line in lines {
+        let ev: Value = serde_json::from_str(line).expect("event JSON");
+        let t = ev[0].as_f64().expect("event time");
+        assert!(t >= at, "events out of order: {line}");
+        at = t;
+        events.push((
+            t,
+            ev[1].as_str().unwrap().to_string(),
+            ev[2].as_str().unwrap().to_string(),
+        ));
+    }
+    (header, events)
+}
+
+#[test]
+fn an_exec_session_is_recorded_and_its_exit_status_reaches_the_client() {
+    let r = Recorded::start();
+    let out = r.client().run(&["db-1", "echo recorded-$((6*7)); exit 3"]);
+    assert_eq!(out.code(), 3, "{out}");
+    assert_eq!(out.stdout_text().trim(), "recorded-42", "{out}");
+
+    let rec = r.wait_recording("exec");
+    assert_eq!(rec["user"], "alice");
+    assert_eq!(rec["target"], "db-1");
+    assert_eq!(rec["login"], r.login.as_str());
+    assert_eq!(rec["command"], "echo recorded-$((6*7)); exit 3");
+    assert_eq!(rec["exit_status"], 3, "{rec}");
+    assert_eq!(rec["truncated"], false);
+    let cast = r.export(&rec["id"]);
+    let (_, events) = parse_cast(&cast);
+    let output: String = events
+        .iter()
+        .filter(|(_, code, _)| code == "o")
+        .map(|(_, _, d)| d.as_str())
+        .collect();
+    assert!(output.contains("recorded-42"), "{cast}");
+    // The stored hash is the content's.
+    let sha = rec["sha256"].as_str().expect("sha256");
+    assert_eq!(sha, sha256_hex(cast.as_bytes()));
+
+    // The audit trail has both ends, tied to the forward's row.
+    let start =
+        r.pv.wait_for_audit("recording.start", |e| e.kind == "recording.start");
+    assert_eq!(start.detail_str("kind"), Some("exec"));
+    let end =
+        r.pv.wait_for_audit("recording.end", |e| e.kind == "recording.end");
+    assert_eq!(end.detail_str("sha256"), Some(sha));
+    assert_eq!(end.detail["exit_status"], 3);
+    let session = r.pv.wait_for_session("the recorded forward closed", |s| {
+        s.target.as_deref() == Some("db-1") && s.ended_at.is_some()
+    });
+    assert_eq!(start.detail["session_id"], session.id);
+    assert!(session.bytes_from_target > 0, "{session:?}");
+
+    // The target's log names the person and the connection.
+    let key_id = format!("portvakt:alice:{}", session.connection_id.as_str().unwrap());
+    proc::poll_until(
+        &format!("{key_id} in the target's log"),
+        std::time::Duration::from_secs(10),
+        || r.sshd.log().contains(&key_id).then_some(()),
+    );
+}
+
+#[test]
+fn an_interactive_pty_session_is_recorded_as_asciicast_with_timing() {
+    let r = Recorded::start();
+    let out = r.client().run_with_input(
+        &["-tt", "db-1"],
+        b"echo pty-$((6*7))\nsleep 0.3\necho second-line\nexit\n".to_vec(),
+    );
+    assert!(out.status.success(), "{out}");
+    let rec = r.wait_recording("shell");
+    let cast = r.export(&rec["id"]);
+    let (header, events) = parse_cast(&cast);
+    assert!(header["height"].as_u64().is_some(), "{header}");
+    let first = events
+        .iter()
+        .find(|(_, c, d)| c == "o" && d.contains("pty-42"))
+        .unwrap_or_else(|| panic!("no pty-42 in {cast}"));
+    let second = events
+        .iter()
+        .find(|(_, c, d)| {
+            c == "o"
+                && d.matches("second-line\r\n").count() > d.matches("echo second-line\r\n").count()
+        })
+        .unwrap_or_else(|| panic!("no second-line output in {cast}"));
+    // The command's output (more lines than the echo of the typed
+    // command); the sleep between them shows in the timing.
+    assert!(second.0 - first.0 >= 0.25, "{first:?} {second:?}");
+    // Keystrokes are not recorded by default.
+    assert!(events.iter().all(|(_, c, _)| c != "i"), "{cast}");
+
+    // Played back without waiting, the terminal output comes out.
+    let out =
+        r.pv.cli(&["recordings", "play", &rec["id"].to_string(), "--no-wait"]);
+    out.assert_success();
+    assert!(out.stdout_text().contains("second-line"), "{out}");
+}
+
+#[test]
+fn a_login_the_target_does_not_allow_is_refused_and_audited() {
+    let r = Recorded::start();
+    let out = r
+        .client()
+        .log_level("INFO")
+        .run(&["-l", "nobody", "db-1", "true"]);
+    assert_ne!(out.code(), 0, "{out}");
+    // The banner names the logins that are allowed.
+    assert!(
+        out.stderr.contains(&format!("Logins: {}", r.login)),
+        "{out}"
+    );
+    r.pv.wait_for_event("channel.refused", "target_login_refused");
+    assert!(r.recordings().is_empty());
+}
+
+#[test]
+fn a_target_with_another_host_key_is_refused_and_audited() {
+    let r = Recorded::start_with(|mut cfg, _| {
+        // Pin a key the target does not have.
+        let other =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        let t = cfg.targets.pop().unwrap();
+        let mut t2 = Target::host("db-1", "127.0.0.1", t.port.unwrap()).allow_users(&["alice"]);
+        let login = sshd::target_login_user();
+        t2 = t2.recorded(&[&login], other);
+        cfg.targets.push(t2);
+        cfg
+    });
+    let out = r.client().run(&["db-1", "echo should-not-run"]);
+    assert_ne!(out.code(), 0, "{out}");
+    assert!(!out.stdout_text().contains("should-not-run"), "{out}");
+    assert!(
+        out.stderr.contains("host key the config does not trust"),
+        "{out}"
+    );
+    let s =
+        r.pv.wait_for_session("the refused forward closed", |s| s.ended_at.is_some());
+    assert_eq!(s.close_reason.as_deref(), Some("target_host_key"), "{s:?}");
+}
+
+#[test]
+fn without_the_cert_authority_line_the_client_does_not_trust_the_target() {
+    let r = Recorded::start();
+    // A known_hosts with the target's real key but not portvakt's host CA:
+    // the certificate portvakt presents is not accepted.
+    let client = r
+        .env
+        .client(&r.pv, "alice")
+        .identity(&r.alice)
+        .target("db-1", &r.sshd, &r.login, &r.alice);
+    let out = client.run(&["db-1", "echo should-not-run"]);
+    assert_ne!(out.code(), 0, "{out}");
+    assert!(!out.stdout_text().contains("should-not-run"), "{out}");
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
