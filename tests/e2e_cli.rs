@@ -178,31 +178,6 @@ fn a_usage_error_exits_2() {
 
 /// Runs `sql` on the bastion's database, as someone with write access to
 /// it (and not to portvakt) would.
-fn tamper(url: &str, sql: String) {
-    use sqlx::{AssertSqlSafe, Connection};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        if url.starts_with("sqlite") {
-            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut c)
-                .await
-                .unwrap();
-            c.close().await.unwrap();
-        } else {
-            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut c)
-                .await
-                .unwrap();
-            c.close().await.unwrap();
-        }
-    });
-}
-
 #[test]
 fn audit_verify_passes_after_real_traffic_and_names_a_tampered_row() {
     let env = TestEnv::new();
@@ -245,7 +220,7 @@ fn audit_verify_passes_after_real_traffic_and_names_a_tampered_row() {
             "UPDATE forwards SET bytes_to_target = bytes_to_target {sign} 1000 WHERE id = {forward_id}"
         )
     };
-    tamper(pv.database_url(), bytes('+'));
+    database::execute(pv.database_url(), bytes('+'));
     let out = pv.cli(&["audit", "verify"]);
     out.assert_code(1);
     assert!(
@@ -254,7 +229,7 @@ fn audit_verify_passes_after_real_traffic_and_names_a_tampered_row() {
         )),
         "names the table, the row and the field: {out}"
     );
-    tamper(pv.database_url(), bytes('-'));
+    database::execute(pv.database_url(), bytes('-'));
     pv.cli(&["audit", "verify"]).assert_code(0);
 
     // Somebody makes alice's login look like mallory's.
@@ -264,7 +239,7 @@ fn audit_verify_passes_after_real_traffic_and_names_a_tampered_row() {
         .find(|e| e.kind == "auth.success" && e.user.as_deref() == Some("alice"))
         .expect("alice's auth.success");
     let id = id_arg(&login.id);
-    tamper(
+    database::execute(
         pv.database_url(),
         format!("UPDATE audit_events SET user_name = 'mallory' WHERE id = {id}"),
     );
@@ -462,7 +437,7 @@ fn signed_checkpoints_pin_the_key_verify_exports_and_catch_a_cut_tail() {
         .max()
         .unwrap();
     let cut = first_key_last_cp - 1;
-    tamper(
+    database::execute(
         pv.database_url(),
         format!("DELETE FROM audit_events WHERE node = '{node_name}' AND seq > {cut}"),
     );

@@ -99,6 +99,15 @@ impl Recorded {
         )
     }
 
+    /// A recording of `kind` has begun (its row exists).
+    fn wait_recording_started(&self, kind: &str) -> Value {
+        proc::poll_until(
+            &format!("a {kind} recording"),
+            std::time::Duration::from_secs(20),
+            || self.recordings().into_iter().find(|r| r["kind"] == kind),
+        )
+    }
+
     fn export(&self, id: &Value) -> String {
         let out = self.pv.cli(&["recordings", "export", &id.to_string()]);
         out.assert_success();
@@ -273,4 +282,109 @@ fn without_the_cert_authority_line_the_client_does_not_trust_the_target() {
 fn sha256_hex(data: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn audit_verify_finds_an_edited_or_deleted_recording() {
+    let r = Recorded::start();
+    let out = r.client().run(&["db-1", "echo evidence"]);
+    assert!(out.status.success(), "{out}");
+    let rec = r.wait_recording("exec");
+    let id = rec["id"].to_string();
+    r.pv.wait_for_audit("recording.end", |e| e.kind == "recording.end");
+    r.pv.cli(&["audit", "verify"]).assert_code(0);
+
+    // Somebody rewrites what was recorded, and the row's hash and size to
+    // match: the chained recording.end event still has the original's.
+    let edit = |from: &str, to: &str| {
+        let cast = r.export(&rec["id"]);
+        let forged = cast.replace(from, to);
+        forged_chunk(&r.pv, &id, forged.as_bytes())
+    };
+    database::execute(r.pv.database_url(), edit("evidence", "nothing!"));
+    let out = r.pv.cli(&["audit", "verify", "--json"]);
+    out.assert_code(1);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problem = &report["nodes"][0]["problems"][0];
+    assert_eq!(problem["problem"], "recording_changed", "{report}");
+    assert_eq!(problem["table"], "recordings", "{report}");
+    assert_eq!(problem["row"], id.as_str(), "{report}");
+
+    // Deleted outright.
+    database::execute(
+        r.pv.database_url(),
+        format!(
+            "DELETE FROM recording_chunks WHERE recording_id = {id}; DELETE FROM recordings WHERE id = {id}"
+        ),
+    );
+    let out = r.pv.cli(&["audit", "verify", "--json"]);
+    out.assert_code(1);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["nodes"][0]["problems"][0]["problem"], "recording_missing",
+        "{report}"
+    );
+}
+
+/// SQL that replaces recording `id`'s content with `content` (one zlib
+/// chunk) and makes its row agree with it.
+fn forged_chunk(pv: &Portvakt, id: &str, content: &[u8]) -> String {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(content).unwrap();
+    let data: String = z
+        .finish()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let blob = if pv.database_url().starts_with("sqlite") {
+        format!("X'{data}'")
+    } else {
+        format!("'\\x{data}'::bytea")
+    };
+    format!(
+        "DELETE FROM recording_chunks WHERE recording_id = {id}; \
+         INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes) VALUES ({id}, 0, {blob}, {n}); \
+         UPDATE recordings SET bytes = {n}, chunks = 1, sha256 = '{sha}' WHERE id = {id}",
+        n = content.len(),
+        sha = sha256_hex(content),
+    )
+}
+
+#[test]
+fn a_session_whose_recording_cannot_be_stored_is_ended_with_a_message() {
+    let r = Recorded::start();
+    let mut ssh = r.client().spawn(&["-tt", "db-1"]);
+    {
+        use std::io::Write;
+        let stdin = ssh.stdin();
+        stdin.write_all(b"echo before\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    r.wait_recording_started("shell");
+    // The database refuses the recording's chunks from now on.
+    database::execute(
+        r.pv.database_url(),
+        "ALTER TABLE recording_chunks RENAME TO recording_chunks_gone".to_string(),
+    );
+    {
+        use std::io::Write;
+        let stdin = ssh.stdin();
+        stdin
+            .write_all(b"for i in 1 2 3 4 5 6 7 8 9 10; do echo tick-$i; sleep 1; done\n")
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    let status = ssh.wait_exit(std::time::Duration::from_secs(30));
+    assert!(!status.success(), "{status:?}");
+    let log = ssh.log_text();
+    assert!(
+        log.contains("the recording of this session cannot be stored, so the session is ended"),
+        "{log}"
+    );
+    let end = r.pv.wait_for_audit("the failed recording's end", |e| {
+        e.kind == "recording.end" && e.detail["failed"] == true
+    });
+    assert_eq!(end.detail["session_closed"], true, "{end:?}");
 }

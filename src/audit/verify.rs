@@ -150,6 +150,11 @@ pub enum ProblemKind {
     /// A row of `forwards`, `connections` or `grants` that disagrees with
     /// the chained event backing it: changed by hand.
     RowMismatch,
+    /// A recording whose content, size or SHA-256 is not what its chained
+    /// `recording.end` event says: chunks edited, replaced or deleted.
+    RecordingChanged,
+    /// A recording a chained `recording.end` event names is gone.
+    RecordingMissing,
 }
 
 impl ProblemKind {
@@ -169,6 +174,8 @@ impl ProblemKind {
             ProblemKind::UnchainedChanged => "unchained_changed",
             ProblemKind::RowUnbacked => "row_unbacked",
             ProblemKind::RowMismatch => "row_mismatch",
+            ProblemKind::RecordingChanged => "recording_changed",
+            ProblemKind::RecordingMissing => "recording_missing",
         }
     }
 }
@@ -198,7 +205,17 @@ pub struct Options {
     pub keys: Vec<VerifyingKey>,
     /// `--checkpoints`: checkpoints collected outside the database.
     pub checkpoints: Vec<External>,
+    /// Checks of tables kept by modules above `audit` (the recordings),
+    /// run for each node after the cross-checks.
+    pub extra: Option<ExtraCheck>,
 }
+
+/// A check of a node's rows elsewhere against its chained events.
+pub type ExtraCheck =
+    for<'a> fn(
+        &'a Store,
+        &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Problem>, sqlx::Error>>;
 
 impl Options {
     fn keys(&self) -> Keys {
@@ -323,6 +340,9 @@ async fn verify_node(
         report.problems.push(p);
     }
     report.problems.extend(crosscheck(store, node).await?);
+    if let Some(extra) = options.extra {
+        report.problems.extend(extra(store, node).await?);
+    }
     Ok(report)
 }
 

@@ -217,6 +217,7 @@ pub async fn run(cmd: &AuditCmd, _cfg: &Config, store: &Store) -> Outcome {
                         since,
                         keys,
                         checkpoints,
+                        extra: Some(crate::recording::verify::check),
                     },
                     Err(e) => return Outcome::CannotCheck(e),
                 };

@@ -10,6 +10,7 @@ mod inner;
 mod relay;
 pub mod store;
 mod upstream;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

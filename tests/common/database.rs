@@ -161,3 +161,30 @@ fn replace_database(url: &str, name: &str) -> String {
         .unwrap_or(base.len());
     format!("{}/{}{}", &base[..authority_end], name, query)
 }
+
+/// Runs `sql` on the database at `url` (SQLite or PostgreSQL) directly, as
+/// somebody with write access to it would: tampering, or breaking it.
+pub fn execute(url: &str, sql: String) {
+    use sqlx::{AssertSqlSafe, Connection};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if url.starts_with("sqlite") {
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        } else {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        }
+    });
+}
