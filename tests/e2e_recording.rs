@@ -176,6 +176,11 @@ fn an_exec_session_is_recorded_and_its_exit_status_reaches_the_client() {
     });
     assert_eq!(start.detail["session_id"], session.id);
     assert!(session.bytes_from_target > 0, "{session:?}");
+    // The session row says it was recorded, and by which recordings.
+    let rows = r.pv.sessions_json(&[]);
+    let row = rows.iter().find(|s| s["id"] == session.id).unwrap();
+    assert_eq!(row["mode"], "record", "{row}");
+    assert_eq!(row["recordings"], serde_json::json!([rec["id"]]), "{row}");
 
     // The target's log names the person and the connection.
     let key_id = format!("portvakt:alice:{}", session.connection_id.as_str().unwrap());

@@ -33,6 +33,7 @@ struct Forward {
     bytes_to: i64,
     bytes_from: i64,
     close_reason: Option<String>,
+    mode: String,
 }
 
 impl Forward {
@@ -54,6 +55,7 @@ impl Forward {
             bytes_to: r.try_get("bytes_to_target")?,
             bytes_from: r.try_get("bytes_from_target")?,
             close_reason: r.try_get("close_reason")?,
+            mode: r.try_get("mode")?,
         })
     }
 
@@ -81,7 +83,7 @@ impl Checker<'_> {
             let page = self
                 .page(
                     "SELECT id, connection_id, user_name, auth_method, source, target, host, port, address, \
-                     result, reason, started_at, ended_at, bytes_to_target, bytes_from_target, close_reason \
+                     result, reason, started_at, ended_at, bytes_to_target, bytes_from_target, close_reason, mode \
                      FROM forwards WHERE node = $1 AND started_at >= $2 AND id > $3 ORDER BY id LIMIT $4",
                     after,
                 )
@@ -138,6 +140,11 @@ impl Checker<'_> {
                     "auth_method",
                     Some(f.auth_method.clone()),
                     ev.text("auth_method"),
+                ),
+                (
+                    "mode",
+                    Some(f.mode.clone()),
+                    Some(ev.text("mode").unwrap_or_else(|| "forward".into())),
                 ),
             ],
         );

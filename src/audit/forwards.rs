@@ -34,6 +34,16 @@ pub struct ForwardRecord {
     /// The access request whose approved window allowed it (a target used
     /// on request).
     pub request_id: Option<i64>,
+    /// A recorded target (`mode = "record"`): portvakt serves SSH inside
+    /// the channel instead of relaying its bytes.
+    pub recorded: bool,
+}
+
+impl ForwardRecord {
+    /// The `mode` column: "record" or "forward".
+    pub fn mode(&self) -> &'static str {
+        if self.recorded { "record" } else { "forward" }
+    }
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -67,6 +77,9 @@ impl ForwardRecord {
         }
         if let Some(r) = self.request_id {
             ev = ev.detail("request_id", r);
+        }
+        if self.recorded {
+            ev = ev.detail("mode", self.mode());
         }
         ev
     }
@@ -123,8 +136,8 @@ impl Audit {
         let row = rec
             .bind(
                 sqlx::query(
-                    "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, address, result, started_at, request_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                    "INSERT INTO forwards (connection_id, node, user_name, auth_method, source, target, host, port, address, result, started_at, request_id, mode) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
                 ),
                 self.node(),
             )
@@ -132,6 +145,7 @@ impl Audit {
         .bind(ForwardResult::Allowed.as_str())
         .bind(micros(at))
         .bind(rec.request_id)
+        .bind(rec.mode())
         .fetch_one(self.store().pool())
         .await?;
         let id: i64 = row.try_get(0)?;

@@ -31,6 +31,10 @@ pub struct SessionRow {
     pub close_reason: Option<String>,
     /// The access request whose window allowed it, if any.
     pub request_id: Option<i64>,
+    /// "forward" (bytes relayed) or "record" (a recorded target).
+    pub mode: String,
+    /// The recordings of a recorded forward (filled by `sessions` commands).
+    pub recordings: Vec<i64>,
 }
 
 /// One audit event, fields as DESIGN.md §5 plus `node`, `connection_id`
@@ -122,7 +126,7 @@ impl Where {
 }
 
 const SESSION_COLUMNS: &str = "SELECT id, connection_id, node, user_name, auth_method, source, target, host, port, address, \
-     result, reason, started_at, ended_at, bytes_to_target, bytes_from_target, close_reason, request_id FROM forwards";
+     result, reason, started_at, ended_at, bytes_to_target, bytes_from_target, close_reason, request_id, mode FROM forwards";
 
 fn session_row(r: &AnyRow) -> Result<SessionRow, sqlx::Error> {
     let started: i64 = r.try_get("started_at")?;
@@ -147,6 +151,8 @@ fn session_row(r: &AnyRow) -> Result<SessionRow, sqlx::Error> {
         bytes_from_target: r.try_get("bytes_from_target")?,
         close_reason: r.try_get("close_reason")?,
         request_id: r.try_get("request_id")?,
+        mode: r.try_get("mode")?,
+        recordings: Vec::new(),
     })
 }
 

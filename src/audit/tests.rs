@@ -207,6 +207,7 @@ fn record(connection: &str, user: &str, target: Option<&str>, host: &str) -> For
         host: host.to_string(),
         port: 22,
         request_id: None,
+        recorded: false,
     }
 }
 

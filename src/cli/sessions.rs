@@ -58,18 +58,27 @@ pub async fn run(cmd: &SessionsCmd, _cfg: &Config, store: &Store) -> Outcome {
                 },
                 limit: Some(*limit),
             };
-            match query::sessions(store, &filter).await {
+            let rows = match query::sessions(store, &filter).await {
+                Ok(mut rows) => with_recordings(store, &mut rows).await.map(|()| rows),
+                Err(e) => Err(e.to_string()),
+            };
+            match rows {
                 Ok(rows) if *json => print_json(&rows),
                 Ok(rows) => {
                     print_table(&rows);
                     Outcome::Ok
                 }
-                Err(e) => Outcome::Failed(e.to_string()),
+                Err(e) => Outcome::Failed(e),
             }
         }
         SessionsCmd::Show { id, json } => {
             let row = match query::session(store, *id).await {
-                Ok(Some(r)) => r,
+                Ok(Some(mut r)) => {
+                    if let Err(e) = with_recordings(store, std::slice::from_mut(&mut r)).await {
+                        return Outcome::Failed(e);
+                    }
+                    r
+                }
                 Ok(None) => return Outcome::Failed(format!("no session {id}")),
                 Err(e) => return Outcome::Failed(e.to_string()),
             };
@@ -115,6 +124,21 @@ pub async fn run(cmd: &SessionsCmd, _cfg: &Config, store: &Store) -> Outcome {
             Outcome::Ok
         }
     }
+}
+
+/// The recordings of each recorded forward.
+async fn with_recordings(store: &Store, rows: &mut [SessionRow]) -> Result<(), String> {
+    for r in rows.iter_mut().filter(|r| r.mode == "record") {
+        let filter = crate::recording::Filter {
+            session_id: Some(r.id),
+            ..Default::default()
+        };
+        let found = crate::recording::store::list(store, &filter)
+            .await
+            .map_err(|e| e.to_string())?;
+        r.recordings = found.iter().rev().map(|rec| rec.id).collect();
+    }
+    Ok(())
 }
 
 fn plain(v: &serde_json::Value) -> String {

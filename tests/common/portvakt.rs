@@ -86,6 +86,8 @@ pub const SESSION_KEYS: &[&str] = &[
     "bytes_to_target",
     "bytes_from_target",
     "close_reason",
+    "mode",
+    "recordings",
 ];
 
 /// The keys every audit event must have (DESIGN.md §5 plus reason and connection_id).

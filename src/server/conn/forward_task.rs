@@ -60,6 +60,7 @@ pub async fn forward(job: ForwardJob) {
         host: job.host.clone(),
         port: job.port,
         request_id: None,
+        recorded: false,
     };
     let (authorized, rec) = match decide(&job, &cfg, &live, rec).await {
         Ok(allowed) => allowed,
@@ -256,6 +257,7 @@ async fn decide(
     let denied = match decided {
         Ok(a) => {
             rec.target = Some(a.target().to_string());
+            rec.recorded = a.record().is_some();
             if let Some(w) = window_of(cfg, &a, &windows) {
                 rec.request_id = Some(w.id);
                 live.forward
