@@ -411,7 +411,7 @@ impl Handler for Inner {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host: &str,
         port: u32,
         _originator_address: &str,
@@ -419,19 +419,17 @@ impl Handler for Inner {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.job.refused(
-            ChannelRefusal::InnerForward,
-            Some(&format!("{host}:{port}")),
-        );
-        reply
-            .reject(russh::ChannelOpenFailure::Other {
-                code: 1,
-                reason: format!(
-                    "portvakt: forwarding inside a recorded session of {} is not allowed",
-                    self.job.target
-                ),
-            })
-            .await;
+        match self.upstream.clone() {
+            Some(up) => super::inner_forward::spawn(
+                self.job.clone(),
+                up,
+                channel,
+                host.to_string(),
+                port,
+                reply,
+            ),
+            None => drop(reply),
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod ca;
 pub mod cast;
 mod counted;
 mod inner;
+mod inner_forward;
 mod relay;
 pub mod store;
 mod upstream;
@@ -42,6 +43,8 @@ pub struct RecordJob {
     /// The config when the forward was decided (settings; decisions about
     /// the forward itself are the forward task's).
     pub config: Arc<Config>,
+    /// The config in force, for forwards inside the session (`-L`).
+    pub live_config: crate::config::SharedConfig,
     pub cas: Arc<Cas>,
     pub identity: Arc<Identity>,
     pub connection_id: String,
@@ -71,6 +74,7 @@ impl RecordJob {
     pub fn new(
         audit: Audit,
         config: Arc<Config>,
+        live_config: crate::config::SharedConfig,
         cas: Arc<Cas>,
         identity: Arc<Identity>,
         connection_id: String,
@@ -85,6 +89,7 @@ impl RecordJob {
         RecordJob {
             audit,
             config,
+            live_config,
             cas,
             identity,
             connection_id,

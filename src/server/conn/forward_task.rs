@@ -113,6 +113,7 @@ pub async fn forward(job: ForwardJob) {
         reply,
         audit,
         identity,
+        config,
         ..
     } = job;
     let Some((tcp, row)) = dial(&ctx, &cfg, &live, &authorized, open, &planned, reply).await else {
@@ -122,6 +123,7 @@ pub async fn forward(job: ForwardJob) {
         (Some((recorded, names)), Some(cas)) => {
             let rec = RecordedForward {
                 audit,
+                live_config: config,
                 identity,
                 cas,
                 recorded: recorded.clone(),
@@ -137,6 +139,7 @@ pub async fn forward(job: ForwardJob) {
 /// What a recorded forward carries beyond a plain one.
 struct RecordedForward {
     audit: Audit,
+    live_config: SharedConfig,
     identity: Arc<Identity>,
     cas: Arc<crate::recording::Cas>,
     recorded: Arc<crate::policy::Recorded>,
@@ -191,6 +194,7 @@ async fn record(
     let job = crate::recording::RecordJob::new(
         rec.audit,
         cfg.clone(),
+        rec.live_config,
         rec.cas,
         rec.identity,
         ctx.id().to_string(),
