@@ -6,6 +6,7 @@
 pub mod ca;
 pub mod cast;
 mod counted;
+pub mod fileops;
 mod inner;
 mod inner_forward;
 mod relay;
