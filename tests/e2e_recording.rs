@@ -393,3 +393,196 @@ fn a_session_whose_recording_cannot_be_stored_is_ended_with_a_message() {
     });
     assert_eq!(end.detail["session_closed"], true, "{end:?}");
 }
+
+/// `scp`/`sftp` with the client's `-F` config.
+fn transfer(client: &SshClient, program: &str, args: &[&str]) -> RunOutput {
+    let cfg = client.write_config();
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg("-F").arg(&cfg).args(args);
+    cmd.env_remove("SSH_AUTH_SOCK");
+    proc::run(&mut cmd, None, proc::RUN_TIMEOUT)
+}
+
+/// The `file.op` events of the test so far, as (op, path, bytes, ok).
+fn file_ops(pv: &Portvakt) -> Vec<(String, String, u64, Option<bool>)> {
+    pv.audit()
+        .into_iter()
+        .filter(|e| e.kind == "file.op")
+        .map(|e| {
+            (
+                e.detail_str("op").unwrap_or("").to_string(),
+                e.detail_str("path").unwrap_or("").to_string(),
+                e.detail["bytes"].as_u64().unwrap_or(0),
+                e.detail["ok"].as_bool(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn scp_and_sftp_transfers_arrive_intact_and_their_file_operations_are_recorded() {
+    let r = Recorded::start();
+    let client = r.client();
+    let dir = r.env.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let local = dir.join("up.bin");
+    std::fs::write(&local, &payload).unwrap();
+    let remote = dir.join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
+
+    // scp (over sftp, OpenSSH 9's default) up, then the legacy protocol down.
+    let up = remote.join("via-scp.bin");
+    let out = transfer(
+        &client,
+        "scp",
+        &[local.to_str().unwrap(), &format!("db-1:{}", up.display())],
+    );
+    out.assert_success();
+    assert_eq!(std::fs::read(&up).unwrap(), payload);
+    let down = dir.join("down-legacy.bin");
+    let out = transfer(
+        &client,
+        "scp",
+        &[
+            "-O",
+            &format!("db-1:{}", up.display()),
+            down.to_str().unwrap(),
+        ],
+    );
+    out.assert_success();
+    assert_eq!(std::fs::read(&down).unwrap(), payload);
+
+    // sftp: put, rename, mkdir, remove.
+    let batch = dir.join("batch");
+    let renamed = remote.join("renamed.bin");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}\nrename {} {}\nmkdir {}\nrm {}\n",
+            local.display(),
+            remote.join("via-sftp.bin").display(),
+            remote.join("via-sftp.bin").display(),
+            renamed.display(),
+            remote.join("newdir").display(),
+            up.display(),
+        ),
+    )
+    .unwrap();
+    let out = transfer(&client, "sftp", &["-b", batch.to_str().unwrap(), "db-1"]);
+    out.assert_success();
+    assert_eq!(std::fs::read(&renamed).unwrap(), payload);
+    assert!(!up.exists());
+
+    let n = payload.len() as u64;
+    let up_s = up.display().to_string();
+    let want = [
+        ("write", up_s.clone(), n),
+        ("read", up_s.clone(), n),
+        (
+            "write",
+            remote.join("via-sftp.bin").display().to_string(),
+            n,
+        ),
+        (
+            "rename",
+            remote.join("via-sftp.bin").display().to_string(),
+            0,
+        ),
+        ("mkdir", remote.join("newdir").display().to_string(), 0),
+        ("remove", up_s, 0),
+    ];
+    let ops = proc::poll_until(
+        "the file operations",
+        std::time::Duration::from_secs(20),
+        || {
+            let ops = file_ops(&r.pv);
+            want.iter()
+                .all(|(op, path, bytes)| {
+                    ops.iter()
+                        .any(|o| o.0 == *op && o.1 == *path && o.2 == *bytes && o.3 == Some(true))
+                })
+                .then_some(ops)
+        },
+    );
+    // Each session is a recording of its kind, whose transcript lists them.
+    let rows = r.recordings();
+    let kinds: Vec<&str> = rows.iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert!(
+        kinds.contains(&"sftp") && kinds.contains(&"scp"),
+        "{rows:#?} {ops:?}"
+    );
+    let legacy = rows.iter().find(|r| r["kind"] == "scp").unwrap();
+    let (_, events) = parse_cast(&r.export(&legacy["id"]));
+    assert!(
+        events
+            .iter()
+            .any(|(_, _, d)| d.contains(&format!("read {}", up.display()))),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn forwards_inside_a_session_follow_the_policy_and_agent_forwarding_is_refused() {
+    let echo = EchoServer::start();
+    let r = Recorded::start_with(|mut cfg, _| {
+        let t = cfg.targets.pop().unwrap();
+        cfg.targets.push(t.line("permit_port_forwarding = true"));
+        cfg.target(Target::host("echo", "127.0.0.1", echo.port).allow_users(&["alice"]))
+    });
+    // -L to a target alice may use works through the recorded session.
+    let lport = proc::free_port();
+    let mut ssh = r.client().spawn(&[
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("127.0.0.1:{lport}:echo:{}", echo.port),
+        "db-1",
+    ]);
+    let mut stream = proc::poll_until("the -L port", std::time::Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", lport)).ok()
+    });
+    {
+        use std::io::{Read, Write};
+        stream.write_all(b"ping\n").unwrap();
+        let mut buf = [0u8; 5];
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping\n");
+    }
+    drop(stream);
+    let fwd = r.pv.wait_for_session("the inner forward", |s| {
+        s.target.as_deref() == Some("echo") && s.ended_at.is_some()
+    });
+    assert!(fwd.bytes_to_target >= 5, "{fwd:?}");
+    ssh.kill();
+
+    // A destination that is not a target of alice's: refused and audited.
+    let out = r
+        .client()
+        .log_level("INFO")
+        .run(&["-W", "127.0.0.1:9", "db-1"]);
+    assert_ne!(out.code(), 0, "{out}");
+    r.pv.wait_for_audit("the refused inner forward", |e| {
+        e.kind == "forward.denied" && e.detail_str("host") == Some("127.0.0.1")
+    });
+
+    // -A: the agent is not forwarded to the recorded target.
+    // (`-o` reaches the destination, not the jump: the agent is offered
+    // to the recorded target only.)
+    let agent = SshAgent::start(r.env.path());
+    let identity_agent = format!("IdentityAgent={}", agent.socket.display());
+    let out = r.client().run(&[
+        "-A",
+        "-o",
+        &identity_agent,
+        "db-1",
+        "echo agent=${SSH_AUTH_SOCK:-none}",
+    ]);
+    out.assert_success();
+    assert_eq!(out.stdout_text().trim(), "agent=none", "{out}");
+    r.pv.wait_for_event("channel.refused", "agent_forward_refused");
+}

@@ -47,11 +47,13 @@ pub enum EventKind {
     /// A session on a recorded target began / ended (DESIGN.md §10).
     RecordingStart,
     RecordingEnd,
+    /// A file operation in a recorded sftp or scp session.
+    FileOp,
 }
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 28] = [
+    pub const ALL: [EventKind; 29] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -80,6 +82,7 @@ impl EventKind {
         EventKind::RequestRefused,
         EventKind::RecordingStart,
         EventKind::RecordingEnd,
+        EventKind::FileOp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +116,7 @@ impl EventKind {
             RequestRefused => "request.refused",
             RecordingStart => "recording.start",
             RecordingEnd => "recording.end",
+            FileOp => "file.op",
         }
     }
 }

@@ -66,7 +66,7 @@ pub fn observe(ev: &Event) {
         | EventKind::RequestNotifyFailed
         | EventKind::RequestRefused => {}
         // The recordings table and the audit trail are their record.
-        EventKind::RecordingStart | EventKind::RecordingEnd => {}
+        EventKind::RecordingStart | EventKind::RecordingEnd | EventKind::FileOp => {}
         // Rare admin and account events: the audit trail is their record.
         EventKind::GrantRevoke
         | EventKind::TotpEnroll

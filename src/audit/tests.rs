@@ -1019,6 +1019,7 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "request.refused",
                 "recording.start",
                 "recording.end",
+                "file.op",
             ]
         );
     })

@@ -31,6 +31,7 @@ struct SessionCtl {
     /// The target's answers to requests sent with want_reply, in order.
     replies: mpsc::UnboundedReceiver<bool>,
     control: mpsc::UnboundedSender<Control>,
+    parser: relay::SharedParser,
     pty: Option<(String, u32, u32)>,
     started: bool,
 }
@@ -147,6 +148,8 @@ impl Inner {
             return session.channel_failure(channel);
         }
         ctl.started = true;
+        *ctl.parser.lock().unwrap_or_else(|e| e.into_inner()) =
+            super::fileops::Parser::for_session(kind, command.as_deref());
         let (term, width, height) = ctl.pty.clone().unwrap_or_default();
         let _ = ctl.control.send(Control::Start(SessionStart {
             kind,
@@ -257,6 +260,7 @@ impl Handler for Inner {
         let id = channel.id();
         let (replies_tx, replies) = mpsc::unbounded_channel();
         let (control, control_rx) = mpsc::unbounded_channel();
+        let parser = relay::SharedParser::default();
         let up_write = relay::start(relay::Relay {
             job: self.job.clone(),
             login,
@@ -266,6 +270,7 @@ impl Handler for Inner {
             replies: replies_tx,
             control: control_rx,
             control_tx: control.clone(),
+            parser: parser.clone(),
         });
         self.channels.insert(
             id,
@@ -273,6 +278,7 @@ impl Handler for Inner {
                 up: up_write,
                 replies,
                 control,
+                parser,
                 pty: None,
                 started: false,
             },

@@ -187,6 +187,24 @@ impl RecordJob {
         Ok(recorder)
     }
 
+    fn file_op(&self, recording_id: Option<i64>, op: &fileops::FileOp) {
+        let mut ev = self
+            .event(EventKind::FileOp)
+            .detail("op", op.op)
+            .detail("path", crate::text::clean(&op.path, fileops::PATH_MAX))
+            .detail("bytes", op.bytes);
+        if let Some(to) = &op.to {
+            ev = ev.detail("to", crate::text::clean(to, fileops::PATH_MAX));
+        }
+        if let Some(ok) = op.ok {
+            ev = ev.detail("ok", ok);
+        }
+        if let Some(id) = recording_id {
+            ev = ev.detail("recording_id", id);
+        }
+        self.audit.emit(ev);
+    }
+
     fn truncated(&self, id: i64) {
         tracing::warn!(recording_id = id, target = %self.target, "recording reached max_bytes; the rest is not recorded");
     }

@@ -11,7 +11,20 @@ use russh::{Channel, ChannelMsg, ChannelWriteHalf, client};
 use tokio::sync::mpsc;
 
 use super::RecordJob;
+use super::fileops::{FileOp, Parser};
 use super::store::{Kind, Recorder};
+
+/// The file-operation parser of an sftp or scp session, set when the
+/// session starts, fed by both directions.
+pub type SharedParser = Arc<std::sync::Mutex<Option<Parser>>>;
+
+fn feed(parser: &SharedParser, f: impl FnOnce(&mut Parser) -> Vec<FileOp>) -> Option<Vec<FileOp>> {
+    parser
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .map(f)
+}
 
 /// Stored at least this often while output flows (a crash loses less).
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
@@ -21,6 +34,8 @@ pub enum Control {
     Start(SessionStart),
     Resize(u32, u32),
     Input(Bytes),
+    /// File operations completed by the client's bytes.
+    FileOps(Vec<FileOp>),
 }
 
 /// A shell, exec or subsystem began.
@@ -42,6 +57,7 @@ pub struct Relay {
     pub replies: mpsc::UnboundedSender<bool>,
     pub control: mpsc::UnboundedReceiver<Control>,
     pub control_tx: mpsc::UnboundedSender<Control>,
+    pub parser: SharedParser,
 }
 
 /// Start both directions; returns the writer of the target's channel (the
@@ -53,13 +69,22 @@ pub fn start(r: Relay) -> Arc<ChannelWriteHalf<client::Msg>> {
     let input = r.job.config.recording.input;
     let to_target = up_write.clone();
     let control = r.control_tx.clone();
+    let parser = r.parser.clone();
     // The client's side: bytes and EOF to the target.
     tokio::spawn(async move {
         while let Some(msg) = inner_read.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
-                    if input {
-                        let _ = control.send(Control::Input(data.clone()));
+                    // Fed before it is forwarded: the reply cannot come first.
+                    match feed(&parser, |p| p.client(&data)) {
+                        Some(ops) if !ops.is_empty() => {
+                            let _ = control.send(Control::FileOps(ops));
+                        }
+                        Some(_) => {}
+                        None if input => {
+                            let _ = control.send(Control::Input(data.clone()));
+                        }
+                        None => {}
                     }
                     if to_target.data(&data[..]).await.is_err() {
                         break;
@@ -84,6 +109,7 @@ pub fn start(r: Relay) -> Arc<ChannelWriteHalf<client::Msg>> {
         recorder: None,
         exit_status: None,
         failed: false,
+        parser: r.parser,
     };
     tokio::spawn(from.run(r.control));
     up_write
@@ -101,6 +127,7 @@ struct FromTarget {
     exit_status: Option<u32>,
     /// The recording could not be stored (and the session goes on).
     failed: bool,
+    parser: SharedParser,
 }
 
 impl FromTarget {
@@ -155,6 +182,10 @@ impl FromTarget {
                 }
                 self.flush_if_due().await
             }
+            Control::FileOps(ops) => {
+                self.file_ops(ops);
+                self.flush_if_due().await
+            }
         }
     }
 
@@ -179,10 +210,19 @@ impl FromTarget {
     async fn on_target(&mut self, msg: Option<ChannelMsg>) -> bool {
         match msg {
             Some(ChannelMsg::Data { data }) => {
+                // sftp and scp: their file operations are the record, not
+                // their bytes. Fed before forwarding (see fileops).
+                let ops = feed(&self.parser, |p| p.server(&data));
                 if self.inner.data(&data[..]).await.is_err() {
                     return false;
                 }
-                self.output(&data).await
+                match ops {
+                    Some(ops) => {
+                        self.file_ops(ops);
+                        self.flush_if_due().await
+                    }
+                    None => self.output(&data).await,
+                }
             }
             Some(ChannelMsg::ExtendedData { data, ext }) => {
                 if self.inner.extended_data(ext, &data[..]).await.is_err() {
@@ -227,6 +267,20 @@ impl FromTarget {
             }
             Some(ChannelMsg::Close) | None => false,
             Some(_) => true,
+        }
+    }
+
+    /// Each operation as a transcript line in the recording and a
+    /// `file.op` event.
+    fn file_ops(&mut self, ops: Vec<FileOp>) {
+        for op in ops {
+            let id = self.recorder.as_ref().map(|r| r.id());
+            if let Some(r) = &mut self.recorder
+                && r.output(format!("{}\r\n", op.line()).as_bytes())
+            {
+                self.job.truncated(r.id());
+            }
+            self.job.file_op(id, &op);
         }
     }
 
@@ -277,6 +331,9 @@ impl FromTarget {
     }
 
     async fn finish(&mut self) {
+        if let Some(ops) = feed(&self.parser, Parser::finish) {
+            self.file_ops(ops);
+        }
         let Some(r) = self.recorder.take() else {
             return;
         };

@@ -49,7 +49,7 @@ impl Sshd {
         fs::create_dir_all(&principals).expect("create principals dir");
         fs::write(principals.join(login), format!("{login}\n")).expect("write principals");
         let extra = format!(
-            "TrustedUserCAKeys {}\nAuthorizedPrincipalsFile {}/%u\n",
+            "TrustedUserCAKeys {}\nAuthorizedPrincipalsFile {}/%u\nSubsystem sftp internal-sftp\n",
             ca_pub.display(),
             principals.display()
         );

@@ -40,7 +40,63 @@ pub struct FileOp {
     pub ok: Option<bool>,
 }
 
+/// The parser of a session's file operations, shared by the two
+/// directions of its relay.
+pub enum Parser {
+    Sftp(Sftp),
+    Scp(Scp),
+}
+
+impl Parser {
+    /// For a session of `kind` started with `command`: sftp, or `scp -t/-f`.
+    pub fn for_session(kind: crate::recording::Kind, command: Option<&str>) -> Option<Parser> {
+        match kind {
+            crate::recording::Kind::Sftp => Some(Parser::Sftp(Sftp::new())),
+            crate::recording::Kind::Scp => command.and_then(Scp::from_command).map(Parser::Scp),
+            _ => None,
+        }
+    }
+
+    pub fn client(&mut self, data: &[u8]) -> Vec<FileOp> {
+        match self {
+            Parser::Sftp(p) => p.client(data),
+            Parser::Scp(p) => p.client(data),
+        }
+    }
+
+    pub fn server(&mut self, data: &[u8]) -> Vec<FileOp> {
+        match self {
+            Parser::Sftp(p) => p.server(data),
+            Parser::Scp(p) => p.server(data),
+        }
+    }
+
+    pub fn finish(&mut self) -> Vec<FileOp> {
+        match self {
+            Parser::Sftp(p) => p.finish(),
+            Parser::Scp(p) => p.finish(),
+        }
+    }
+}
+
 impl FileOp {
+    /// One line of the session's transcript: `write /tmp/x (1048576 bytes): ok`.
+    pub fn line(&self) -> String {
+        let mut s = format!("{} {}", self.op, crate::text::clean(&self.path, PATH_MAX));
+        if let Some(to) = &self.to {
+            s += &format!(" -> {}", crate::text::clean(to, PATH_MAX));
+        }
+        if self.bytes > 0 || matches!(self.op, "read" | "write") {
+            s += &format!(" ({} bytes)", self.bytes);
+        }
+        s += match self.ok {
+            Some(true) => ": ok",
+            Some(false) => ": refused",
+            None => ": unfinished",
+        };
+        s
+    }
+
     fn new(op: &'static str, path: String) -> FileOp {
         FileOp {
             op,
