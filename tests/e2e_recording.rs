@@ -14,6 +14,7 @@ use common::*;
 struct Recorded {
     env: TestEnv,
     pv: Portvakt,
+    config: Config,
     sshd: Sshd,
     alice: UserKey,
     login: String,
@@ -27,6 +28,12 @@ impl Recorded {
 
     /// `edit` may change the config (given the sshd) before portvakt starts.
     fn start_with(edit: impl FnOnce(Config, &Sshd) -> Config) -> Recorded {
+        Self::start_on(None, edit)
+    }
+
+    /// On `db` (as node "node-a", so that more nodes can join), or on a
+    /// fresh database of the test pass.
+    fn start_on(db: Option<&Database>, edit: impl FnOnce(Config, &Sshd) -> Config) -> Recorded {
         let env = TestEnv::new();
         let ca = env.ca("user_ca");
         let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
@@ -49,7 +56,13 @@ impl Recorded {
             config::toml_str(&target_ca.path.display().to_string()),
         );
         let config = edit(config, &sshd);
-        let pv = env.portvakt(&config);
+        let pv = match db {
+            Some(db) => {
+                let config = config.clone().node_name("node-a");
+                Portvakt::start_node(&env.path().join("node-a"), &config, db)
+            }
+            None => env.portvakt(&config),
+        };
         // What an engineer is told to put in known_hosts.
         let shown = pv.cli_json(&["ca", "show", "--json"]);
         assert_eq!(
@@ -66,6 +79,7 @@ impl Recorded {
             host_ca: line,
             env,
             pv,
+            config,
             sshd,
             alice,
             login,
@@ -585,4 +599,77 @@ fn forwards_inside_a_session_follow_the_policy_and_agent_forwarding_is_refused()
     out.assert_success();
     assert_eq!(out.stdout_text().trim(), "agent=none", "{out}");
     r.pv.wait_for_event("channel.refused", "agent_forward_refused");
+}
+
+#[test]
+fn a_recording_made_through_one_node_is_played_from_another() {
+    let db = Database::postgres_required("tests/e2e_recording.rs (two nodes on one database)");
+    let r = Recorded::start_on(Some(&db), |cfg, _| cfg);
+    let b = Portvakt::start_node(
+        &r.env.path().join("node-b"),
+        &r.config.clone().node_name("node-b"),
+        &db,
+    );
+    // Through node B ...
+    let client = SshClient::to_portvakt(r.env.path(), &b, "alice")
+        .identity(&r.alice)
+        .recorded_target("db-1", r.sshd.port, &r.login, &r.host_ca);
+    let out = client.run(&["db-1", "echo via-node-b"]);
+    assert_eq!(out.stdout_text().trim(), "via-node-b", "{out}");
+    // ... played from node A.
+    let rec = r.wait_recording("exec");
+    assert_eq!(rec["node"], "node-b", "{rec}");
+    let out =
+        r.pv.cli(&["recordings", "play", &rec["id"].to_string(), "--no-wait"]);
+    out.assert_success();
+    assert!(out.stdout_text().contains("via-node-b"), "{out}");
+}
+
+#[test]
+fn output_past_max_bytes_reaches_the_client_but_not_the_recording() {
+    let r = Recorded::start_with(|mut cfg, _| {
+        cfg.extra += "max_bytes = \"4KiB\"\n";
+        cfg
+    });
+    let out = r.client().run(&[
+        "db-1",
+        "head -c 20000 /dev/zero | tr '\\0' x; echo; echo done",
+    ]);
+    out.assert_success();
+    let text = out.stdout_text();
+    assert_eq!(text.matches('x').count(), 20000, "the session goes on");
+    assert!(text.ends_with("done\n"), "{text:?}");
+    let rec = r.wait_recording("exec");
+    assert_eq!(rec["truncated"], true, "{rec}");
+    assert!(rec["bytes"].as_u64().unwrap() <= 4096, "{rec}");
+    let end =
+        r.pv.wait_for_audit("recording.end", |e| e.kind == "recording.end");
+    assert_eq!(end.detail["truncated"], true, "{end:?}");
+    // What was kept is still valid asciicast.
+    parse_cast(&r.export(&rec["id"]));
+}
+
+#[test]
+fn a_target_dialled_by_an_alias_presents_a_certificate_for_that_name() {
+    let r = Recorded::start_with(|mut cfg, _| {
+        let t = cfg.targets.pop().unwrap();
+        cfg.targets
+            .push(t.line("aliases = [\"db-1.corp.example\"]"));
+        cfg
+    });
+    assert!(
+        r.host_ca
+            .contains("db-1.corp.example,[db-1.corp.example]:*"),
+        "{}",
+        r.host_ca
+    );
+    let client = r
+        .env
+        .client(&r.pv, "alice")
+        .identity(&r.alice)
+        .recorded_target("db-1.corp.example", r.sshd.port, &r.login, &r.host_ca);
+    let out = client.run(&["db-1.corp.example", "echo by-alias"]);
+    assert_eq!(out.stdout_text().trim(), "by-alias", "{out}");
+    let rec = r.wait_recording("exec");
+    assert_eq!(rec["target"], "db-1", "{rec}");
 }

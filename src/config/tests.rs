@@ -375,3 +375,22 @@ fn recorded_targets() {
         "must be different keys",
     );
 }
+
+#[tokio::test]
+async fn a_recorded_target_is_reached_by_its_aliases() {
+    let text = format!(
+        "[[targets]]\nname = \"db-1\"\nhost = \"10.0.1.5\"\nallow_users = [\"alice\"]\nmode = \"record\"\nlogins = [\"admin\"]\nhost_key = \"{KEY}\"\naliases = [\"db-1.corp.example\"]\n"
+    );
+    let (_dir, cfg) = load(&text);
+    let cfg = cfg.unwrap();
+    let alice = crate::policy::Subject::new("alice", Vec::<String>::new());
+    for host in ["db-1", "DB-1.corp.example"] {
+        let req = crate::policy::Request { host, port: 22 };
+        let a = crate::policy::decide(&cfg.policy, &alice, &req, &crate::policy::SystemResolver)
+            .await
+            .unwrap();
+        assert_eq!(a.target(), "db-1");
+        let (_, names) = a.record().expect("recorded");
+        assert_eq!(names, ["db-1", "10.0.1.5", "db-1.corp.example"]);
+    }
+}

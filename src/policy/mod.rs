@@ -78,12 +78,17 @@ impl Policy {
     /// Build from validated targets; names must be unique case-insensitively
     /// (config validation guarantees it).
     pub fn new(targets: Vec<Target>) -> Self {
-        let by_name = targets
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| matches!(t.destination, Destination::Host { .. }))
-            .map(|(i, t)| (t.name.to_ascii_lowercase(), i))
-            .collect();
+        let mut by_name = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            if !matches!(t.destination, Destination::Host { .. }) {
+                continue;
+            }
+            let aliases = t.record.iter().flat_map(|r| r.aliases.iter());
+            for name in std::iter::once(&t.name).chain(aliases) {
+                // The first target of a name wins (validation refuses two).
+                by_name.entry(name.to_ascii_lowercase()).or_insert(i);
+            }
+        }
         Policy { targets, by_name }
     }
 
