@@ -527,6 +527,20 @@ fn scp_and_sftp_transfers_arrive_intact_and_their_file_operations_are_recorded()
         "{rows:#?} {ops:?}"
     );
     let legacy = rows.iter().find(|r| r["kind"] == "scp").unwrap();
+    // `recordings show` lists a session's file operations.
+    let sftp = rows
+        .iter()
+        .find(|r| r["kind"] == "sftp" && r["command"] == "sftp")
+        .unwrap();
+    let shown =
+        r.pv.cli_json(&["recordings", "show", &sftp["id"].to_string(), "--json"]);
+    let ops = shown["file_ops"].as_array().expect("file_ops");
+    assert!(!ops.is_empty(), "{shown}");
+    assert!(
+        ops.iter()
+            .all(|o| o["detail"]["recording_id"] == sftp["id"]),
+        "{shown}"
+    );
     let (_, events) = parse_cast(&r.export(&legacy["id"]));
     assert!(
         events

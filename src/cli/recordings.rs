@@ -106,18 +106,43 @@ async fn show(store: &Store, id: i64, json: bool) -> Outcome {
         Ok(c) => (c.sha256_ok, None),
         Err(e) => (None, Some(e.to_string())),
     };
+    let file_ops = match file_ops(store, &row.connection_id, id).await {
+        Ok(ops) => ops,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
     let mut v = serde_json::to_value(&row).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("sha256_ok".into(), serde_json::json!(sha256_ok));
         o.insert("content_error".into(), serde_json::json!(content_error));
+        o.insert("file_ops".into(), serde_json::json!(file_ops));
     }
     if json {
         return print_json(&v);
     }
     for (k, v) in v.as_object().cloned().unwrap_or_default() {
-        if k != "sha256_ok" && k != "content_error" {
+        if !matches!(k.as_str(), "sha256_ok" | "content_error" | "file_ops") {
             println!("{k:>16}: {}", plain(&v));
         }
+    }
+    for op in &file_ops {
+        let d = &op["detail"];
+        println!(
+            "{:>16}: {} {} {}{} {} bytes, {}",
+            "file op",
+            op["at"].as_str().unwrap_or(""),
+            d["op"].as_str().unwrap_or(""),
+            d["path"].as_str().unwrap_or(""),
+            d["to"]
+                .as_str()
+                .map(|t| format!(" -> {t},"))
+                .unwrap_or_default(),
+            d["bytes"],
+            match d["ok"].as_bool() {
+                Some(true) => "ok",
+                Some(false) => "refused",
+                None => "unfinished",
+            }
+        );
     }
     let verdict = match (&content_error, sha256_ok) {
         (Some(e), _) => format!("UNREADABLE: {e}"),
@@ -127,6 +152,27 @@ async fn show(store: &Store, id: i64, json: bool) -> Outcome {
     };
     println!("{:>16}: {verdict}", "content");
     Outcome::Ok
+}
+
+/// The `file.op` events of recording `id` (sftp, scp), oldest first.
+async fn file_ops(
+    store: &Store,
+    connection_id: &str,
+    id: i64,
+) -> Result<Vec<serde_json::Value>, crate::store::StoreError> {
+    let filter = crate::audit::query::EventFilter {
+        connection_id: Some(connection_id.to_string()),
+        kind: Some(crate::audit::EventKind::FileOp.as_str().to_string()),
+        ..Default::default()
+    };
+    let events = crate::audit::query::events(store, &filter).await?;
+    let mut ops: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .filter(|e| e["detail"]["recording_id"].as_i64() == Some(id))
+        .collect();
+    ops.reverse();
+    Ok(ops)
 }
 
 /// The content of recording `id`, refused when it cannot be read or no
