@@ -455,17 +455,17 @@ How it measures (bench/run --only record; bench/record.py):
   bytes (a CIDR target), and portvakt with the target as the recorded target `{name}`
   (`mode = "record"`, `logins = ["{user}"]`, `host_key` pinned, `[recording] max_bytes`
   {max_bytes:,}: room for every run, nothing is truncated; SQLite, log level warn).
-- The client is `/usr/bin/ssh` with a `-F` config (cipher {cipher}, curve25519-sha256 on
-  every hop), the same user certificate on every jump. To the recorded target it dials
+- The client is `/usr/bin/ssh` with a `-F` config: cipher {cipher} and
+  curve25519-sha256 on every hop, the same user certificate on every jump. To the recorded target it dials
   `{name}` through portvakt and checks portvakt's host certificate against the
   `@cert-authority` line of `portvakt ca show --json`; the inner login is "none" (portvakt
   accepts it for an allowed login), and portvakt logs in to the target with a fresh key and
   a certificate from its target CA. So the recorded path runs three SSH connections
   (client to portvakt, client to portvakt inside it, portvakt to the target) where the
   pass-through paths run two (client to jump, client to target inside it).
-- Latency: `ssh -F cfg via-X true`, {runs} runs per jump host; the order of the three
+- Latency: `ssh -F cfg via-X true`, {runs} run(s) per jump host; the order of the three
   reverses from one run to the next.
-- Throughput, {size} per run, {rounds} A/B rounds, the order reversing each round:
+- Throughput, {size} per run, {rounds} round(s) of the three, the order reversing each round:
   "down" runs `{{ while cat payload; do :; done; }} | head -c N` on the target (16 MiB of
   base64 text of /dev/urandom in 100-byte lines, from the page cache; zlib compresses it
   to about 3/4) and the client reads N bytes: the recorded direction (asciicast "o"
