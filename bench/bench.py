@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import auditgen
+import record
 import report
 from procs import (BenchError, LineReader, Proc, mem_available_mib, run, settle_memory,
                    stop_all)
@@ -23,7 +24,9 @@ from servers import (Keys, OpensshJump, PortvaktJump, PortvaktNodes, Sink, Targe
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
-SECTIONS = ["throughput", "latency", "memory", "scale", "logins", "audit"]
+SECTIONS = ["throughput", "latency", "memory", "scale", "logins", "audit", "record"]
+# Sections with a report of their own (the rest share the main table).
+OWN_REPORT = ["audit", "record"]
 UNCHAINED = "portvakt-unchained"
 TIME = "/usr/bin/time"  # GNU time (bench/run installs it)
 CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"]
@@ -47,8 +50,8 @@ def parse_args(argv):
         description="Compare portvakt with OpenSSH sshd as a jump host (DESIGN.md §9).")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (smoke test): 8 MiB, 3 latency runs, 10 and 20 "
-                        "connections, 2 s of logins and forwards, 20,000 audit events; "
-                        "writes no docs")
+                        "connections, 2 s of logins and forwards, 20,000 audit events, "
+                        "2 MiB and 5 sessions through the recorded target; writes no docs")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated sections to run (default all): {','.join(SECTIONS)}")
     p.add_argument("--jumps", default="portvakt,openssh",
@@ -77,6 +80,14 @@ def parse_args(argv):
                    help="logged-in connections per load client process in the forward-rate run [4]")
     p.add_argument("--forward-clients", type=int, default=32,
                    help="parallel forward loops (open, echo 64 bytes, close) [32]")
+    p.add_argument("--record-bytes", type=int,
+                   help="record: bytes per throughput run through the recorded target "
+                        "[1 GiB; quick 2 MiB]")
+    p.add_argument("--record-sessions",
+                   help="record: idle recorded sessions per memory run; the largest is the "
+                        "concurrency test [100,1000; quick 5]")
+    p.add_argument("--record-cipher", default=CIPHERS[0],
+                   help=f"record: the cipher on every hop [{CIPHERS[0]}]")
     p.add_argument("--open-concurrency", type=int, default=32,
                    help="connections being opened at once in memory/scale runs [32]")
     p.add_argument("--scale-nodes", type=int, default=2,
@@ -108,6 +119,8 @@ def parse_args(argv):
     args.forward_seconds = args.forward_seconds or (2.0 if q else 15.0)
     args.audit_events = args.audit_events or (20_000 if q else 1_000_000)
     args.verify_runs = args.verify_runs or (1 if q else 3)
+    args.record_bytes = args.record_bytes or (2 * MIB if q else 1024 * MIB)
+    args.record_sessions = [int(x) for x in (args.record_sessions or ("5" if q else "100,1000")).split(",")]
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in args.only:
         if s not in SECTIONS:
@@ -117,7 +130,7 @@ def parse_args(argv):
         if s not in ("portvakt", "openssh"):
             p.error(f"unknown jump host {s!r}; choose from portvakt, openssh")
     if args.out is None and not q and (args.only == SECTIONS and len(args.jumps) == 2
-                                       or args.only == ["audit"]):
+                                       or args.only in (["audit"], ["record"])):
         args.out = os.path.join(REPO, "docs", "BENCHMARKS.md")
     args.bin = os.path.abspath(args.bin or os.path.join(REPO, "target", "release", "portvakt"))
     args.unchained_bin = os.path.abspath(args.unchained_bin or os.path.join(
@@ -255,13 +268,16 @@ class Bench:
         return Proc(f"load client ({jump.name})", argv, os.path.join(self.work, log_name),
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def hold(self, jump, count, tag):
-        """Open `count` idle forwards through `jump`; measure the jump host's
-        memory before (after one warm-up forward) and with them open."""
+    def hold(self, jump, count, tag, target_port=None, extra=()):
+        """Open `count` idle forwards through `jump` (to the sink, or to
+        `target_port`; `extra`: more load client options, e.g. --recorded);
+        measure the jump host's memory before (after one warm-up forward)
+        and with them open."""
         client = self.loadclient("hold", jump, [
             "--count", str(count), "--concurrency", str(self.args.open_concurrency),
-            "--target-port", str(self.sink.port), "--warmup",
-            "--mem-guard-mib", str(self.args.mem_guard_mib)], f"loadclient-{tag}.log")
+            "--target-port", str(target_port or self.sink.port), "--warmup",
+            "--mem-guard-mib", str(self.args.mem_guard_mib)] + list(extra),
+            f"loadclient-{tag}.log")
         events = LineReader(client)
         try:
             expect(events.readline(120), "warm")
@@ -539,6 +555,8 @@ class Bench:
             self.scale()
         if "audit" in only:
             self.audit()
+        if "record" in only:
+            self.results["record"] = record.Record(self).run()
 
 
 def check_verify(rep, gen, key, variant):
@@ -628,13 +646,16 @@ def main(argv):
     meta["load_start"] = load_start
     meta["unchained_bin"] = args.unchained_bin
     meta["unchained_built"] = report.built(args.unchained_bin)
-    main_part = any(s in args.only for s in SECTIONS if s != "audit")
+    main_part = any(s in args.only for s in SECTIONS if s not in OWN_REPORT)
     print()
     if main_part:
         print(report.table(bench.results, args))
         print()
     if "audit" in bench.results:
         print(report.audit_table(bench.results["audit"], args))
+        print()
+    if "record" in bench.results:
+        print(record.table(bench.results["record"], args))
         print()
     say(f"took {meta['duration']}")
     if args.json:
@@ -646,6 +667,9 @@ def main(argv):
         if "audit" in bench.results:
             report.write(args.out, report.audit_markdown(bench.results["audit"], meta, args),
                          report.AUDIT_BEGIN, report.AUDIT_END)
+        if "record" in bench.results:
+            report.write(args.out, record.markdown(bench.results["record"], meta, args),
+                         record.BEGIN, record.END)
         say(f"wrote {args.out}")
 
 

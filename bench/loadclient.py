@@ -4,7 +4,10 @@ Two modes, both talking to one jump host with the benchmark's user
 certificate:
 
   hold    open COUNT connections, each with one direct-tcpip channel to an
-          idle TCP target, and keep them open. Protocol on stdout (one JSON
+          idle TCP target, and keep them open. With --recorded NAME, the
+          channel goes to the recorded target NAME instead, an SSH login
+          runs inside it, and one session runs --command there (an idle
+          recorded session). Protocol on stdout (one JSON
           object per line) and stdin (one word per line):
             -> {"event": "warm"}            after one warm-up connection was
                                              opened, forwarded and closed
@@ -95,6 +98,22 @@ class Options:
             login_timeout=args.timeout,
             connect_timeout=args.timeout,
         )
+        # The login to a recorded target, inside the forward: portvakt
+        # accepts "none" for an allowed login (the outer login proved who
+        # it is), or the same key. Its host certificate is not checked here
+        # (the ssh client checks it in the throughput and latency runs).
+        self.inner_options = asyncssh.SSHClientConnectionOptions(
+            username=args.user,
+            client_keys=[(key, cert)],
+            known_hosts=None,
+            agent_path=None,
+            kex_algs=[args.kex],
+            encryption_algs=[args.cipher],
+            compression_algs=None,
+            gss_host=None,
+            login_timeout=args.timeout,
+            connect_timeout=args.timeout,
+        )
 
     async def connect(self):
         return await asyncssh.connect(self.host, next(self.ports), options=self.options, config=None)
@@ -106,6 +125,19 @@ class Options:
 
 class Idle(asyncssh.SSHTCPSession):
     """A forwarded connection that never sends; notes when it is closed."""
+
+    def __init__(self):
+        self.closed = False
+
+    def data_received(self, data, datatype):
+        pass
+
+    def connection_lost(self, exc):
+        self.closed = True
+
+
+class IdleSession(asyncssh.SSHClientSession):
+    """A session that never sends; notes when it is closed."""
 
     def __init__(self):
         self.closed = False
@@ -139,28 +171,57 @@ async def stdin_reader():
     return reader
 
 
+class Held:
+    """What one held connection keeps open: its connections (the outer
+    one first), their client objects, and the idle channel or session."""
+
+    def __init__(self, conns, clients, session):
+        self.conns = conns
+        self.clients = clients
+        self.session = session
+
+    @property
+    def lost(self):
+        return any(c.lost for c in self.clients)
+
+    def close(self):
+        for conn in reversed(self.conns):
+            conn.close()
+
+
 async def open_forward(opts, args):
-    """An SSH connection with one idle direct-tcpip channel:
-    (connection, its client object, its channel's session object)."""
+    """An SSH connection with one idle direct-tcpip channel; with
+    --recorded, an SSH login through that channel with one idle session."""
     conn, client = await opts.connect_watched()
     try:
-        _, session = await asyncio.wait_for(
-            conn.create_connection(Idle, args.target_host, args.target_port),
-            args.timeout,
-        )
+        if not args.recorded:
+            _, session = await asyncio.wait_for(
+                conn.create_connection(Idle, args.target_host, args.target_port),
+                args.timeout,
+            )
+            return Held([conn], [client], session)
+        inner, inner_client = await asyncio.wait_for(asyncssh.create_connection(
+            Watched, args.recorded, args.target_port, tunnel=conn,
+            options=opts.inner_options, config=None), args.timeout)
+        try:
+            _, session = await asyncio.wait_for(
+                inner.create_session(IdleSession, args.command), args.timeout)
+        except BaseException:
+            inner.close()
+            raise
+        return Held([conn, inner], [client, inner_client], session)
     except BaseException:
         conn.close()
         raise
-    return conn, client, session
 
 
 async def hold(args):
     opts = Options(args)
     commands = await stdin_reader()
     if args.warmup:
-        conn, _, _ = await open_forward(opts, args)
-        conn.close()
-        await conn.wait_closed()
+        h = await open_forward(opts, args)
+        h.close()
+        await asyncio.gather(*(c.wait_closed() for c in h.conns))
         emit({"event": "warm"})
         if await read_command(commands) != "go":
             return
@@ -217,13 +278,13 @@ async def hold(args):
         cmd = await read_command(commands)
         if cmd == "check":
             emit({"event": "alive", "open": len(held),
-                  "connections_lost": sum(client.lost for _, client, _ in held),
-                  "forwards_closed": sum(session.closed for _, _, session in held)})
+                  "connections_lost": sum(h.lost for h in held),
+                  "forwards_closed": sum(h.session.closed for h in held)})
         else:
             break
-    for conn, _, _ in held:
-        conn.close()
-    await asyncio.gather(*(conn.wait_closed() for conn, _, _ in held), return_exceptions=True)
+    for h in held:
+        h.close()
+    await asyncio.gather(*(c.wait_closed() for h in held for c in h.conns), return_exceptions=True)
 
 
 class Echoed(asyncssh.SSHTCPSession):
@@ -337,6 +398,10 @@ def main():
     p.add_argument("--target-host", default="127.0.0.1")
     p.add_argument("--target-port", type=int, default=0)
     p.add_argument("--warmup", action="store_true")
+    p.add_argument("--recorded", help="hold: the recorded target to log in to inside each "
+                   "forward (by name; --target-port is its port)")
+    p.add_argument("--command", default="cat",
+                   help="hold --recorded: what the idle session runs on the target [cat]")
     p.add_argument("--mem-guard-mib", type=int, default=4096)
     p.add_argument("--pid-reserve", type=int, default=2000)
     # logins, forwards

@@ -63,12 +63,18 @@ def start_sshd(name, d, config, wrapper=()):
 
 
 class Target:
-    """The sshd behind both jump hosts: `cat >/dev/null` and `true` run here."""
+    """The sshd behind both jump hosts: `cat >/dev/null` and `true` run here.
+    `ca_pub`: the file of the user CAs it trusts (default the benchmark's);
+    `max_startups`: for many sessions opened at once (the record section)."""
 
-    def __init__(self, d, keys):
+    def __init__(self, d, keys, ca_pub=None, max_startups=None):
         self.port = free_port()
-        config = sshd_common(self.port, keys.target_host, keys.ca + ".pub")
-        config += "AllowTcpForwarding no\nMaxStartups 100:30:200\n"
+        config = sshd_common(self.port, keys.target_host, ca_pub or keys.ca + ".pub")
+        config += "AllowTcpForwarding no\n"
+        if max_startups:
+            config += f"MaxStartups {max_startups}:30:{max_startups}\nMaxSessions {max_startups}\n"
+        else:
+            config += "MaxStartups 100:30:200\n"
         self.proc = start_sshd("target sshd", d, config)
         self.proc.wait_port(self.port)
 
@@ -112,8 +118,10 @@ class PortvaktJump(Jump):
     label = "portvakt"
 
     def __init__(self, d, binary, keys, target_ports, max_connections, database=None, node=None,
-                 name=None):
-        if name:  # another build of portvakt, side by side (the audit section)
+                 name=None, extra=""):
+        # name: another build or config of portvakt, side by side (the audit
+        # and record sections); extra: more config (a recorded target).
+        if name:
             self.name = self.label = name
         os.makedirs(d, exist_ok=True)
         self.port = free_port()
@@ -151,7 +159,7 @@ name = "bench"
 cidr = "127.0.0.1/32"
 ports = [{ports}]
 allow_users = ["{USER}"]
-"""
+{extra}"""
         path = os.path.join(d, "portvakt.toml")
         with open(path, "w") as f:
             f.write(config)
@@ -267,10 +275,44 @@ class OpensshJump(Jump):
                    lambda: descendants(self.proc.pid) == [self.pid], timeout, interval=0.02)
 
 
-def client_config(path, keys, cipher, jumps, target_port, known_hosts):
+def recorded_target(name, target, keys, logins, max_bytes, host_ca, target_ca):
+    """portvakt config: the target sshd as the recorded target `name` (the
+    benchmark user may log in as `logins`), and the [recording] section."""
+    return f"""
+[[targets]]
+name = "{name}"
+host = "127.0.0.1"
+port = {target.port}
+allow_users = ["{USER}"]
+mode = "record"
+logins = [{", ".join(f'"{l}"' for l in logins)}]
+host_key = "{keys.public(keys.target_host)}"
+
+[recording]
+host_ca_key = "{host_ca}"
+target_ca_key = "{target_ca}"
+max_bytes = "{max_bytes}"
+"""
+
+
+def client_config(path, keys, cipher, jumps, target_port, known_hosts, recorded=None):
     """An ssh_config: `via-NAME` reaches the target through jump NAME. Every
-    option that must reach the jump hop is here (-o does not reach it)."""
-    lines = [
+    option that must reach the jump hop is here (-o does not reach it).
+    `recorded` maps a jump's name to the recorded target it dials by name
+    (its host certificate is checked against known_hosts' @cert-authority
+    line). The first value of an option wins, so `Host *` comes last."""
+    recorded = recorded or {}
+    lines = []
+    for jump in jumps:
+        lines += [f"Host jump-{jump.name}", f"  Port {jump.port}", ""]
+        if jump.name in recorded:
+            lines += [f"Host via-{jump.name}", f"  HostName {recorded[jump.name]}",
+                      f"  Port {target_port}", f"  ProxyJump jump-{jump.name}",
+                      "  HostKeyAlgorithms ssh-ed25519-cert-v01@openssh.com", ""]
+        else:
+            lines += [f"Host via-{jump.name}", f"  Port {target_port}",
+                      f"  ProxyJump jump-{jump.name}", ""]
+    lines += [
         "Host *",
         "  HostName 127.0.0.1",
         f"  User {USER}",
@@ -294,19 +336,18 @@ def client_config(path, keys, cipher, jumps, target_port, known_hosts):
         "  LogLevel ERROR",
         "",
     ]
-    for jump in jumps:
-        lines += [f"Host jump-{jump.name}", f"  Port {jump.port}", "",
-                  f"Host via-{jump.name}", f"  Port {target_port}",
-                  f"  ProxyJump jump-{jump.name}", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
 
-def known_hosts(path, keys, jump_ports, target_port):
+def known_hosts(path, keys, jump_ports, target_port, extra=()):
+    """`extra`: more lines (a recorded target's @cert-authority line)."""
     with open(path, "w") as f:
         for port in jump_ports:
             f.write(f"[127.0.0.1]:{port} {keys.public(keys.jump_host)}\n")
         f.write(f"[127.0.0.1]:{target_port} {keys.public(keys.target_host)}\n")
+        for line in extra:
+            f.write(line.strip() + "\n")
 
 
 def ensure_bench_user():
