@@ -20,7 +20,7 @@ use crate::store::{Store, StoreError};
 use crate::text::clean;
 
 /// Content encoded but not stored past this asks for a flush.
-pub const FLUSH_BYTES: usize = 64 * 1024;
+pub const FLUSH_BYTES: usize = 256 * 1024;
 
 /// The longest command kept (in the row and the header); the client chose it.
 pub const COMMAND_MAX: usize = 4096;
@@ -111,9 +111,12 @@ pub struct Recorder {
     bytes: u64,
     /// Over the stored chunks, in order.
     hash: digest::Context,
-    /// Chunks stored, and the seq of the next.
+    /// Chunks handed to the writer, and the seq of the next.
     chunks: i64,
     truncated: bool,
+    /// The chunk being compressed and stored, off the caller's path (at
+    /// most one: the next flush waits for it, so order and memory hold).
+    in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
 }
 
 impl Recorder {
@@ -170,6 +173,7 @@ impl Recorder {
             hash: digest::Context::new(&digest::SHA256),
             chunks: 0,
             truncated: false,
+            in_flight: None,
         })
     }
 
@@ -234,41 +238,34 @@ impl Recorder {
         false
     }
 
-    /// Stores pending content as the next compressed chunk (nothing when
-    /// empty); keeps a running SHA-256 and byte count. On an error the
-    /// content stays pending.
+    /// Hands pending content to the writer as the next chunk (nothing when
+    /// empty), after waiting for the chunk before it: compression and the
+    /// database write run beside the relay, one chunk at a time. Keeps a
+    /// running SHA-256 and byte count. An error is that of the chunk before
+    /// (or of this one, from [`Recorder::settle`] or [`Recorder::finish`]);
+    /// a chunk that failed is lost, and the recording is then failed.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
+        self.settle().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
-        let data = compress(&self.pending)?;
-        let mut tx = self.store.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(self.id)
-        .bind(self.chunks)
-        .bind(data)
-        .bind(self.pending.len() as i64)
-        .execute(&mut *tx)
-        .await?;
-        let stored = self.stored_bytes() + self.pending.len() as u64;
-        sqlx::query("UPDATE recordings SET bytes = $1, chunks = $2 WHERE id = $3")
-            .bind(i64::try_from(stored).unwrap_or(i64::MAX))
-            .bind(self.chunks + 1)
-            .bind(self.id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.hash.update(&self.pending);
+        let raw = std::mem::take(&mut self.pending);
+        self.hash.update(&raw);
+        let (store, id, seq) = (self.store.clone(), self.id, self.chunks);
+        let stored = self.bytes;
         self.chunks += 1;
-        self.pending.clear();
+        self.in_flight = Some(tokio::spawn(store_chunk(store, id, seq, raw, stored)));
         Ok(())
     }
 
-    /// Content already in `recording_chunks`.
-    fn stored_bytes(&self) -> u64 {
-        self.bytes - self.pending.len() as u64
+    /// Waits until every chunk handed over is stored.
+    pub async fn settle(&mut self) -> Result<(), StoreError> {
+        match self.in_flight.take() {
+            None => Ok(()),
+            Some(h) => h
+                .await
+                .map_err(|e| StoreError::Query(sqlx::Error::Protocol(e.to_string())))?,
+        }
     }
 
     /// Flushes, then sets ended_at, bytes, sha256, truncated, exit_status,
@@ -280,6 +277,7 @@ impl Recorder {
             }
         }
         self.flush().await?;
+        self.settle().await?;
         let sha256 = hex(self.hash.clone().finish().as_ref());
         sqlx::query(
             "UPDATE recordings SET ended_at = $1, bytes = $2, sha256 = $3, truncated = $4, \
@@ -304,8 +302,44 @@ impl Recorder {
     }
 }
 
+/// Compress chunk `seq` of recording `id` (on a blocking thread) and store
+/// it, with the row's running size (`stored`: content up to its end).
+async fn store_chunk(
+    store: Store,
+    id: i64,
+    seq: i64,
+    raw: Vec<u8>,
+    stored: u64,
+) -> Result<(), StoreError> {
+    let len = raw.len() as i64;
+    let data = tokio::task::spawn_blocking(move || compress(&raw))
+        .await
+        .map_err(|e| StoreError::Query(sqlx::Error::Protocol(e.to_string())))??;
+    let mut tx = store.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(seq)
+    .bind(data)
+    .bind(len)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE recordings SET bytes = $1, chunks = $2 WHERE id = $3")
+        .bind(i64::try_from(stored).unwrap_or(i64::MAX))
+        .bind(seq + 1)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// zlib at its fastest level: terminal output compresses well even so,
+/// and the relay must not wait for it (see docs/BENCHMARKS.md "Recorded
+/// targets").
 fn compress(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let mut z = ZlibEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::default());
+    let mut z = ZlibEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::fast());
     // Writing to a Vec fails only when memory does.
     z.write_all(raw)
         .and_then(|()| z.finish())

@@ -141,7 +141,7 @@ async fn large_output_is_stored_in_several_chunks() {
         let id = r.id();
         let piece = vec![b'x'; 8 * 1024];
         let mut flushes = 0;
-        for _ in 0..20 {
+        for _ in 0..80 {
             r.output(&piece);
             if r.wants_flush() {
                 r.flush().await.unwrap();
@@ -149,13 +149,14 @@ async fn large_output_is_stored_in_several_chunks() {
             }
         }
         assert!(flushes >= 2, "{flushes}");
+        r.settle().await.unwrap();
         let bytes_so_far = get(&store, id).await.unwrap().unwrap().bytes;
         assert!(bytes_so_far >= 2 * FLUSH_BYTES as i64);
         let s = r.finish(Some(0)).await.unwrap();
         let c = content(&store, id).await.unwrap();
         assert_eq!((c.sha256_ok, c.bytes.len() as u64), (Some(true), s.bytes));
         let out: usize = events(&c).iter().map(|e| e.data.len()).sum();
-        assert_eq!(out, 20 * piece.len());
+        assert_eq!(out, 80 * piece.len());
         assert_eq!(get(&store, id).await.unwrap().unwrap().chunks, flushes + 1);
     })
     .await;
