@@ -196,6 +196,14 @@ fn an_exec_session_is_recorded_and_its_exit_status_reaches_the_client() {
     assert_eq!(row["mode"], "record", "{row}");
     assert_eq!(row["recordings"], serde_json::json!([rec["id"]]), "{row}");
 
+    // `ssh bastion` tells alice that db-1 is recorded, and the line to trust it.
+    let out = r.client().run(&["bastion"]);
+    assert!(
+        out.stderr.contains("Sessions on db-1 are recorded"),
+        "{out}"
+    );
+    assert!(out.stderr.contains(&r.host_ca), "{out}");
+
     // The target's log names the person and the connection.
     let key_id = format!("portvakt:alice:{}", session.connection_id.as_str().unwrap());
     proc::poll_until(
@@ -233,6 +241,21 @@ fn an_interactive_pty_session_is_recorded_as_asciicast_with_timing() {
     assert!(second.0 - first.0 >= 0.25, "{first:?} {second:?}");
     // Keystrokes are not recorded by default.
     assert!(events.iter().all(|(_, c, _)| c != "i"), "{cast}");
+
+    // The asciinema player plays the export (in a terminal: `script` gives
+    // it one).
+    let file = r.env.write("session.cast", &cast);
+    let out = proc::run(
+        std::process::Command::new("script").args([
+            "-qec",
+            &format!("asciinema cat {}", file.display()),
+            "/dev/null",
+        ]),
+        Some(Vec::new()),
+        proc::RUN_TIMEOUT,
+    );
+    out.assert_success();
+    assert!(out.stdout_text().contains("second-line"), "{out}");
 
     // Played back without waiting, the terminal output comes out.
     let out =
