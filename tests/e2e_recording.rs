@@ -368,15 +368,10 @@ fn audit_verify_finds_an_edited_or_deleted_recording() {
     );
 }
 
-/// SQL that replaces recording `id`'s content with `content` (one zlib
-/// chunk) and makes its row agree with it.
+/// SQL that replaces recording `id`'s content with `content` (one LZ4
+/// block) and makes its row agree with it.
 fn forged_chunk(pv: &Portvakt, id: &str, content: &[u8]) -> String {
-    use std::io::Write;
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(content).unwrap();
-    let data: String = z
-        .finish()
-        .unwrap()
+    let data: String = lz4_flex::block::compress(content)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
@@ -709,4 +704,24 @@ fn a_target_dialled_by_an_alias_presents_a_certificate_for_that_name() {
     assert_eq!(out.stdout_text().trim(), "by-alias", "{out}");
     let rec = r.wait_recording("exec");
     assert_eq!(rec["target"], "db-1", "{rec}");
+}
+
+#[test]
+fn keystrokes_are_recorded_only_when_input_is_on() {
+    let r = Recorded::start_with(|mut cfg, _| {
+        cfg.extra += "input = true\n";
+        cfg
+    });
+    let out = r
+        .client()
+        .run_with_input(&["-tt", "db-1"], b"echo typed-$((2*21))\nexit\n".to_vec());
+    assert!(out.status.success(), "{out}");
+    let rec = r.wait_recording("shell");
+    let (_, events) = parse_cast(&r.export(&rec["id"]));
+    let typed: String = events
+        .iter()
+        .filter(|(_, c, _)| c == "i")
+        .map(|(_, _, d)| d.as_str())
+        .collect();
+    assert!(typed.contains("echo typed-$((2*21))"), "{events:?}");
 }

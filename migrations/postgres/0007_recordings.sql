@@ -31,7 +31,7 @@ CREATE INDEX recordings_user ON recordings (user_name, started_at);
 CREATE INDEX recordings_target ON recordings (target, started_at);
 CREATE INDEX recordings_session ON recordings (session_id);
 
--- The content, in order: seq 0, 1, ... Each chunk is zlib-compressed;
+-- The content, in order: seq 0, 1, ... Each chunk is an LZ4 block;
 -- raw_bytes is its size uncompressed.
 CREATE TABLE recording_chunks (
     recording_id BIGINT NOT NULL,

@@ -1,15 +1,11 @@
 //! Recordings in the database: a `recordings` row per recorded channel and
 //! its asciicast content in `recording_chunks`, each chunk compressed
-//! (zlib). A [`Recorder`] writes one recording; `list`, `get` and `content`
+//! (LZ4 blocks). A [`Recorder`] writes one recording; `list`, `get` and `content`
 //! read them back for the CLI.
 
-use std::io::{Read, Write};
 use std::time::Instant;
 
 use aws_lc_rs::digest;
-use flate2::Compression;
-use flate2::read::ZlibDecoder;
-use flate2::write::ZlibEncoder;
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -21,6 +17,9 @@ use crate::text::clean;
 
 /// Content encoded but not stored past this asks for a flush.
 pub const FLUSH_BYTES: usize = 256 * 1024;
+/// No chunk a recorder writes is larger (a flush after each event: one
+/// event is at most a 32 KiB packet, escaped).
+const MAX_CHUNK: u64 = 16 << 20;
 
 /// The longest command kept (in the row and the header); the client chose it.
 pub const COMMAND_MAX: usize = 4096;
@@ -335,15 +334,11 @@ async fn store_chunk(
     Ok(())
 }
 
-/// zlib at its fastest level: terminal output compresses well even so,
-/// and the relay must not wait for it (see docs/BENCHMARKS.md "Recorded
-/// targets").
+/// An LZ4 block: fast enough that the relay's other work, not the
+/// compression, bounds a recorded session's throughput (zlib, even at its
+/// fastest level, did not keep up: docs/BENCHMARKS.md "Recorded targets").
 fn compress(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let mut z = ZlibEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::fast());
-    // Writing to a Vec fails only when memory does.
-    z.write_all(raw)
-        .and_then(|()| z.finish())
-        .map_err(|e| StoreError::Query(sqlx::Error::Encode(Box::new(e))))
+    Ok(lz4_flex::block::compress(raw))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -524,14 +519,17 @@ pub async fn content(store: &Store, id: i64) -> Result<Content, ContentError> {
             return Err(corrupt(expected, "missing"));
         }
         let raw = u64::try_from(raw).map_err(|_| corrupt(seq, "negative size"))?;
+        // Never inflate past the stored size, nor trust a size no writer
+        // makes (a bomb stops there).
+        if raw > MAX_CHUNK {
+            return Err(corrupt(seq, "larger than any chunk a recorder writes"));
+        }
         let before = bytes.len();
-        // Never inflate past the stored size (a bomb stops there).
-        ZlibDecoder::new(data.as_slice())
-            .take(raw + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| corrupt(seq, &format!("cannot decompress: {e}")))?;
-        if (bytes.len() - before) as u64 != raw {
-            return Err(corrupt(seq, "size differs from the stored size"));
+        bytes.resize(before + raw as usize, 0);
+        match lz4_flex::block::decompress_into(&data, &mut bytes[before..]) {
+            Ok(n) if n as u64 == raw => {}
+            Ok(_) => return Err(corrupt(seq, "size differs from the stored size")),
+            Err(e) => return Err(corrupt(seq, &format!("cannot decompress: {e}"))),
         }
     }
     let count = chunks.len() as i64;

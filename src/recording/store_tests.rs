@@ -237,7 +237,7 @@ async fn changed_or_missing_content_is_noticed() {
             Err(ContentError::Corrupt { seq: 1, .. })
         ));
         sqlx::query("UPDATE recording_chunks SET data = $1 WHERE recording_id = $2 AND seq = 1")
-            .bind(b"not zlib".to_vec())
+            .bind(b"\xff\xff not lz4".to_vec())
             .bind(id)
             .execute(store.pool())
             .await
