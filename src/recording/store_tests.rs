@@ -141,7 +141,7 @@ async fn large_output_is_stored_in_several_chunks() {
         let id = r.id();
         let piece = vec![b'x'; 8 * 1024];
         let mut flushes = 0;
-        for _ in 0..80 {
+        for _ in 0..320 {
             r.output(&piece);
             if r.wants_flush() {
                 r.flush().await.unwrap();
@@ -156,7 +156,7 @@ async fn large_output_is_stored_in_several_chunks() {
         let c = content(&store, id).await.unwrap();
         assert_eq!((c.sha256_ok, c.bytes.len() as u64), (Some(true), s.bytes));
         let out: usize = events(&c).iter().map(|e| e.data.len()).sum();
-        assert_eq!(out, 80 * piece.len());
+        assert_eq!(out, 320 * piece.len());
         assert_eq!(get(&store, id).await.unwrap().unwrap().chunks, flushes + 1);
     })
     .await;
