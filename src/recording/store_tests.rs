@@ -135,7 +135,11 @@ async fn input_is_recorded_when_asked_for() {
 #[tokio::test]
 async fn large_output_is_stored_in_several_chunks() {
     on_each_store(|store| async move {
-        let mut r = Recorder::start(store.clone(), meta("alice", "db-1", 2), SETTINGS)
+        let settings = Settings {
+            max_bytes: 64 << 20,
+            ..SETTINGS
+        };
+        let mut r = Recorder::start(store.clone(), meta("alice", "db-1", 2), settings)
             .await
             .unwrap();
         let id = r.id();
