@@ -164,6 +164,29 @@ impl Audit {
         })
     }
 
+    /// [`Audit::forward_open`], or, when the row cannot be stored, the
+    /// forward audited as refused (`audit_unavailable`) and `None`: fail
+    /// closed, the caller refuses the forward.
+    pub async fn forward_open_or_refuse(
+        &self,
+        rec: &ForwardRecord,
+        planned: &str,
+    ) -> Option<OpenForward> {
+        match self.forward_open(rec.clone(), planned).await {
+            Ok(open) => Some(open),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record forward; refusing it");
+                self.forward_refused(
+                    rec,
+                    crate::reasons::ForwardResult::Denied,
+                    crate::reasons::ForwardRefusal::AuditUnavailable,
+                )
+                .await;
+                None
+            }
+        }
+    }
+
     /// A refused forward: a row with its `result` (`denied` by the policy,
     /// `failed` when allowed but not possible) and a `forward.denied` event.
     pub async fn forward_refused(

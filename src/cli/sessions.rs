@@ -71,59 +71,62 @@ pub async fn run(cmd: &SessionsCmd, _cfg: &Config, store: &Store) -> Outcome {
                 Err(e) => Outcome::Failed(e),
             }
         }
-        SessionsCmd::Show { id, json } => {
-            let row = match query::session(store, *id).await {
-                Ok(Some(mut r)) => {
-                    if let Err(e) = with_recordings(store, std::slice::from_mut(&mut r)).await {
-                        return Outcome::Failed(e);
-                    }
-                    r
-                }
-                Ok(None) => return Outcome::Failed(format!("no session {id}")),
-                Err(e) => return Outcome::Failed(e.to_string()),
-            };
-            let events = match query::events(
-                store,
-                &EventFilter {
-                    connection_id: Some(row.connection_id.clone()),
-                    ..Default::default()
-                },
-            )
-            .await
-            {
-                Ok(e) => e,
-                Err(e) => return Outcome::Failed(e.to_string()),
-            };
-            if *json {
-                let mut v = serde_json::to_value(&row).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert(
-                        "events".into(),
-                        serde_json::to_value(&events).unwrap_or_default(),
-                    );
-                }
-                return print_json(&v);
-            }
-            for (k, v) in serde_json::to_value(&row)
-                .ok()
-                .and_then(|v| v.as_object().cloned())
-                .unwrap_or_default()
-            {
-                println!("{k:>18}: {}", plain(&v));
-            }
-            println!("\nevents of connection {}:", row.connection_id);
-            for e in events {
-                println!(
-                    "  {}  {:<16} {:<10} {}",
-                    e.at,
-                    e.kind,
-                    e.reason.as_deref().unwrap_or("-"),
-                    e.detail
-                );
-            }
-            Outcome::Ok
-        }
+        SessionsCmd::Show { id, json } => show(store, *id, *json).await,
     }
+}
+
+/// `sessions show ID`: the row, its recordings and its connection's events.
+async fn show(store: &Store, id: i64, json: bool) -> Outcome {
+    let row = match query::session(store, id).await {
+        Ok(Some(mut r)) => {
+            if let Err(e) = with_recordings(store, std::slice::from_mut(&mut r)).await {
+                return Outcome::Failed(e);
+            }
+            r
+        }
+        Ok(None) => return Outcome::Failed(format!("no session {id}")),
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let events = match query::events(
+        store,
+        &EventFilter {
+            connection_id: Some(row.connection_id.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if json {
+        let mut v = serde_json::to_value(&row).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "events".into(),
+                serde_json::to_value(&events).unwrap_or_default(),
+            );
+        }
+        return print_json(&v);
+    }
+    for (k, v) in serde_json::to_value(&row)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+    {
+        println!("{k:>18}: {}", plain(&v));
+    }
+    println!("\nevents of connection {}:", row.connection_id);
+    for e in events {
+        println!(
+            "  {}  {:<16} {:<10} {}",
+            e.at,
+            e.kind,
+            e.reason.as_deref().unwrap_or("-"),
+            e.detail
+        );
+    }
+    Outcome::Ok
 }
 
 /// The recordings of each recorded forward.

@@ -14,7 +14,7 @@ use super::counted::{Counted, Counters};
 use super::upstream::Upstream;
 use crate::audit::{DialledForward, ForwardRecord};
 use crate::policy::{self, Request, SystemResolver};
-use crate::reasons::{ChannelRefusal, ForwardRefusal, ForwardResult, ForwardStop};
+use crate::reasons::{ChannelRefusal, ForwardStop};
 
 /// Decide, audit, open through the target and relay, answering the
 /// client's channel open; on its own task, off the session loop.
@@ -65,6 +65,41 @@ async fn open(
             job.target
         )));
     }
+    let (rec, addr) = decide(job, host, port).await?;
+    let planned = addr.to_string();
+    let Some(open) = job.audit.forward_open_or_refuse(&rec, &planned).await else {
+        return Err(prohibited(
+            "portvakt: the audit trail is unavailable, so forwarding is refused".into(),
+        ));
+    };
+    let up = match upstream
+        .channel_open_direct_tcpip(
+            addr.ip().to_string(),
+            u32::from(addr.port()),
+            "127.0.0.1",
+            0,
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            open.failed(ForwardStop::ConnectFailed.into()).await;
+            return Err(ChannelOpenFailure::Other {
+                code: 2,
+                reason: format!("portvakt: {} could not reach {planned}: {e}", job.target),
+            });
+        }
+    };
+    Ok((up, open.dialled(addr, &planned).await))
+}
+
+/// The policy's answer under the config in force (a refusal is audited):
+/// the forward's record and the one address the target is to dial.
+async fn decide(
+    job: &RecordJob,
+    host: String,
+    port: u32,
+) -> Result<(ForwardRecord, std::net::SocketAddr), ChannelOpenFailure> {
     let cfg = job.live_config.load_full();
     let mut rec = ForwardRecord {
         connection_id: job.connection_id.clone(),
@@ -96,41 +131,7 @@ async fn open(
     let Some(addr) = authorized.addrs().first().copied() else {
         return Err(prohibited("portvakt: no address".into()));
     };
-    let planned = addr.to_string();
-    let open = match job.audit.forward_open(rec.clone(), &planned).await {
-        Ok(open) => open,
-        Err(_) => {
-            job.audit
-                .forward_refused(
-                    &rec,
-                    ForwardResult::Denied,
-                    ForwardRefusal::AuditUnavailable,
-                )
-                .await;
-            return Err(prohibited(
-                "portvakt: the audit trail is unavailable, so forwarding is refused".into(),
-            ));
-        }
-    };
-    let up = match upstream
-        .channel_open_direct_tcpip(
-            addr.ip().to_string(),
-            u32::from(addr.port()),
-            "127.0.0.1",
-            0,
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            open.failed(ForwardStop::ConnectFailed.into()).await;
-            return Err(ChannelOpenFailure::Other {
-                code: 2,
-                reason: format!("portvakt: {} could not reach {planned}: {e}", job.target),
-            });
-        }
-    };
-    Ok((up, open.dialled(addr, &planned).await))
+    Ok((rec, addr))
 }
 
 fn prohibited(reason: String) -> ChannelOpenFailure {

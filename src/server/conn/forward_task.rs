@@ -15,7 +15,7 @@ use crate::auth::Identity;
 use crate::config::{Config, SharedConfig};
 use crate::forward::{self, Counters, Limits};
 use crate::policy::{self, Authorized, Refusal, Request, SystemResolver};
-use crate::reasons::{ForwardEnd, ForwardRefusal, ForwardResult, ForwardStop};
+use crate::reasons::{ForwardEnd, ForwardStop};
 use crate::requests::{self, AccessRequest};
 use crate::server::forwards::{Forwards, Registered};
 
@@ -51,18 +51,7 @@ pub async fn forward(job: ForwardJob) {
         job.ctx.forwards_token(),
     );
     let cfg = job.config.load_full();
-    let rec = ForwardRecord {
-        connection_id: job.ctx.id().to_string(),
-        user: job.identity.user().to_string(),
-        auth_method: job.identity.method().as_str().to_string(),
-        source: job.ctx.source(),
-        target: None,
-        host: job.host.clone(),
-        port: job.port,
-        request_id: None,
-        recorded: false,
-    };
-    let (authorized, rec) = match decide(&job, &cfg, &live, rec).await {
+    let (authorized, rec) = match decide(&job, &cfg, &live, request_record(&job)).await {
         Ok(allowed) => allowed,
         Err(Some(message)) => return job.reply.reject(message).await,
         Err(None) => return,
@@ -73,22 +62,9 @@ pub async fn forward(job: ForwardJob) {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    // Fail closed: no audit row, no forward.
-    let open = match job.audit.forward_open(rec.clone(), &planned).await {
-        Ok(open) => open,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot record forward; refusing it");
-            job.audit
-                .forward_refused(
-                    &rec,
-                    ForwardResult::Denied,
-                    ForwardRefusal::AuditUnavailable,
-                )
-                .await;
-            let text = "portvakt: the audit trail is unavailable, so forwarding is refused";
-            job.reply.reject(prohibited(text.into())).await;
-            return;
-        }
+    let Some(open) = job.audit.forward_open_or_refuse(&rec, &planned).await else {
+        let text = "portvakt: the audit trail is unavailable, so forwarding is refused";
+        return job.reply.reject(prohibited(text.into())).await;
     };
     // A recorded target needs its CAs before anything is dialled.
     let cas = match authorized.record() {
@@ -133,6 +109,21 @@ pub async fn forward(job: ForwardJob) {
             record(&ctx, cfg, &live, channel, tcp, row, rec).await;
         }
         _ => pump(&ctx, &cfg, &live, channel, tcp, row).await,
+    }
+}
+
+/// The audit record of the forward `job` asks for, before it is decided.
+fn request_record(job: &ForwardJob) -> ForwardRecord {
+    ForwardRecord {
+        connection_id: job.ctx.id().to_string(),
+        user: job.identity.user().to_string(),
+        auth_method: job.identity.method().as_str().to_string(),
+        source: job.ctx.source(),
+        target: None,
+        host: job.host.clone(),
+        port: job.port,
+        request_id: None,
+        recorded: false,
     }
 }
 
