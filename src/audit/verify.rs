@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 
 use super::checkpoint::VerifyingKey;
 use super::crosscheck::crosscheck;
-use super::walk::{ChainRow, External, Keys, Walker};
+use super::walk::{ChainRow, External, Keys, RowRef, Walker};
 use crate::store::Store;
 
 /// The table of the chained events.
@@ -182,7 +182,7 @@ impl ProblemKind {
 
 impl Problem {
     /// A problem at an audit event row.
-    pub(super) fn event(row: &ChainRow, problem: ProblemKind, message: String) -> Problem {
+    pub(super) fn event(row: &RowRef<'_>, problem: ProblemKind, message: String) -> Problem {
         Problem {
             id: row.id,
             table: EVENTS,
@@ -322,7 +322,7 @@ async fn verify_node(
         for r in &page {
             let row = read_row(r)?;
             (after_seq, after_id) = (row.seq, row.id);
-            walker.push(row);
+            walker.push(row.borrowed());
         }
         if (page.len() as i64) < PAGE {
             break;
