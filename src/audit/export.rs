@@ -220,7 +220,7 @@ pub fn verify_file(
                     walkers.push(Walker::new(&node, Keys::Pinned(keys.to_vec()), true, seqs));
                     walkers.len() - 1
                 });
-                walkers[i].push(row);
+                walkers[i].push(row.borrowed());
             }
             _ => return Err(format!("{name}:{}: not a line of a {FORMAT} export", n + 1)),
         }

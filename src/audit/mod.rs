@@ -24,6 +24,7 @@ mod signing;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod verify;
+mod verify_sqlite;
 pub mod walk;
 mod writer;
 

@@ -30,6 +30,8 @@ mod chain_tests;
 mod checkpoint_tests;
 #[path = "crosscheck_tests.rs"]
 mod crosscheck_tests;
+#[path = "verify_sqlite_tests.rs"]
+mod verify_sqlite_tests;
 
 const POSTGRES_ENV: &str = "PORTVAKT_TEST_POSTGRES_URL";
 

@@ -9,14 +9,60 @@ use sqlx::any::AnyRow;
 
 use super::checkpoint::VerifyingKey;
 use super::crosscheck::crosscheck;
-use super::walk::{ChainRow, External, Keys, Walker};
+use super::walk::{ChainRow, External, Keys, RowRef, Walker};
 use crate::store::Store;
 
 /// The table of the chained events.
 pub const EVENTS: &str = "audit_events";
 
-/// Rows read per query: memory stays bounded whatever the chain's length.
-const PAGE: i64 = 1000;
+/// Rows read per query: memory stays bounded whatever the chain's length,
+/// and no read transaction stays open for the whole walk (on SQLite that
+/// would keep the writer's WAL from being checkpointed).
+pub(super) const PAGE: i64 = 1000;
+
+/// The columns the walker needs, in the order [`read_row`] and
+/// [`super::verify_sqlite`] read them.
+macro_rules! columns {
+    () => {
+        "id, seq, at, kind, connection_id, user_name, source, reason, detail, prev_hash, hash"
+    };
+}
+
+/// A page of a node's chain in walk order: `$1` node, after (`$2` seq,
+/// `$3` id), `$4` rows at most. One text for both readers.
+pub(super) const CHAIN_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM audit_events WHERE node = $1 AND seq IS NOT NULL \
+     AND (seq > $2 OR (seq = $2 AND id > $3)) ORDER BY seq, id LIMIT $4"
+);
+
+/// Why `audit verify` could not check a chain (what it found wrong is in
+/// the [`Report`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+    /// Reading the chain from the SQLite file directly.
+    #[error("reading the audit chain from {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A chained row's column holds a value of another type than the
+    /// schema's: written outside portvakt.
+    #[error("audit_events row {id}: column {column}: {source}")]
+    Column {
+        id: i64,
+        column: &'static str,
+        #[source]
+        source: rusqlite::types::FromSqlError,
+    },
+    /// The thread that read the chain from SQLite failed.
+    #[error("the audit chain reader stopped: {0}")]
+    Reader(#[from] tokio::task::JoinError),
+}
 
 /// What `audit verify` found, as DESIGN.md §11's `--json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -182,7 +228,7 @@ impl ProblemKind {
 
 impl Problem {
     /// A problem at an audit event row.
-    pub(super) fn event(row: &ChainRow, problem: ProblemKind, message: String) -> Problem {
+    pub(super) fn event(row: &RowRef<'_>, problem: ProblemKind, message: String) -> Problem {
         Problem {
             id: row.id,
             table: EVENTS,
@@ -208,6 +254,22 @@ pub struct Options {
     /// Checks of tables kept by modules above `audit` (the recordings),
     /// run for each node after the cross-checks.
     pub extra: Option<ExtraCheck>,
+    /// How the chain's rows are read.
+    pub reader: ChainReader,
+}
+
+/// How [`verify_with`] reads a chain's rows. Either way every row goes
+/// through the same [`Walker`]; only the reading differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChainReader {
+    /// On SQLite, straight from the database file on a blocking thread
+    /// ([`super::verify_sqlite`]: about twice as fast as the pool,
+    /// docs/BENCHMARKS.md "Audit chain"); on PostgreSQL, the pool.
+    #[default]
+    Direct,
+    /// Always through the sqlx pool (the tests hold the two readers to the
+    /// same reports).
+    Pool,
 }
 
 /// A check of a node's rows elsewhere against its chained events.
@@ -229,7 +291,7 @@ impl Options {
 
 /// Verify every node's chain, or only `node`'s, trusting the keys the
 /// database states.
-pub async fn verify(store: &Store, node: Option<&str>) -> Result<Report, sqlx::Error> {
+pub async fn verify(store: &Store, node: Option<&str>) -> Result<Report, VerifyError> {
     let options = Options {
         node: node.map(str::to_string),
         ..Options::default()
@@ -238,7 +300,7 @@ pub async fn verify(store: &Store, node: Option<&str>) -> Result<Report, sqlx::E
 }
 
 /// Verify as `options` say.
-pub async fn verify_with(store: &Store, options: &Options) -> Result<Report, sqlx::Error> {
+pub async fn verify_with(store: &Store, options: &Options) -> Result<Report, VerifyError> {
     let nodes: Vec<String> = match &options.node {
         Some(n) => vec![n.to_string()],
         None => sqlx::query("SELECT DISTINCT node FROM audit_events ORDER BY node")
@@ -274,18 +336,11 @@ fn read_row(r: &AnyRow) -> Result<ChainRow, sqlx::Error> {
     })
 }
 
-/// The columns [`read_row`] reads.
-macro_rules! columns {
-    () => {
-        "id, seq, at, kind, connection_id, user_name, source, reason, detail, prev_hash, hash"
-    };
-}
-
 async fn verify_node(
     store: &Store,
     node: &str,
     options: &Options,
-) -> Result<NodeReport, sqlx::Error> {
+) -> Result<NodeReport, VerifyError> {
     let pool = store.pool();
     let counts = sqlx::query(
         "SELECT COUNT(*) - COUNT(seq) AS unchained, MIN(CASE WHEN seq IS NOT NULL THEN id END) AS first_id \
@@ -302,32 +357,23 @@ async fn verify_node(
         wanted(store, node, options).await?,
     );
     walker.report_mut().unchained = counts.try_get("unchained")?;
-    let (mut after_seq, mut after_id) = match options.since {
+    let after = match options.since {
         Some(t) => (first_seq_since(store, node, t).await? - 1, i64::MAX),
         None => (i64::MIN, i64::MIN),
     };
-    loop {
-        let page = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM audit_events WHERE node = $1 AND seq IS NOT NULL \
-             AND (seq > $2 OR (seq = $2 AND id > $3)) ORDER BY seq, id LIMIT $4"
-        ))
-        .bind(node)
-        .bind(after_seq)
-        .bind(after_id)
-        .bind(PAGE)
-        .fetch_all(pool)
-        .await?;
-        for r in &page {
-            let row = read_row(r)?;
-            (after_seq, after_id) = (row.seq, row.id);
-            walker.push(row);
+    let walker = match (options.reader, store.sqlite_file()) {
+        (ChainReader::Direct, Some(file)) => {
+            let (file, node) = (file.to_path_buf(), node.to_string());
+            tokio::task::spawn_blocking(move || {
+                super::verify_sqlite::walk(&file, &node, after, &mut walker).map(|()| walker)
+            })
+            .await??
         }
-        if (page.len() as i64) < PAGE {
-            break;
+        _ => {
+            walk_pool(store, node, after, &mut walker).await?;
+            walker
         }
-    }
+    };
     let anchor = walker.anchor().cloned().filter(|_| options.since.is_none());
     let mut report = walker.finish(&options.checkpoints);
     if let Some((id, signed)) = anchor {
@@ -344,6 +390,32 @@ async fn verify_node(
         report.problems.extend(extra(store, node).await?);
     }
     Ok(report)
+}
+
+/// Feed `walker` the node's chain after `(seq, id)` through the sqlx pool.
+async fn walk_pool(
+    store: &Store,
+    node: &str,
+    (mut after_seq, mut after_id): (i64, i64),
+    walker: &mut Walker,
+) -> Result<(), sqlx::Error> {
+    loop {
+        let page = sqlx::query(CHAIN_PAGE)
+            .bind(node)
+            .bind(after_seq)
+            .bind(after_id)
+            .bind(PAGE)
+            .fetch_all(store.pool())
+            .await?;
+        for r in &page {
+            let row = read_row(r)?;
+            (after_seq, after_id) = (row.seq, row.id);
+            walker.push(row.borrowed());
+        }
+        if (page.len() as i64) < PAGE {
+            return Ok(());
+        }
+    }
 }
 
 /// The `seq`s whose hashes checkpoints name: those of the node's prune

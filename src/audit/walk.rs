@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::chain::{Anchor, ChainFields, GENESIS, row_hash};
+use super::chain::{Anchor, ChainFields, GENESIS, HexDigest, row_hash_hex};
 use super::checkpoint::{self, VerifyingKey};
 use super::verify::{EVENTS, NodeReport, Problem, ProblemKind, Pruned};
 use crate::reasons::EventReason;
@@ -17,7 +17,8 @@ use crate::reasons::EventReason;
 /// Past this many, a node's problems are counted, not listed.
 const MAX_PROBLEMS: usize = 100;
 
-/// One stored row of a chain.
+/// One stored row of a chain, owned (an export's line, a page of sqlx
+/// rows). The walker reads it through [`ChainRow::borrowed`].
 #[derive(Debug, Clone)]
 pub struct ChainRow {
     pub id: i64,
@@ -34,9 +35,9 @@ pub struct ChainRow {
 }
 
 impl ChainRow {
-    fn computed_hash(&self, node: &str) -> Option<String> {
-        Some(row_hash(&ChainFields {
-            node,
+    pub fn borrowed(&self) -> RowRef<'_> {
+        RowRef {
+            id: self.id,
             seq: self.seq,
             at: self.at,
             kind: &self.kind,
@@ -45,8 +46,54 @@ impl ChainRow {
             connection_id: self.connection_id.as_deref(),
             reason: self.reason.as_deref(),
             detail: &self.detail,
-            prev_hash: self.prev_hash.as_deref()?,
-        }))
+            prev_hash: self.prev_hash.as_deref(),
+            hash: self.hash.as_deref(),
+        }
+    }
+
+    /// `seq` a prune checkpoint row says it signs (read before the walk, to
+    /// know which rows' hashes to keep).
+    pub fn prune_claim_seq(&self) -> Option<i64> {
+        self.borrowed().prune_claim_seq()
+    }
+}
+
+/// One stored row of a chain, borrowed from where it was read: the walker
+/// takes rows this way so that a reader can hand it the values of a row
+/// still inside the database driver (`audit verify` on SQLite), with
+/// nothing copied or allocated per row.
+#[derive(Debug, Clone, Copy)]
+pub struct RowRef<'a> {
+    pub id: i64,
+    pub seq: i64,
+    pub at: i64,
+    pub kind: &'a str,
+    pub user: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub connection_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub detail: &'a str,
+    pub prev_hash: Option<&'a str>,
+    pub hash: Option<&'a str>,
+}
+
+impl RowRef<'_> {
+    /// The hash the row's content gives (`None`: it has no `prev_hash`),
+    /// encoded in `scratch`.
+    fn computed_hash(&self, node: &str, scratch: &mut Vec<u8>) -> Option<HexDigest> {
+        let fields = ChainFields {
+            node,
+            seq: self.seq,
+            at: self.at,
+            kind: self.kind,
+            user: self.user,
+            source: self.source,
+            connection_id: self.connection_id,
+            reason: self.reason,
+            detail: self.detail,
+            prev_hash: self.prev_hash?,
+        };
+        Some(row_hash_hex(&fields, scratch))
     }
 
     fn is_checkpoint(&self) -> bool {
@@ -54,17 +101,33 @@ impl ChainRow {
     }
 
     fn is_prune_checkpoint(&self) -> bool {
-        self.is_checkpoint()
-            && self.reason.as_deref() == Some(EventReason::CheckpointPrune.as_str())
+        self.is_checkpoint() && self.reason == Some(EventReason::CheckpointPrune.as_str())
     }
 
-    /// `seq` a prune checkpoint row says it signs (read before the walk, to
-    /// know which rows' hashes to keep).
-    pub fn prune_claim_seq(&self) -> Option<i64> {
+    fn prune_claim_seq(&self) -> Option<i64> {
         if !self.is_prune_checkpoint() {
             return None;
         }
-        serde_json::from_str::<Value>(&self.detail).ok()?["seq"].as_i64()
+        serde_json::from_str::<Value>(self.detail).ok()?["seq"].as_i64()
+    }
+}
+
+/// The row before, as the walker keeps it: its hash in a buffer reused
+/// from row to row.
+struct Prev {
+    seq: i64,
+    id: i64,
+    hash: Option<String>,
+}
+
+/// `slot = value`, reusing the slot's allocation.
+fn set_text(slot: &mut Option<String>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(buf), Some(v)) => {
+            buf.clear();
+            buf.push_str(v);
+        }
+        (_, v) => *slot = v.map(str::to_string),
     }
 }
 
@@ -106,8 +169,8 @@ pub struct Walker {
     /// The head is not checked (the walk starts mid-chain: `--since`).
     from_middle: bool,
     report: NodeReport,
-    /// `(seq, id, hash)` of the row before.
-    prev: Option<(i64, i64, Option<String>)>,
+    /// The row before.
+    prev: Option<Prev>,
     /// `(seq, id, prev_hash)` of the first row.
     first: Option<(i64, i64, Option<String>)>,
     broken: bool,
@@ -122,6 +185,8 @@ pub struct Walker {
     /// The newest verified anchor of the rows from before the chain, and
     /// the checkpoint row that signed it.
     anchor: Option<(i64, Anchor)>,
+    /// Where each row's canonical encoding is built, reused.
+    scratch: Vec<u8>,
 }
 
 impl Walker {
@@ -147,6 +212,7 @@ impl Walker {
             signed_to: 0,
             omitted: 0,
             anchor: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -168,15 +234,21 @@ impl Walker {
         }
     }
 
-    pub fn push(&mut self, row: ChainRow) {
+    pub fn push(&mut self, row: RowRef<'_>) {
         self.report.rows += 1;
         self.report.last_seq = Some(row.seq);
         if self.first.is_none() {
             self.report.first_seq = Some(row.seq);
-            self.first = Some((row.seq, row.id, row.prev_hash.clone()));
+            self.first = Some((row.seq, row.id, row.prev_hash.map(str::to_string)));
         }
         if !self.broken
-            && let Some(p) = check(&self.node, &row, self.prev.as_ref(), self.from_middle)
+            && let Some(p) = check(
+                &self.node,
+                &row,
+                self.prev.as_ref(),
+                self.from_middle,
+                &mut self.scratch,
+            )
         {
             self.problem(p);
             // Past the first divergence every link is suspect: report
@@ -187,15 +259,27 @@ impl Walker {
             self.checkpoint(&row);
         }
         if let Some(slot) = self.wanted.get_mut(&row.seq) {
-            *slot = row.hash.clone().map(|h| (row.id, h));
+            *slot = row.hash.map(|h| (row.id, h.to_string()));
         }
-        self.prev = Some((row.seq, row.id, row.hash));
+        match &mut self.prev {
+            Some(p) => {
+                (p.seq, p.id) = (row.seq, row.id);
+                set_text(&mut p.hash, row.hash);
+            }
+            None => {
+                self.prev = Some(Prev {
+                    seq: row.seq,
+                    id: row.id,
+                    hash: row.hash.map(str::to_string),
+                });
+            }
+        }
     }
 
     /// Check a checkpoint row's signature and what it signs.
-    fn checkpoint(&mut self, row: &ChainRow) {
+    fn checkpoint(&mut self, row: &RowRef<'_>) {
         let bad = |message: String| Problem::event(row, ProblemKind::BadSignature, message);
-        let detail: Value = serde_json::from_str(&row.detail).unwrap_or(Value::Null);
+        let detail: Value = serde_json::from_str(row.detail).unwrap_or(Value::Null);
         let Some(note) = detail["note"].as_str() else {
             let p = bad(format!("checkpoint row {} carries no signed note", row.id));
             return self.problem(p);
@@ -239,8 +323,8 @@ impl Walker {
             }
             return;
         }
-        let prev = self.prev.as_ref().filter(|p| p.0 == row.seq - 1);
-        if v.seq != row.seq - 1 || prev.and_then(|p| p.2.as_deref()) != Some(v.hash.as_str()) {
+        let prev = self.prev.as_ref().filter(|p| p.seq == row.seq - 1);
+        if v.seq != row.seq - 1 || prev.and_then(|p| p.hash.as_deref()) != Some(v.hash.as_str()) {
             let p = Problem::event(
                 row,
                 ProblemKind::CheckpointMismatch,
@@ -406,7 +490,7 @@ impl Walker {
 }
 
 /// The `prune FIRST_SEQ BEFORE RULE...` line of a prune record.
-fn prune_info(v: &checkpoint::Verified, row: &ChainRow) -> Option<Pruned> {
+fn prune_info(v: &checkpoint::Verified, row: &RowRef<'_>) -> Option<Pruned> {
     let mut parts = v.extension("prune")?.splitn(3, ' ');
     let first_seq: i64 = parts.next()?.parse().ok()?;
     (first_seq == v.seq + 1).then(|| Pruned {
@@ -421,15 +505,17 @@ fn prune_info(v: &checkpoint::Verified, row: &ChainRow) -> Option<Pruned> {
 /// The first thing wrong with `row`, given the row before it in the chain.
 fn check(
     node: &str,
-    row: &ChainRow,
-    prev: Option<&(i64, i64, Option<String>)>,
+    row: &RowRef<'_>,
+    prev: Option<&Prev>,
     from_middle: bool,
+    scratch: &mut Vec<u8>,
 ) -> Option<Problem> {
     let problem = |kind: ProblemKind, message: String| Some(Problem::event(row, kind, message));
     let (id, seq) = (row.id, row.seq);
-    if let Some((prev_seq, prev_id, _)) = prev
-        && *prev_seq == seq
+    if let Some(p) = prev
+        && p.seq == seq
     {
+        let prev_id = p.id;
         return problem(
             ProblemKind::DuplicateSeq,
             format!("row {id} has seq {seq}, as row {prev_id} has: a forged or copied row"),
@@ -441,8 +527,8 @@ fn check(
             format!("row {id} has seq {seq}: sequence numbers start at 1"),
         );
     }
-    let computed = row.computed_hash(node);
-    if computed.is_none() || computed != row.hash {
+    let computed = row.computed_hash(node, scratch);
+    if computed.is_none() || computed.as_ref().map(HexDigest::as_str) != row.hash {
         return problem(
             ProblemKind::HashMismatch,
             format!(
@@ -450,9 +536,13 @@ fn check(
             ),
         );
     }
-    let stored_prev = row.prev_hash.as_deref().unwrap_or_default();
+    let stored_prev = row.prev_hash.unwrap_or_default();
     match prev {
-        Some((prev_seq, prev_id, prev_hash)) => {
+        Some(Prev {
+            seq: prev_seq,
+            id: prev_id,
+            hash: prev_hash,
+        }) => {
             if seq > prev_seq + 1 {
                 let missing = if seq == prev_seq + 2 {
                     format!("seq {} is", prev_seq + 1)

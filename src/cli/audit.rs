@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::{Outcome, print_json, time_arg};
 use crate::audit::checkpoint::VerifyingKey;
 use crate::audit::query::{self, EventFilter};
-use crate::audit::verify::{Options, Report};
+use crate::audit::verify::{ChainReader, Options, Report};
 use crate::audit::walk::External;
 use crate::config::Config;
 use crate::store::Store;
@@ -218,6 +218,7 @@ pub async fn run(cmd: &AuditCmd, _cfg: &Config, store: &Store) -> Outcome {
                         keys,
                         checkpoints,
                         extra: Some(crate::recording::verify::check),
+                        reader: ChainReader::Direct,
                     },
                     Err(e) => return Outcome::CannotCheck(e),
                 };

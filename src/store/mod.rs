@@ -2,7 +2,7 @@
 //! several nodes), reached through sqlx's `Any` driver so that one query text
 //! serves both. Placeholders are `$1`, times are unix microseconds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,13 +56,25 @@ pub struct Store {
     /// Did the last health check reach the database? Logins are refused
     /// while it is false (fail closed: no audit trail, no access).
     healthy: Arc<AtomicBool>,
+    /// The SQLite database's file as the filesystem resolved it (`None`
+    /// on PostgreSQL, or for a SQLite URL with `mode=memory`): readers
+    /// that go to SQLite directly, outside the pool, open this.
+    sqlite_file: Option<Arc<Path>>,
+}
+
+/// A SQLite URL made ready for sqlx, and the file it names.
+struct SqliteUrl {
+    url: String,
+    file: PathBuf,
+    /// `mode=memory`: nothing on disk another reader could open.
+    in_memory: bool,
 }
 
 /// The URL sqlx needs for a SQLite file given as a plain filesystem path
 /// (what follows `sqlite://`, with optional `?options`). The folder is made
 /// and resolved by the filesystem first: a URL parser would resolve `..`
 /// against the URL's root, or take the first folder for a host name.
-fn sqlite_url(path: &str) -> Result<String, StoreError> {
+fn sqlite_url(path: &str) -> Result<SqliteUrl, StoreError> {
     use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
     /// Characters that would end or change the path part of the URL.
     const PATH: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'?').add(b'#');
@@ -89,12 +101,17 @@ fn sqlite_url(path: &str) -> Result<String, StoreError> {
         ));
     };
     let encoded = utf8_percent_encode(text, PATH);
-    Ok(if query.contains("mode=") {
+    let url = if query.contains("mode=") {
         format!("sqlite://{encoded}?{query}")
     } else if query.is_empty() {
         format!("sqlite://{encoded}?mode=rwc")
     } else {
         format!("sqlite://{encoded}?{query}&mode=rwc")
+    };
+    Ok(SqliteUrl {
+        url,
+        in_memory: query.split('&').any(|o| o == "mode=memory"),
+        file: resolved,
     })
 }
 
@@ -129,10 +146,12 @@ impl Store {
             url: redact(url),
             source,
         };
-        let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://") {
-            (Backend::Sqlite, sqlite_url(path)?)
+        let (backend, url, sqlite_file) = if let Some(path) = url.strip_prefix("sqlite://") {
+            let u = sqlite_url(path)?;
+            let file = (!u.in_memory).then(|| Arc::from(u.file));
+            (Backend::Sqlite, u.url, file)
         } else {
-            (Backend::Postgres, url.to_string())
+            (Backend::Postgres, url.to_string(), None)
         };
         let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
         let pool = AnyPoolOptions::new()
@@ -159,6 +178,7 @@ impl Store {
             pool,
             backend,
             healthy: Arc::new(AtomicBool::new(true)),
+            sqlite_file,
         })
     }
 
@@ -168,6 +188,12 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The SQLite database's file, for a reader that opens it directly
+    /// (`audit verify`); `None` on PostgreSQL or in memory.
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
     }
 
     /// Is the database answering, and can it be written? (`/readyz`, and a
@@ -275,9 +301,11 @@ mod tests {
         std::fs::create_dir(&config).unwrap();
         let odd = dir.path().join("with space#%");
         let path = format!("{}/../with space#%/pv.db", config.display());
-        let url = sqlite_url(&path).unwrap();
+        let url = sqlite_url(&path).unwrap().url;
         assert!(!url.contains(".."), "{url}");
         let store = Store::open(&format!("sqlite://{path}")).await.unwrap();
+        let file = odd.canonicalize().unwrap().join("pv.db");
+        assert_eq!(store.sqlite_file(), Some(file.as_path()));
         store.close().await;
         assert!(
             odd.join("pv.db").is_file(),
@@ -289,7 +317,7 @@ mod tests {
     /// A relative path is taken from the working folder, never as a host.
     #[test]
     fn relative_sqlite_paths_become_absolute() {
-        let url = sqlite_url("target/../target/store-test/x.db").unwrap();
+        let url = sqlite_url("target/../target/store-test/x.db").unwrap().url;
         let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
         assert_eq!(
             url,
