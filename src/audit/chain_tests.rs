@@ -40,6 +40,11 @@ async fn id_of(store: &Store, node: &str, seq: i64) -> i64 {
 /// every 100th is `record`ed, which waits until everything before is stored.
 async fn write_events(store: &Store, node: &str, n: usize) {
     let (audit, writer) = Audit::start(store.clone(), node.into());
+    write_events_with(audit, writer, n).await;
+}
+
+/// [`write_events`] through a given audit writer, which is then stopped.
+pub(super) async fn write_events_with(audit: Audit, writer: tokio::task::JoinHandle<()>, n: usize) {
     for i in 0..n {
         let ev = Event::new(EventKind::AuthFailure)
             .connection(&format!("c{i}"), source())

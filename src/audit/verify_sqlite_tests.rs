@@ -14,19 +14,7 @@ const SEED: u8 = 7;
 async fn signed_chain(store: &Store, node: &str, n: usize) {
     let (audit, writer) =
         Audit::start_signed(store.clone(), node.into(), Checkpoints::for_test(SEED, 100));
-    for i in 0..n {
-        let ev = Event::new(EventKind::AuthFailure)
-            .connection(&format!("c{i}"), source())
-            .user("alice")
-            .reason(AuthFailure::UnknownKey)
-            .detail("i", i);
-        if i % 100 == 99 {
-            assert!(audit.record(ev).await, "event {i} not stored");
-        } else {
-            audit.emit(ev);
-        }
-    }
-    flush(audit, writer).await;
+    super::chain_tests::write_events_with(audit, writer, n).await;
 }
 
 /// The id of `node`'s row with `seq`.
