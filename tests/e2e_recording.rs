@@ -616,6 +616,18 @@ fn forwards_inside_a_session_follow_the_policy_and_agent_forwarding_is_refused()
         e.kind == "forward.denied" && e.detail_str("host") == Some("127.0.0.1")
     });
 
+    // -R inside the session: refused and audited.
+    let out = r.client().run(&[
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        "127.0.0.1:0:127.0.0.1:9",
+        "db-1",
+        "true",
+    ]);
+    assert_ne!(out.code(), 0, "{out}");
+    r.pv.wait_for_event("channel.refused", "remote_forward_refused");
+
     // -A: the agent is not forwarded to the recorded target.
     // (`-o` reaches the destination, not the jump: the agent is offered
     // to the recorded target only.)

@@ -59,10 +59,13 @@ impl Inner {
         }
     }
 
+    /// Does the config in force (not the one the forward was decided
+    /// under) let this user log in to the target as `login`? A target gone
+    /// or no longer recorded allows nothing.
     fn allowed(&self, login: &str) -> bool {
         self.job
-            .recorded
-            .allows_login(self.job.identity.user(), login)
+            .recorded_now()
+            .is_some_and(|r| r.allows_login(self.job.identity.user(), login))
     }
 
     /// The login is allowed: log in to the target as `login` now, so that
@@ -436,6 +439,40 @@ impl Handler for Inner {
             ),
             None => drop(reply),
         }
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let request = format!("{address}:{port}");
+        self.job
+            .refused(ChannelRefusal::RemoteForward, Some(&request));
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.job
+            .refused(ChannelRefusal::Streamlocal, Some(socket_path));
+        Ok(false)
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        _reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.job
+            .refused(ChannelRefusal::Streamlocal, Some(socket_path));
         Ok(())
     }
 

@@ -106,6 +106,17 @@ impl RecordJob {
         }
     }
 
+    /// The target's recording settings under the config in force (a reload
+    /// may have changed its logins or forwarding, or removed it: `None`).
+    fn recorded_now(&self) -> Option<Arc<Recorded>> {
+        let cfg = self.live_config.load();
+        cfg.policy
+            .targets()
+            .iter()
+            .find(|t| t.name == self.target)
+            .and_then(|t| t.record.clone())
+    }
+
     fn event(&self, kind: EventKind) -> Event {
         Event::new(kind)
             .connection(&self.connection_id, self.source)
