@@ -49,11 +49,14 @@ pub enum EventKind {
     RecordingEnd,
     /// A file operation in a recorded sftp or scp session.
     FileOp,
+    /// A recorded target used the engineer's forwarded agent (a target
+    /// with `agent_forwarding = true`).
+    AgentForward,
 }
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 29] = [
+    pub const ALL: [EventKind; 30] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -83,6 +86,7 @@ impl EventKind {
         EventKind::RecordingStart,
         EventKind::RecordingEnd,
         EventKind::FileOp,
+        EventKind::AgentForward,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +121,7 @@ impl EventKind {
             RecordingStart => "recording.start",
             RecordingEnd => "recording.end",
             FileOp => "file.op",
+            AgentForward => "agent.forward",
         }
     }
 }

@@ -66,7 +66,10 @@ pub fn observe(ev: &Event) {
         | EventKind::RequestNotifyFailed
         | EventKind::RequestRefused => {}
         // The recordings table and the audit trail are their record.
-        EventKind::RecordingStart | EventKind::RecordingEnd | EventKind::FileOp => {}
+        EventKind::RecordingStart
+        | EventKind::RecordingEnd
+        | EventKind::FileOp
+        | EventKind::AgentForward => {}
         // Rare admin and account events: the audit trail is their record.
         EventKind::GrantRevoke
         | EventKind::TotpEnroll
