@@ -344,6 +344,62 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A recording's `recording.end` event is written right after its row ends;
+/// retention looks this far past `before` for the events that still name
+/// a recording.
+const END_EVENT_SLACK: i64 = 3_600_000_000;
+
+/// Retention: delete the recordings (rows and chunks) that ended before
+/// `before` (unix µs), and those a crash left unended that began before it
+/// and whose forward is no longer open. A recording whose `recording.end`
+/// event is still in the audit trail stays (`audit verify` checks the
+/// content against that event; the recording goes at a later pass, after
+/// the event was pruned). Returns the number deleted.
+pub async fn prune(store: &Store, before: i64) -> Result<u64, sqlx::Error> {
+    let candidates: Vec<i64> = sqlx::query(
+        "SELECT r.id FROM recordings r WHERE (r.ended_at IS NOT NULL AND r.ended_at < $1) \
+         OR (r.ended_at IS NULL AND r.started_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM forwards f WHERE f.id = r.session_id AND f.ended_at IS NULL))",
+    )
+    .bind(before)
+    .fetch_all(store.pool())
+    .await?
+    .iter()
+    .map(|r| r.try_get("id"))
+    .collect::<Result<_, _>>()?;
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let mut named = std::collections::HashSet::new();
+    for r in sqlx::query("SELECT detail FROM audit_events WHERE kind = $1 AND at < $2")
+        .bind(crate::audit::EventKind::RecordingEnd.as_str())
+        .bind(before.saturating_add(END_EVENT_SLACK))
+        .fetch_all(store.pool())
+        .await?
+    {
+        let detail: Option<String> = r.try_get("detail")?;
+        let id = detail
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| d.get("recording_id").and_then(serde_json::Value::as_i64));
+        named.extend(id);
+    }
+    let mut deleted = 0;
+    for id in candidates.into_iter().filter(|id| !named.contains(id)) {
+        let mut tx = store.pool().begin().await?;
+        sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        deleted += sqlx::query("DELETE FROM recordings WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+    }
+    Ok(deleted)
+}
+
 /// One `recordings` row, fields as DESIGN.md §10 (`recordings list --json`)
 /// plus node, channel, term, size, exit status and chunk count.
 #[derive(Debug, Clone, PartialEq, Serialize)]
