@@ -162,6 +162,9 @@ pub async fn connect(
         preferred: Preferred {
             kex: Cow::Borrowed(l.kex),
             host_key_certificates: Cow::Borrowed(certs),
+            cipher: Cow::Borrowed(crate::server::upstream_ciphers()),
+            mac: Cow::Borrowed(crate::server::MACS),
+            compression: Cow::Borrowed(crate::server::COMPRESSION),
             ..Preferred::default()
         },
         inactivity_timeout: None,
