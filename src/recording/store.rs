@@ -3,7 +3,11 @@
 //! (LZ4 blocks). A [`Recorder`] writes one recording; `list`, `get` and `content`
 //! read them back for the CLI.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use tokio::sync::Semaphore;
 
 use aws_lc_rs::digest;
 use serde::Serialize;
@@ -110,18 +114,23 @@ pub struct Recorder {
     pending: Vec<u8>,
     /// Content accepted so far, stored or pending: what `max_bytes` bounds.
     bytes: u64,
-    /// Over the stored chunks, in order; with the chunk's writer while one
-    /// is in flight (it hashes there, off the relay's path).
+    /// Over the stored chunks, in order; passed along the chunks' writers
+    /// while any is in flight (they hash, off the relay's path).
     hash: Option<digest::Context>,
-    /// The buffer of the last chunk stored, for the next one (output that
-    /// fills chunks does not allocate per chunk; dropped at a partial
-    /// flush, so an idle session holds no more than it needs).
-    spare: Vec<u8>,
+    /// Buffers of stored chunks, for the next ones (output that fills
+    /// chunks does not allocate per chunk; emptied at a partial flush, so
+    /// an idle session holds no more than it needs).
+    spares: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// One permit per chunk in flight.
+    slots: Arc<Semaphore>,
+    /// Set by a writer whose chunk failed (the next flush reports it).
+    failed: Arc<AtomicBool>,
     /// Chunks handed to the writer, and the seq of the next.
     chunks: i64,
     truncated: bool,
-    /// The chunk being compressed and stored, off the caller's path (at
-    /// most one: the next flush waits for it, so order and memory hold).
+    /// The writer of the last chunk handed over. Each writer waits for the
+    /// one before it (order holds, the hash runs through them in turn), and
+    /// at most [`IN_FLIGHT`] are queued (memory holds).
     in_flight: Option<tokio::task::JoinHandle<Stored>>,
 }
 
@@ -177,7 +186,9 @@ impl Recorder {
             bytes: header.len() as u64,
             pending: header.into_bytes(),
             hash: Some(digest::Context::new(&digest::SHA256)),
-            spare: Vec::new(),
+            spares: Arc::default(),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            failed: Arc::default(),
             chunks: 0,
             truncated: false,
             in_flight: None,
@@ -260,37 +271,78 @@ impl Recorder {
         false
     }
 
-    /// Hands pending content to the writer as the next chunk (nothing when
-    /// empty), after waiting for the chunk before it: compression and the
-    /// database write run beside the relay, one chunk at a time. Keeps a
-    /// running SHA-256 and byte count. An error is that of the chunk before
-    /// (or of this one, from [`Recorder::settle`] or [`Recorder::finish`]);
-    /// a chunk that failed is lost, and the recording is then failed.
+    /// Hands pending content to a writer as the next chunk (nothing when
+    /// empty): compression, hashing and the database write run beside the
+    /// relay, one chunk after the other, up to [`IN_FLIGHT`] queued (a
+    /// database write that stalls, e.g. at a WAL checkpoint, stalls the
+    /// relay only when they are all taken). Keeps a running SHA-256 and
+    /// byte count. An error is that of a chunk handed over before (or of
+    /// this one, from [`Recorder::settle`] or [`Recorder::finish`]); a chunk
+    /// that failed is lost, and the recording is then failed.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
-        self.settle().await?;
+        if self.failed.load(Ordering::Acquire) {
+            self.settle().await?;
+        }
         if self.pending.is_empty() {
             // Idle: keep no spare buffer.
-            self.spare = Vec::new();
+            lock(&self.spares).clear();
             return Ok(());
         }
         let next = if self.pending.len() >= FLUSH_BYTES {
-            let mut next = std::mem::take(&mut self.spare);
+            let mut next = lock(&self.spares).pop().unwrap_or_default();
             next.reserve(PENDING_CAPACITY);
             next
         } else {
-            self.spare = Vec::new();
+            lock(&self.spares).clear();
             Vec::new()
         };
-        let raw = std::mem::replace(&mut self.pending, next);
-        let hash = self.hash.take().ok_or(StoreError::Unhealthy)?;
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unhealthy)?;
+        let mut raw = std::mem::replace(&mut self.pending, next);
+        let before = match self.in_flight.take() {
+            Some(h) => Before::Writer(h),
+            None => Before::Hash(self.hash.take()),
+        };
         let (store, id, seq) = (self.store.clone(), self.id, self.chunks);
+        let (spares, failed) = (self.spares.clone(), self.failed.clone());
         let stored = self.bytes;
         self.chunks += 1;
         self.in_flight = Some(tokio::spawn(async move {
-            let mut hash = hash;
-            hash.update(&raw);
-            let result = store_chunk(&store, id, seq, &raw, stored).await;
-            Stored { result, raw, hash }
+            let done = match before.wait().await {
+                Stored {
+                    result: Ok(()),
+                    hash: Some(mut hash),
+                } => {
+                    hash.update(&raw);
+                    let result = store_chunk(&store, id, seq, &raw, stored).await;
+                    Stored {
+                        result,
+                        hash: Some(hash),
+                    }
+                }
+                Stored {
+                    result: Ok(()),
+                    hash: None,
+                } => Stored {
+                    result: Err(StoreError::Unhealthy),
+                    hash: None,
+                },
+                before => before,
+            };
+            if done.result.is_err() {
+                failed.store(true, Ordering::Release);
+            }
+            raw.clear();
+            let mut spares = lock(&spares);
+            if spares.len() < 2 {
+                spares.push(raw);
+            }
+            drop(slot);
+            done
         }));
         Ok(())
     }
@@ -300,12 +352,8 @@ impl Recorder {
         let Some(h) = self.in_flight.take() else {
             return Ok(());
         };
-        let done = h
-            .await
-            .map_err(|e| StoreError::Query(sqlx::Error::Protocol(e.to_string())))?;
-        self.hash = Some(done.hash);
-        self.spare = done.raw;
-        self.spare.clear();
+        let done = Before::Writer(h).wait().await;
+        self.hash = done.hash;
         done.result
     }
 
@@ -348,11 +396,40 @@ impl Recorder {
     }
 }
 
-/// A chunk's writer hands back the running hash and the chunk's buffer.
+/// Chunks handed over but not yet stored, at most (about 1 MiB each).
+const IN_FLIGHT: usize = 4;
+
+/// What a chunk's writer hands on: its result (or the first error before
+/// it) and the running hash (`None` if a writer was lost).
 struct Stored {
     result: Result<(), StoreError>,
-    raw: Vec<u8>,
-    hash: digest::Context,
+    hash: Option<digest::Context>,
+}
+
+/// What a chunk's writer waits for.
+enum Before {
+    /// The first chunk after a settle: the hash so far.
+    Hash(Option<digest::Context>),
+    Writer(tokio::task::JoinHandle<Stored>),
+}
+
+impl Before {
+    async fn wait(self) -> Stored {
+        match self {
+            Before::Hash(hash) => Stored {
+                result: Ok(()),
+                hash,
+            },
+            Before::Writer(h) => h.await.unwrap_or_else(|e| Stored {
+                result: Err(StoreError::Query(sqlx::Error::Protocol(e.to_string()))),
+                hash: None,
+            }),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Compress chunk `seq` of recording `id` and store
