@@ -683,6 +683,54 @@ fn a_target_with_agent_forwarding_uses_the_engineers_agent_through_the_recorded_
 }
 
 #[test]
+fn a_reload_that_takes_the_login_away_ends_the_recorded_session() {
+    let r = Recorded::start();
+    let mut ssh = r.client().spawn(&["db-1", "echo started; sleep 120"]);
+    let rec = r.wait_recording_started("exec");
+    // Its first output is stored (a chunk at most FLUSH_EVERY later).
+    proc::poll_until(
+        "the recorded output",
+        std::time::Duration::from_secs(20),
+        || {
+            let out = r.pv.cli(&["recordings", "export", &rec["id"].to_string()]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("started")
+                .then_some(())
+        },
+    );
+    // db-1 stays alice's target, but no longer with this login.
+    let mut config = r.config.clone();
+    config.targets.pop();
+    let config = config.target(
+        Target::host("db-1", "127.0.0.1", r.sshd.port)
+            .allow_users(&["alice"])
+            .recorded(&["someone-else"], &r.sshd.host_key),
+    );
+    let ev = r.pv.reload(&config);
+    assert_eq!(ev.detail["closed_forwards"], 1, "{ev:?}");
+    let status = ssh.wait_exit(std::time::Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "the recorded session went on: {status:?}"
+    );
+    let fwd = r.pv.wait_for_session("the recorded forward, ended", |s| {
+        s.target.as_deref() == Some("db-1") && s.ended_at.is_some()
+    });
+    assert_eq!(
+        fwd.close_reason.as_deref(),
+        Some("config_reload"),
+        "{fwd:?}"
+    );
+    // Its recording ended too, with what the session printed.
+    let rec = r.wait_recording("exec");
+    let (_, events) = parse_cast(&r.export(&rec["id"]));
+    assert!(
+        events.iter().any(|(_, _, d)| d.contains("started")),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn a_recording_made_through_one_node_is_played_from_another() {
     let db = Database::postgres_required("tests/e2e_recording.rs (two nodes on one database)");
     let r = Recorded::start_on(Some(&db), |cfg, _| cfg);

@@ -75,6 +75,7 @@ impl Inner {
             return Auth::Accept;
         }
         self.login = Some(login.to_string());
+        self.job.live.set_recorded_login(&self.job.target, login);
         let Some(tcp) = self.tcp.take() else {
             return Auth::reject();
         };

@@ -58,6 +58,9 @@ pub struct RecordJob {
     pub names: Vec<String>,
     pub kex: &'static [russh::kex::Name],
     pub refusals: RefusalSink,
+    /// The forward in this node's registry (a reload re-checks the login
+    /// set on it).
+    pub live: Arc<crate::server::LiveForward>,
     /// Set when logging in to the target failed: the forward's end reason.
     upstream_failure: Mutex<Option<ForwardStop>>,
     upstream: Mutex<Option<Arc<client::Handle<upstream::Upstream>>>>,
@@ -98,6 +101,7 @@ impl RecordJob {
         names: Vec<String>,
         kex: &'static [russh::kex::Name],
         refusals: RefusalSink,
+        live: Arc<crate::server::LiveForward>,
     ) -> RecordJob {
         RecordJob {
             audit,
@@ -113,6 +117,7 @@ impl RecordJob {
             names,
             kex,
             refusals,
+            live,
             upstream_failure: Mutex::new(None),
             upstream: Mutex::new(None),
             agent: Mutex::new(None),

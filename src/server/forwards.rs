@@ -25,6 +25,9 @@ pub struct LiveForward {
     /// The access request (id, target, window end in unix µs) whose
     /// window allowed it.
     window: OnceLock<(i64, String, i64)>,
+    /// A recorded target's name and the login on it the engineer's inner
+    /// connection was let in as (a reload re-checks it).
+    recorded_login: OnceLock<(String, String)>,
 }
 
 impl LiveForward {
@@ -46,6 +49,26 @@ impl LiveForward {
     }
     pub fn request_id(&self) -> Option<i64> {
         self.window.get().map(|w| w.0)
+    }
+    /// The inner connection of this recorded forward logged in to `target`
+    /// as `login`.
+    pub fn set_recorded_login(&self, target: &str, login: &str) {
+        let _ = self
+            .recorded_login
+            .set((target.to_string(), login.to_string()));
+    }
+    /// Does `cfg` still let its user in as the recorded login it uses (true
+    /// when it is not a recorded forward with a login)?
+    fn login_allowed(&self, cfg: &Config) -> bool {
+        let Some((target, login)) = self.recorded_login.get() else {
+            return true;
+        };
+        cfg.policy
+            .targets()
+            .iter()
+            .find(|t| &t.name == target)
+            .and_then(|t| t.record.as_ref())
+            .is_some_and(|r| r.allows_login(self.identity.user(), login))
     }
 }
 
@@ -85,6 +108,7 @@ impl Forwards {
             cancel: parent.child_token(),
             reason: OnceLock::new(),
             window: OnceLock::new(),
+            recorded_login: OnceLock::new(),
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.live.lock() {
@@ -122,8 +146,10 @@ impl Forwards {
     }
 
     /// Close every forward (open, or still being decided or dialled) the
-    /// config `cfg` would refuse now (its user is denied, or the policy says
-    /// no for the user's groups under `cfg`). Returns how many were closed.
+    /// config `cfg` would refuse now (its user is denied, the policy says
+    /// no for the user's groups under `cfg`, or the recorded target's
+    /// `logins` no longer name the login its session uses). Returns how
+    /// many were closed.
     pub async fn recheck(&self, cfg: &Config) -> usize {
         let live: Vec<Arc<LiveForward>> = self
             .live
@@ -150,7 +176,7 @@ impl Forwards {
             let verdict = policy::decide(&cfg.policy, &subject, &req, &SystemResolver).await;
             // A name that no longer resolves is not a policy change: keep it.
             let refused = matches!(verdict, Err(ref d) if d.reason != Refusal::ResolveFailed);
-            if denied_user || refused {
+            if denied_user || refused || !f.login_allowed(cfg) {
                 f.close(ForwardStop::ConfigReload.into());
                 closed += 1;
             }

@@ -27,6 +27,7 @@ use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, compression, kex, m
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use forwards::LiveForward;
 pub use runtime::{Control, run};
 
 use crate::audit::Audit;

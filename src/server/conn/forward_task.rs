@@ -196,6 +196,7 @@ async fn record(
         rec.names,
         crate::server::kex_list(&cfg),
         refusals,
+        live.forward.clone(),
     );
     let stop = crate::recording::Stop {
         cancel: &live.forward.cancel,
