@@ -71,6 +71,7 @@ class Record:
         self.target = Target(os.path.join(self.work, "target"), self.keys, ca_pub=trusted,
                              max_startups=max(self.sessions) + 100)
         self.payload = self.make_payload()
+        self.text_payload = self.make_text_payload()
         # Room for every byte of a run: the asciicast of N bytes of text is
         # a little larger than N (JSON escapes, event framing).
         self.max_bytes = 2 * self.args.record_bytes + 64 * MIB
@@ -105,6 +106,33 @@ class Record:
         # Its CIDR target reaches only the sink: the target is "rec".
         return PortvaktJump(d, self.args.bin, self.keys, [self.bench.sink.port], self.limit,
                             name=RECORDED, extra=extra)
+
+    def make_text_payload(self):
+        """Terminal output as it usually is: source text (the machine's C
+        headers under /usr/include, in name order, 16 MiB), which LZ4
+        compresses to about a third, as `cat` of a file, a build log or
+        `journalctl` would give."""
+        path = os.path.join(self.work, "payload-text.txt")
+        left = PAYLOAD_MIB * MIB
+        with open(path, "wb") as out:
+            files = sorted(os.path.join(d, f) for d, _, fs in os.walk("/usr/include")
+                           for f in fs if f.endswith(".h"))
+            while left > 0 and files:
+                for name in files:
+                    try:
+                        with open(name, "rb") as f:
+                            data = f.read(left)
+                    except OSError:
+                        continue
+                    out.write(data)
+                    left -= len(data)
+                    if left <= 0:
+                        break
+        if left > 0:
+            raise BenchError("no C headers under /usr/include for the text payload "
+                             "(apt-get install libc6-dev)")
+        os.chmod(path, 0o644)
+        return path
 
     def bench_dir(self):
         return os.path.dirname(os.path.abspath(__file__))
@@ -214,7 +242,7 @@ class Record:
 
     def throughput(self, jumps):
         res = {}
-        for direction in ("down", "up"):
+        for direction in ("down", "down-text", "up"):
             runs = {j.name: [] for j in jumps}
             for r in range(self.args.rounds):
                 for i, jump in enumerate(in_order(jumps, r)):
@@ -238,8 +266,9 @@ class Record:
         cpu0 = jump.cpu()
         t0 = time.monotonic()
         argv = ["ssh", "-F", self.cfg, f"via-{jump.name}"]
-        if direction == "down":
-            cmd = (f"date +%s.%N >&2; {{ while cat {self.payload}; do :; done; }} | head -c {n}; "
+        if direction in ("down", "down-text"):
+            payload = self.payload if direction == "down" else self.text_payload
+            cmd = (f"date +%s.%N >&2; {{ while cat {payload}; do :; done; }} | head -c {n}; "
                    "date +%s.%N >&2")
             p = subprocess.Popen(argv + [cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
@@ -273,7 +302,7 @@ class Record:
         if jump.name == RECORDED:
             # The recording is stored before the CPU is read: its last
             # chunk is part of the cost.
-            rec = self.recording_after(jump, last, n if direction == "down" else 0)
+            rec = self.recording_after(jump, last, 0 if direction == "up" else n)
             out["recorded_bytes"] = rec["bytes"]
             out["chunks"] = rec["chunks"]
         jump.wait_idle()
@@ -350,13 +379,14 @@ def rows(res, args):
         add(f"latency `ssh -J ... true`, s (median of {k})", lat, None, 3, ("<=", 1.0), "<= 1.0")
     tp = res.get("throughput", {})
     for direction, what in [("down", f"{size} of text from the target: recorded"),
+                            ("down-text", f"{size} of source text from the target: recorded"),
                             ("up", f"{size} into cat: relayed, not recorded")]:
         runs = tp.get(direction)
         if not runs:
             continue
         add(f"throughput, MB/s ({what}; wall clock)", runs, "mb_s", 1, (">=", 0.75), ">= 0.75")
         add("throughput, MB/s (streaming only)", runs, "stream_mb_s", 1)
-        add(f"jump host CPU s per GiB ({direction == 'down' and 'recorded' or 'relayed'})",
+        add(f"jump host CPU s per GiB ({direction == 'up' and 'relayed' or 'recorded'})",
             runs, "jump_cpu_s_per_gib", 2)
     for size_, runs in res.get("memory", {}).items():
         per = med(r["per_forward_pss_kib"] for r in runs)
@@ -468,13 +498,15 @@ How it measures (bench/run --only record; bench/record.py):
 - Throughput, {size} per run, {rounds} round(s) of the three, the order reversing each round:
   "down" runs `{{ while cat payload; do :; done; }} | head -c N` on the target (16 MiB of
   base64 text of /dev/urandom in 100-byte lines, from the page cache; zlib compresses it
-  to about 3/4) and the client reads N bytes: the recorded direction (asciicast "o"
-  events). "up" pipes N zero bytes into `cat >/dev/null` on the target: keystroke input,
+  to about 3/4, LZ4 not at all: the hardest case for the recorder's storage) and the
+  client reads N bytes: the recorded direction (asciicast "o" events). "down-text" does
+  the same with 16 MiB of source text (the machine's C headers under /usr/include, in name
+  order; LZ4 compresses it to about a third), as terminal output usually is. "up" pipes N zero bytes into `cat >/dev/null` on the target: keystroke input,
   which is relayed but not recorded (`[recording] input` is false by default). Wall clock
   includes the logins; "streaming" is timed by the target (date before and after, on
   stderr). After each recorded run the benchmark checks its recording: one exec
-  recording, ended, not truncated, with at least N bytes of content for "down". Jump CPU
-  is utime+stime of the jump host over the run, read once the recording has ended and the
+  recording, ended, not truncated, with at least N bytes of content for "down" and
+  "down-text". Jump CPU is utime+stime of the jump host over the run, read once the recording has ended and the
   jump has closed the connections (for sshd with its per-connection processes, as in the
   other sections).
 - Memory and concurrency: a fresh recorded portvakt per run; the asyncssh load client
