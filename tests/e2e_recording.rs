@@ -731,6 +731,27 @@ fn a_reload_that_takes_the_login_away_ends_the_recorded_session() {
 }
 
 #[test]
+fn only_the_locale_of_the_clients_environment_reaches_the_target() {
+    let r = Recorded::start();
+    // The target accepts every variable (AcceptEnv *); portvakt relays
+    // only LANG and LC_*.
+    let out = r
+        .client()
+        .env("LANG", "C.UTF-8")
+        .env("LC_TIME", "C")
+        .env("LD_PRELOAD", "/tmp/evil.so")
+        .env("PORTVAKT_TEST_VAR", "x")
+        .run(&[
+            "-o",
+            "SendEnv=LANG LC_TIME LD_PRELOAD PORTVAKT_TEST_VAR",
+            "db-1",
+            "echo \"$LANG|$LC_TIME|${LD_PRELOAD:-unset}|${PORTVAKT_TEST_VAR:-unset}\"",
+        ]);
+    out.assert_success();
+    assert_eq!(out.stdout_text().trim(), "C.UTF-8|C|unset|unset", "{out}");
+}
+
+#[test]
 fn a_recording_made_through_one_node_is_played_from_another() {
     let db = Database::postgres_required("tests/e2e_recording.rs (two nodes on one database)");
     let r = Recorded::start_on(Some(&db), |cfg, _| cfg);

@@ -322,8 +322,13 @@ impl Handler for Inner {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The target's AcceptEnv decides; no answer is awaited (OpenSSH
-        // sends env without want_reply).
+        // Only the locale, as sshd's default `AcceptEnv LANG LC_*`: a
+        // target whose AcceptEnv is wider (or `*`) must not receive
+        // LD_PRELOAD and the like from the client. No answer is awaited
+        // (OpenSSH sends env without want_reply).
+        if !accepted_env(name) {
+            return session.channel_failure(channel);
+        }
         if let Some(ctl) = self.channels.get(&channel) {
             let _ = ctl.up.set_env(false, name, value).await;
         }
@@ -506,6 +511,12 @@ impl Handler for Inner {
     }
 }
 
+/// The environment variables relayed to a recorded target: those sshd
+/// accepts in its default config (Debian's `AcceptEnv LANG LC_*`).
+fn accepted_env(name: &str) -> bool {
+    name == "LANG" || name.starts_with("LC_")
+}
+
 /// `scp -t ...` / `scp -f ...`: the remote end of the legacy scp protocol.
 fn is_scp(command: &str) -> bool {
     let mut words = command.split_whitespace();
@@ -517,7 +528,17 @@ fn is_scp(command: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_scp;
+    use super::{accepted_env, is_scp};
+
+    #[test]
+    fn only_the_locale_is_relayed() {
+        for name in ["LANG", "LC_ALL", "LC_CTYPE"] {
+            assert!(accepted_env(name), "{name}");
+        }
+        for name in ["LD_PRELOAD", "PATH", "BASH_ENV", "lang", "TERM", ""] {
+            assert!(!accepted_env(name), "{name}");
+        }
+    }
 
     #[test]
     fn scp_commands() {

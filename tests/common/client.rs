@@ -40,6 +40,8 @@ pub struct SshClient {
     pub log_level: String,
     /// How long [`SshClient::run`] lets ssh run before killing it (a failure).
     pub timeout: Duration,
+    /// Environment variables set for the ssh process (for `SendEnv`).
+    envs: Vec<(String, String)>,
 }
 
 impl SshClient {
@@ -71,6 +73,7 @@ impl SshClient {
             hosts: Vec::new(),
             log_level: "ERROR".to_string(),
             timeout: RUN_TIMEOUT,
+            envs: Vec::new(),
         }
     }
 
@@ -210,10 +213,17 @@ impl SshClient {
         path
     }
 
+    /// Sets `name=value` in the ssh process's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.envs.push((name.to_string(), value.to_string()));
+        self
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("/usr/bin/ssh");
         cmd.arg("-F").arg(self.write_config()).args(args);
         cmd.env_remove("SSH_AUTH_SOCK").env_remove("SSH_ASKPASS");
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

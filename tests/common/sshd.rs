@@ -49,7 +49,8 @@ impl Sshd {
         fs::create_dir_all(&principals).expect("create principals dir");
         fs::write(principals.join(login), format!("{login}\n")).expect("write principals");
         let extra = format!(
-            "TrustedUserCAKeys {}\nAuthorizedPrincipalsFile {}/%u\nSubsystem sftp internal-sftp\n",
+            // AcceptEnv *: what portvakt relays, and only that, arrives.
+            "TrustedUserCAKeys {}\nAuthorizedPrincipalsFile {}/%u\nSubsystem sftp internal-sftp\nAcceptEnv *\n",
             ca_pub.display(),
             principals.display()
         );
