@@ -693,8 +693,9 @@ fn a_reload_that_takes_the_login_away_ends_the_recorded_session() {
         std::time::Duration::from_secs(20),
         || {
             let out = r.pv.cli(&["recordings", "export", &rec["id"].to_string()]);
+            // An "o" event, not the command in the header.
             String::from_utf8_lossy(&out.stdout)
-                .contains("started")
+                .contains("\"o\", \"started")
                 .then_some(())
         },
     );
@@ -723,10 +724,12 @@ fn a_reload_that_takes_the_login_away_ends_the_recorded_session() {
     );
     // Its recording ended too, with what the session printed.
     let rec = r.wait_recording("exec");
-    let (_, events) = parse_cast(&r.export(&rec["id"]));
+    let text = r.export(&rec["id"]);
+    let (_, events) = parse_cast(&text);
     assert!(
         events.iter().any(|(_, _, d)| d.contains("started")),
-        "{events:?}"
+        "{text}\n{rec}\n{:?}",
+        r.recordings()
     );
 }
 
