@@ -286,6 +286,25 @@ reason_enum! {
 }
 
 reason_enum! {
+    /// Why a review console login (`console.login`) was refused.
+    pub enum ConsoleRefusal {
+        /// The IdP login worked, but the user is in none of
+        /// `reviewer_groups` and `admin_groups`.
+        NoConsoleRole = "no_console_role",
+        /// The callback's `state` is unknown, expired, already used, or
+        /// came without the browser's pre-login cookie.
+        LoginStateInvalid = "login_state_invalid",
+        /// The user declined at the IdP.
+        IdpAccessDenied = "idp_access_denied",
+        /// The IdP could not be reached or refused the code exchange.
+        IdpError = "idp_error",
+        /// The ID token failed a check (signature, issuer, audience,
+        /// times, nonce).
+        IdpTokenInvalid = "idp_token_invalid",
+    }
+}
+
+reason_enum! {
     /// The SSH authentication method of a login attempt, as `auth.failure`
     /// rows and the `logins_total{method}` metric name it (a certificate is
     /// told apart from a plain key).
@@ -406,6 +425,7 @@ mod tests {
         names.extend(ChannelRefusal::ALL.iter().map(|r| r.as_str()));
         names.extend(ConnRefusal::ALL.iter().map(|r| r.as_str()));
         names.extend(EventReason::ALL.iter().map(|r| r.as_str()));
+        names.extend(ConsoleRefusal::ALL.iter().map(|r| r.as_str()));
         names.extend(SshMethod::ALL.iter().map(|r| r.as_str()));
         names.extend(AuthMethod::ALL.iter().map(|r| r.as_str()));
         names.extend(crate::auth::AuthFailure::ALL.iter().map(|r| r.as_str()));

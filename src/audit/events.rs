@@ -49,11 +49,17 @@ pub enum EventKind {
     RecordingEnd,
     /// A file operation in a recorded sftp or scp session.
     FileOp,
+    /// A review console login, allowed or refused (DESIGN.md §12).
+    ConsoleLogin,
+    /// A reviewer opened a session's detail (or a recording) in the console.
+    ConsoleView,
+    /// A console admin acted: revoked a grant, cleared a lockout.
+    ConsoleAction,
 }
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 29] = [
+    pub const ALL: [EventKind; 32] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -83,6 +89,9 @@ impl EventKind {
         EventKind::RecordingStart,
         EventKind::RecordingEnd,
         EventKind::FileOp,
+        EventKind::ConsoleLogin,
+        EventKind::ConsoleView,
+        EventKind::ConsoleAction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +126,9 @@ impl EventKind {
             RecordingStart => "recording.start",
             RecordingEnd => "recording.end",
             FileOp => "file.op",
+            ConsoleLogin => "console.login",
+            ConsoleView => "console.view",
+            ConsoleAction => "console.action",
         }
     }
 }

@@ -1022,6 +1022,9 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "recording.start",
                 "recording.end",
                 "file.op",
+                "console.login",
+                "console.view",
+                "console.action",
             ]
         );
     })
