@@ -461,3 +461,53 @@ fn admins_revoke_a_grant_and_clear_a_lockout_with_a_csrf_token_only() {
     assert_eq!(adam.post("/auth/logout", &[("csrf", &token)]).status, 200);
     assert_eq!(adam.get_raw("/grants").status, 303);
 }
+
+#[test]
+fn the_console_serves_https_with_its_certificate_and_secure_cookies() {
+    let env = TestEnv::new();
+    let cert = env.path().join("console.crt");
+    let key = env.path().join("console.key");
+    let out = run(
+        std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            // A leaf, not a CA: rustls refuses a CA certificate as a server's.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "openssl: {out}");
+    let console = default_console().tls(&cert, &key);
+    let w = World::start(env, console, |c| c);
+    let pem = std::fs::read(&cert).unwrap();
+    let b = Browser::trusting(&w.console.url(), Some(&pem));
+    let callback = b.login_callback("rita", "rita-pw");
+    assert_eq!(callback.status, 200, "{callback:?}");
+    let cookies = callback.headers_all("set-cookie");
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("portvakt_console="))
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    assert!(session.contains("; Secure"), "{session}");
+    let now = b.get("/");
+    assert_eq!(now.status, 200, "{now:?}");
+    assert!(now.text.contains("<h1>Now</h1>"));
+    // Plain HTTP to the HTTPS port gets no page.
+    let plain = reqwest::blocking::get(format!("http://127.0.0.1:{}/", w.console.port));
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "{plain:?}"
+    );
+}

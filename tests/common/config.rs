@@ -683,6 +683,8 @@ pub struct Console {
     pub admin_groups: Vec<String>,
     pub session_idle: Option<String>,
     pub session_max: Option<String>,
+    /// `tls_cert` and `tls_key` (PEM): HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Console {
@@ -694,7 +696,14 @@ impl Console {
             admin_groups: admin_groups.iter().map(|g| g.to_string()).collect(),
             session_idle: None,
             session_max: None,
+            tls: None,
         }
+    }
+
+    /// Serve HTTPS with this certificate and key.
+    pub fn tls(mut self, cert: &Path, key: &Path) -> Self {
+        self.tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
     }
 
     pub fn session_idle(mut self, d: &str) -> Self {
@@ -707,9 +716,10 @@ impl Console {
         self
     }
 
-    /// `http://127.0.0.1:PORT`: where the test's browser goes.
+    /// `http(s)://127.0.0.1:PORT`: where the test's browser goes.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The OIDC redirect URI the IdP must allow.
@@ -731,6 +741,10 @@ impl Console {
         }
         if let Some(d) = &self.session_max {
             s += &format!("session_max = {}\n", toml_str(d));
+        }
+        if let Some((cert, key)) = &self.tls {
+            s += &format!("tls_cert = {}\n", toml_str(&cert.display().to_string()));
+            s += &format!("tls_key = {}\n", toml_str(&key.display().to_string()));
         }
         s
     }

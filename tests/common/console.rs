@@ -61,14 +61,23 @@ pub struct Browser {
 impl Browser {
     /// A browser for the console at `base`, with no cookies yet.
     pub fn new(base: &str) -> Browser {
+        Browser::trusting(base, None)
+    }
+
+    /// One that also trusts the CA (or self-signed certificate) `root_pem`.
+    pub fn trusting(base: &str, root_pem: Option<&[u8]>) -> Browser {
         let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
         let build = |policy| {
-            Client::builder()
+            let mut b = Client::builder()
                 .cookie_provider(jar.clone())
                 .redirect(policy)
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("build the HTTP client")
+                .timeout(Duration::from_secs(60));
+            if let Some(pem) = root_pem {
+                b = b.add_root_certificate(
+                    reqwest::Certificate::from_pem(pem).expect("a PEM certificate"),
+                );
+            }
+            b.build().expect("build the HTTP client")
         };
         Browser {
             client: build(reqwest::redirect::Policy::limited(20)),
@@ -92,7 +101,7 @@ impl Browser {
     }
 
     fn read(what: &str, r: reqwest::Result<Response>) -> Page {
-        let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let r = r.unwrap_or_else(|e| panic!("{what}: {e:?}"));
         Page {
             status: r.status().as_u16(),
             url: r.url().to_string(),
