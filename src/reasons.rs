@@ -94,6 +94,9 @@ reason_enum! {
         /// Open when the node stopped without closing it (crash, kill -9);
         /// written at the next start.
         Interrupted = "interrupted",
+        /// A review console admin ended it (`console.action`
+        /// `connection_end`).
+        EndedByReviewer = "ended_by_reviewer",
     }
 }
 
@@ -118,6 +121,7 @@ impl CloseReason {
                 "portvakt: the audit database is unavailable, so logins are refused for now; try again later"
             }
             CloseReason::Shutdown => "portvakt: the bastion is restarting",
+            CloseReason::EndedByReviewer => "portvakt: a security reviewer ended this connection",
             _ => "portvakt: connection closed",
         }
     }

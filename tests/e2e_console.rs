@@ -298,7 +298,7 @@ fn a_forward_made_by_ssh_j_shows_in_sessions_its_detail_and_the_exports() {
 }
 
 #[test]
-fn a_live_forward_shows_on_the_now_page() {
+fn a_live_forward_shows_on_now_and_an_admin_ends_its_connection() {
     let env = TestEnv::new();
     let ca = env.ca("user_ca");
     let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
@@ -308,21 +308,67 @@ fn a_live_forward_shows_on_the_now_page() {
             .target(Target::host("echo", "127.0.0.1", echo.port).allow_users(&["alice"]))
     });
     let client = w.env.client(&w.pv, "alice").identity(&alice);
-    let _live = client.spawn(&["-W", &format!("echo:{}", echo.port), BASTION]);
-    let (b, _) = w.logged_in("rita", "rita-pw");
+    let mut live = client.spawn(&["-W", &format!("echo:{}", echo.port), BASTION]);
+    let (rita, _) = w.logged_in("rita", "rita-pw");
     let rows = poll_until("the live forward on /", Duration::from_secs(30), || {
-        let rows: Vec<Value> = serde_json::from_str(&b.get("/?format=json").text).ok()?;
+        let rows: Vec<Value> = serde_json::from_str(&rita.get("/?format=json").text).ok()?;
         (!rows.is_empty()).then_some(rows)
     });
     assert_eq!(rows[0]["user"], "alice");
     assert!(rows[0]["ended_at"].is_null());
-    let page = b.get("/");
+    let conn = rows[0]["connection_id"].as_str().unwrap().to_string();
+    let page = rita.get("/");
     assert!(
         page.text.contains("http-equiv=\"refresh\""),
         "{}",
         page.text
     );
     assert!(page.text.contains("1 open forward(s)"), "{}", page.text);
+    // A reviewer has no End button, and may not end it.
+    let end = format!("/connections/{conn}/end");
+    assert!(!page.text.contains(&end), "{}", page.text);
+    assert_eq!(rita.post(&end, &[("csrf", &page.csrf())]).status, 403);
+
+    let (adam, now) = w.logged_in("adam", "adam-pw");
+    assert!(
+        now.text.contains(&format!("action=\"{end}\"")),
+        "{}",
+        now.text
+    );
+    assert_eq!(
+        adam.post(&end, &[("note", "INC-1")]).status,
+        403,
+        "no CSRF token"
+    );
+    assert!(live.try_wait().is_none(), "ended without a CSRF token");
+    let done = adam.post(&end, &[("csrf", &now.csrf()), ("note", "INC-1 <b>")]);
+    assert_eq!(done.status, 200, "{done:?}");
+    let status = poll_for(Duration::from_secs(30), || live.try_wait());
+    assert!(
+        status.is_some(),
+        "ssh still running; log:\n{}",
+        live.log_text()
+    );
+    let closed = w.pv.wait_for_event("connection.close", "ended_by_reviewer");
+    assert_eq!(closed.connection_id.as_str(), Some(conn.as_str()));
+    let row =
+        w.pv.wait_for_session("the forward ended by the reviewer", |r| {
+            r.ended_at.is_some()
+        });
+    assert_eq!(
+        row.close_reason.as_deref(),
+        Some("ended_by_reviewer"),
+        "{row:?}"
+    );
+    let action = w.pv.wait_for_audit("console.action connection_end", |e| {
+        e.kind == "console.action" && e.detail_str("action") == Some("connection_end")
+    });
+    assert_eq!(action.user.as_deref(), Some("adam"));
+    assert_eq!(action.detail_str("connection_id"), Some(conn.as_str()));
+    assert_eq!(action.detail_str("connection_user"), Some("alice"));
+    assert_eq!(action.detail_str("note"), Some("INC-1 <b>"));
+    let after: Vec<Value> = serde_json::from_str(&adam.get("/?format=json").text).unwrap();
+    assert!(after.is_empty(), "{after:?}");
 }
 
 #[test]

@@ -292,3 +292,44 @@ pub async fn events(store: &Store, f: &EventFilter) -> Result<Vec<EventRow>, sql
     rows.reverse();
     Ok(rows)
 }
+
+/// Connections a review console admin ended (`console.action` rows with
+/// `action` `connection_end`) at or after `since` (unix microseconds):
+/// every node polls this and ends those that are its own.
+pub async fn connection_ends(store: &Store, since: i64) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT detail FROM audit_events WHERE at >= $1 AND kind = $2")
+        .bind(since)
+        .bind(crate::audit::EventKind::ConsoleAction.as_str())
+        .fetch_all(store.pool())
+        .await?;
+    let mut ids = Vec::new();
+    for r in &rows {
+        let detail: String = r.try_get("detail")?;
+        let Ok(v) = serde_json::from_str::<Value>(&detail) else {
+            continue;
+        };
+        if v.get("action").and_then(Value::as_str) == Some("connection_end")
+            && let Some(id) = v.get("connection_id").and_then(Value::as_str)
+        {
+            ids.push(id.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// One forward's connection id and its node, if the forward is still
+/// open (what the console's End button acts on).
+pub async fn open_connection(
+    store: &Store,
+    connection_id: &str,
+) -> Result<Option<SessionRow>, sqlx::Error> {
+    let mut w = Where::default();
+    w.text("connection_id = ?", &Some(connection_id.to_string()));
+    w.sql
+        .push_str(" AND ended_at IS NULL AND result = 'allowed'");
+    w.fetch(store, SESSION_COLUMNS, " ORDER BY id DESC LIMIT 1")
+        .await?
+        .first()
+        .map(session_row)
+        .transpose()
+}

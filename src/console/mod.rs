@@ -131,6 +131,7 @@ pub async fn serve(
 fn router(state: Arc<ConsoleState>) -> Router {
     Router::new()
         .route("/", get(now::page))
+        .route("/connections/{id}/end", post(now::end))
         .route("/sessions", get(sessions::list))
         .route("/sessions/{id}", get(sessions::detail))
         .route("/audit", get(audit_page::list))

@@ -134,7 +134,7 @@ async fn list_inner(st: &ConsoleState, viewer: &Viewer, q: &Filters) -> Result<R
                     button type="submit" { "Filter" }
                 }
                 (layout::exports("/sessions", &query_string(&here)))
-                (table(&rows))
+                (table(&rows, None))
                 p.pager {
                     @if given(&q.before).is_some() {
                         a href={ "/sessions?" (base) } { "Newest" }
@@ -155,14 +155,17 @@ pub fn field(name: &str, label: &str, value: &Option<String>) -> Markup {
     }
 }
 
-/// The forwards table (also on the Now page).
-pub fn table(rows: &[SessionRow]) -> Markup {
+/// The forwards table (also on the Now page, where `end` gives admins a
+/// button that ends a row's connection).
+pub fn table(rows: &[SessionRow], end: Option<&Viewer>) -> Markup {
+    let end = end.filter(|v| v.role == super::Role::Admin);
     html! {
         table #sessions {
             thead { tr {
                 th { "ID" } th { "Started" } th { "Ended" } th { "User" } th { "Auth" }
                 th { "Source" } th { "Target" } th { "Address" } th { "Result" }
                 th { "To target" } th { "From target" } th { "Close reason" } th { "Node" }
+                @if end.is_some() { th { "End connection" } }
             } }
             tbody {
                 @for r in rows {
@@ -180,6 +183,13 @@ pub fn table(rows: &[SessionRow]) -> Markup {
                         td { (r.bytes_from_target) }
                         td { (or_dash(&r.close_reason)) }
                         td { (r.node) }
+                        @if let Some(v) = end { td {
+                            form.end method="post" action={ "/connections/" (r.connection_id) "/end" } {
+                                (layout::csrf_field(v))
+                                input type="text" name="note" placeholder="why (audited)";
+                                button type="submit" { "End" }
+                            }
+                        } }
                     }
                 }
             }

@@ -240,7 +240,15 @@ impl Background {
                 }
             });
         }
-        tokio::spawn(state.grant_watch.clone().run(store.clone(), stop.clone()));
+        let st = state.clone();
+        tokio::spawn(state.grant_watch.clone().run(
+            store.clone(),
+            move |id| {
+                st.live
+                    .close(id, crate::reasons::CloseReason::EndedByReviewer)
+            },
+            stop.clone(),
+        ));
         let forwards = state.forwards.clone();
         tokio::spawn(crate::requests::watch::run(
             store.clone(),
