@@ -557,3 +557,97 @@ fn the_console_serves_https_with_its_certificate_and_secure_cookies() {
         "{plain:?}"
     );
 }
+
+/// A recorded target (DESIGN.md §10; set up as `Recorded` in
+/// tests/e2e_recording.rs): the session's detail lists the recording, and
+/// the recording's page shows its command (escaped) and exit status, and
+/// its output as text.
+#[test]
+fn a_recorded_session_shows_its_recording_with_command_and_exit_status_escaped() {
+    let env = TestEnv::new();
+    let ca = env.ca("user_ca");
+    let alice = env.signed_key(&ca, "alice", &CertSpec::user(&["alice"]));
+    let keys = env.path().join("recording");
+    std::fs::create_dir_all(&keys).unwrap();
+    let host_ca = UserKey::ed25519(&keys, "host_ca");
+    let target_ca = UserKey::ed25519(&keys, "target_ca");
+    let login = target_login_user();
+    let sshd = Sshd::start_trusting(env.path(), &target_ca.public_path(), &login);
+    let w = World::start(env, default_console(), |c| {
+        let mut c = c.trust(&ca).target(
+            Target::host("db-1", "127.0.0.1", sshd.port)
+                .allow_users(&["alice"])
+                .recorded(&[&login], &sshd.host_key),
+        );
+        c.extra = format!(
+            "[recording]\nhost_ca_key = {}\ntarget_ca_key = {}\n",
+            common::config::toml_str(&host_ca.path.display().to_string()),
+            common::config::toml_str(&target_ca.path.display().to_string()),
+        );
+        c
+    });
+    let shown = w.pv.cli_json(&["ca", "show", "--json"]);
+    let known = shown["known_hosts_line"].as_str().unwrap().to_string();
+    let command = "echo '<script>alert(2)</script>'; exit 3";
+    let out = w
+        .env
+        .client(&w.pv, "alice")
+        .identity(&alice)
+        .recorded_target("db-1", sshd.port, &login, &known)
+        .run(&["db-1", command]);
+    assert_eq!(out.code(), 3, "{out}");
+    let row = w.pv.wait_for_session("the recorded forward closed", |r| {
+        r.target.as_deref() == Some("db-1") && r.ended_at.is_some()
+    });
+    let rec = poll_until("the ended recording", Duration::from_secs(20), || {
+        match w.pv.cli_json(&["recordings", "list", "--json"]) {
+            Value::Array(rows) => rows.into_iter().find(|r| !r["ended_at"].is_null()),
+            _ => None,
+        }
+    });
+    let rec_id = rec["id"].as_i64().unwrap();
+
+    let (b, _) = w.logged_in("rita", "rita-pw");
+    let detail = b.get(&format!("/sessions/{}", row.id));
+    assert!(
+        detail
+            .text
+            .contains(&format!("href=\"/recordings/{rec_id}\"")),
+        "{}",
+        detail.text
+    );
+    let escaped = "&lt;script&gt;alert(2)&lt;/script&gt;";
+    assert!(detail.text.contains(escaped), "{}", detail.text);
+    assert!(!detail.text.contains("<script>alert(2)"), "{}", detail.text);
+
+    let page = b.get(&format!("/recordings/{rec_id}"));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.text.contains("<dd id=\"exit-status\">3</dd>"),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text.contains(escaped),
+        "command and output: {}",
+        page.text
+    );
+    assert!(!page.text.contains("<script>alert(2)"), "{}", page.text);
+    assert!(page.text.contains("matches its SHA-256"), "{}", page.text);
+    let cast = b.get(&format!("/recordings/{rec_id}?format=cast"));
+    assert_eq!(cast.status, 200);
+    assert!(cast.text.starts_with("{\"version\":2"), "{}", cast.text);
+    let views: Vec<AuditEvent> =
+        w.pv.audit()
+            .into_iter()
+            .filter(|e| e.kind == "console.view")
+            .collect();
+    for page in ["session", "recording", "recording_export"] {
+        assert!(
+            views
+                .iter()
+                .any(|e| e.detail_str("page") == Some(page) && e.user.as_deref() == Some("rita")),
+            "console.view of {page}: {views:?}"
+        );
+    }
+}

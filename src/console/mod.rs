@@ -16,6 +16,7 @@ mod layout;
 mod lockouts;
 mod login;
 mod now;
+mod recordings;
 mod session;
 mod sessions;
 mod tls;
@@ -134,6 +135,7 @@ fn router(state: Arc<ConsoleState>) -> Router {
         .route("/connections/{id}/end", post(now::end))
         .route("/sessions", get(sessions::list))
         .route("/sessions/{id}", get(sessions::detail))
+        .route("/recordings/{id}", get(recordings::page))
         .route("/audit", get(audit_page::list))
         .route("/grants", get(grants::list))
         .route("/grants/{id}/revoke", post(grants::revoke))

@@ -328,7 +328,7 @@ pub async fn detail(
                     th { "Started" } th { "Ended" } th { "Bytes" } th { "SHA-256" }
                 } }
                 tbody { @for r in &recordings { tr {
-                    td { (r.id) }
+                    td { a href={ "/recordings/" (r.id) } { (r.id) } }
                     td { (r.kind.as_str()) }
                     td { (r.login) }
                     td { code { (or_dash(&r.command)) } }
@@ -339,8 +339,8 @@ pub async fn detail(
                     td { code { (or_dash(&r.sha256)) } }
                 } } }
             }
-            p { "Replay in the browser is not built yet: "
-                code { "portvakt recordings play ID" } " on the bastion host." }
+            p { "Each recording's page shows its output as plain text; replay in the browser is not built yet ("
+                code { "portvakt recordings play ID" } " on the bastion host)." }
         }
         @if !file_ops.is_empty() {
             h2 { "File operations" }
