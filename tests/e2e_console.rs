@@ -651,3 +651,47 @@ fn a_recorded_session_shows_its_recording_with_command_and_exit_status_escaped()
         );
     }
 }
+
+/// `/audit` shows what `audit verify` found (the console verifies at start
+/// and every 10 minutes): intact, then, after a row was changed in the
+/// database and the node restarted, TAMPERED in red.
+#[test]
+fn the_audit_page_shows_the_chain_status_and_a_tampered_chain_in_red() {
+    let mut w = World::new();
+    let (b, _) = w.logged_in("rita", "rita-pw");
+    let page = poll_until(
+        "a verified chain on /audit",
+        Duration::from_secs(30),
+        || {
+            let p = b.get("/audit");
+            p.text.contains("Intact as verified at").then_some(p)
+        },
+    );
+    assert!(page.text.contains("id=\"chain-nodes\""), "{}", page.text);
+
+    common::database::execute(
+        w.pv.database_url(),
+        "UPDATE audit_events SET user_name = 'someone-else' WHERE kind = 'console.login'".into(),
+    );
+    w.pv.restart();
+    assert!(port_accepts(w.console.port), "console not back");
+    let (b, _) = w.logged_in("rita", "rita-pw");
+    let page = poll_until(
+        "a tampered chain on /audit",
+        Duration::from_secs(30),
+        || {
+            let p = b.get("/audit");
+            p.text.contains("TAMPERED as verified at").then_some(p)
+        },
+    );
+    assert!(
+        page.text.contains("<p class=\"bad\">TAMPERED"),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text.contains("hash_mismatch") || page.text.contains("mismatch"),
+        "{}",
+        page.text
+    );
+}

@@ -76,6 +76,8 @@ async fn inner(st: &ConsoleState, viewer: &Viewer, q: &Filters) -> Result<Respon
                     query_string(&p)
                 });
             let body = html! {
+                (super::chain::render(st.chain.get()))
+                h2 { "Events" }
                 form.filters method="get" action="/audit" {
                     (field("kind", "Kind (e.g. auth.failure)", &q.kind))
                     (field("user", "User", &q.user))

@@ -10,6 +10,7 @@
 //! `export` (CSV and JSON), one file per page, `tls` (HTTPS).
 
 mod audit_page;
+mod chain;
 mod export;
 mod grants;
 mod layout;
@@ -53,6 +54,8 @@ pub struct ConsoleState {
     services: Arc<Services>,
     /// Console sessions and pending logins, in this process's memory.
     sessions: session::Sessions,
+    /// The newest `audit verify` report, for `/audit`.
+    chain: Arc<chain::ChainStatus>,
 }
 
 impl ConsoleState {
@@ -63,6 +66,7 @@ impl ConsoleState {
             audit,
             services,
             sessions: session::Sessions::default(),
+            chain: Arc::default(),
         }
     }
 
@@ -109,6 +113,7 @@ pub async fn serve(
     state: Arc<ConsoleState>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    tokio::spawn(state.chain.clone().run(state.store.clone(), stop.clone()));
     let app = router(state).into_make_service_with_connect_info::<tls::Peer>();
     let addr = bound.listener.local_addr()?;
     let shutdown = async move { stop.cancelled().await };
