@@ -323,7 +323,17 @@ fn a_live_forward_shows_on_now_and_an_admin_ends_its_connection() {
         "{}",
         page.text
     );
-    assert!(page.text.contains("1 open forward(s)"), "{}", page.text);
+    assert!(
+        page.text
+            .contains("1 open connection(s) and 1 open forward(s)"),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text.contains(&format!("<code>{conn}</code>")),
+        "{}",
+        page.text
+    );
     // A reviewer has no End button, and may not end it.
     let end = format!("/connections/{conn}/end");
     assert!(!page.text.contains(&end), "{}", page.text);

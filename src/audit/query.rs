@@ -317,19 +317,65 @@ pub async fn connection_ends(store: &Store, since: i64) -> Result<Vec<String>, s
     Ok(ids)
 }
 
-/// One forward's connection id and its node, if the forward is still
-/// open (what the console's End button acts on).
+/// A connection still open (no `closed_at`), as the Now page shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConnectionRow {
+    pub connection_id: String,
+    pub node: String,
+    pub source: String,
+    /// Set once it logged in.
+    pub user: Option<String>,
+    pub auth_method: Option<String>,
+    pub client_version: Option<String>,
+    pub opened_at: String,
+    pub authenticated_at: Option<String>,
+}
+
+const CONNECTION_COLUMNS: &str = "SELECT id, node, source, user_name, auth_method, client_version, opened_at, authenticated_at FROM connections";
+
+fn connection_row(r: &AnyRow) -> Result<ConnectionRow, sqlx::Error> {
+    let authenticated: Option<i64> = r.try_get("authenticated_at")?;
+    Ok(ConnectionRow {
+        connection_id: r.try_get("id")?,
+        node: r.try_get("node")?,
+        source: r.try_get("source")?,
+        user: r.try_get("user_name")?,
+        auth_method: r.try_get("auth_method")?,
+        client_version: r.try_get("client_version")?,
+        opened_at: rfc3339_micros(r.try_get("opened_at")?),
+        authenticated_at: authenticated.map(rfc3339_micros),
+    })
+}
+
+/// Connections open now on every node (logged in or not), newest first.
+pub async fn open_connections(
+    store: &Store,
+    limit: i64,
+) -> Result<Vec<ConnectionRow>, sqlx::Error> {
+    let mut w = Where::default();
+    w.sql.push_str(" WHERE closed_at IS NULL");
+    w.fetch(
+        store,
+        CONNECTION_COLUMNS,
+        &format!(" ORDER BY opened_at DESC, id DESC LIMIT {}", limit.max(0)),
+    )
+    .await?
+    .iter()
+    .map(connection_row)
+    .collect()
+}
+
+/// Connection `id` if it is still open.
 pub async fn open_connection(
     store: &Store,
-    connection_id: &str,
-) -> Result<Option<SessionRow>, sqlx::Error> {
+    id: &str,
+) -> Result<Option<ConnectionRow>, sqlx::Error> {
     let mut w = Where::default();
-    w.text("connection_id = ?", &Some(connection_id.to_string()));
-    w.sql
-        .push_str(" AND ended_at IS NULL AND result = 'allowed'");
-    w.fetch(store, SESSION_COLUMNS, " ORDER BY id DESC LIMIT 1")
+    w.text("id = ?", &Some(id.to_string()));
+    w.sql.push_str(" AND closed_at IS NULL");
+    w.fetch(store, CONNECTION_COLUMNS, "")
         .await?
         .first()
-        .map(session_row)
+        .map(connection_row)
         .transpose()
 }

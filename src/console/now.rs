@@ -1,4 +1,4 @@
-//! `/` (Now): the forwards open right now on every node, from the shared
+//! `/` (Now): the forwards and connections open right now on every node, from the shared
 //! database, refreshed by the browser every few seconds (a meta refresh:
 //! no script). Admins end a connection from here: the `console.action`
 //! row is both the record and the command every node's grant watcher
@@ -42,19 +42,51 @@ pub async fn page(
         limit: Some(EXPORT),
         ..Default::default()
     };
-    let rows = match query::sessions(&st.store, &filter).await {
-        Ok(r) => r,
-        Err(e) => return internal(e).into_response(),
+    let (rows, connections) = match (
+        query::sessions(&st.store, &filter).await,
+        query::open_connections(&st.store, EXPORT).await,
+    ) {
+        (Ok(r), Ok(c)) => (r, c),
+        (Err(e), _) | (_, Err(e)) => return internal(e).into_response(),
     };
     match format {
         Format::Json => export::json(&rows),
         Format::Csv => super::sessions::list_csv(&rows),
         Format::Html => {
+            let admin = viewer.role == super::Role::Admin;
             let body = html! {
-                p { (rows.len()) " open forward(s) on all nodes; this page refreshes every "
+                p { (connections.len()) " open connection(s) and " (rows.len())
+                    " open forward(s) on all nodes; this page refreshes every "
                     (REFRESH) " seconds." }
+                h2 { "Forwards" }
                 (layout::exports("/", ""))
                 (table(&rows, Some(&viewer)))
+                h2 { "Connections" }
+                table #connections {
+                    thead { tr {
+                        th { "Opened" } th { "Logged in" } th { "User" } th { "Auth" } th { "Source" }
+                        th { "Client" } th { "Node" } th { "Connection" }
+                        @if admin { th { "End connection" } }
+                    } }
+                    tbody { @for c in &connections { tr {
+                        td { (c.opened_at) }
+                        td { (layout::or_dash(&c.authenticated_at)) }
+                        td.user { (layout::or_dash(&c.user)) }
+                        td { (layout::or_dash(&c.auth_method)) }
+                        td { (c.source) }
+                        td { (layout::or_dash(&c.client_version)) }
+                        td { (c.node) }
+                        td { code { (c.connection_id) } }
+                        @if admin { td {
+                            form.end method="post" action={ "/connections/" (c.connection_id) "/end" } {
+                                (layout::csrf_field(&viewer))
+                                input type="text" name="note" placeholder="why (audited)";
+                                button type="submit" { "End" }
+                            }
+                        } }
+                    } } }
+                }
+                @if connections.is_empty() { p { "No open connections." } }
             };
             layout::page(&viewer, "Now", Some(REFRESH), body).into_response()
         }
@@ -86,7 +118,7 @@ pub async fn end(
         Ok(None) => {
             return error_page(
                 StatusCode::NOT_FOUND,
-                "No open forward of that connection (it may have ended already).",
+                "No such open connection (it may have ended already).",
             );
         }
         Err(e) => return internal(e).into_response(),
@@ -96,7 +128,7 @@ pub async fn end(
         .user(viewer.name.as_str())
         .detail("action", "connection_end")
         .detail("connection_id", row.connection_id.as_str())
-        .detail("connection_user", row.user.as_str())
+        .detail("connection_user", row.user.clone().unwrap_or_default())
         .detail("node", row.node.as_str())
         .detail("note", note);
     ev.source = Some(viewer.source.to_string());
