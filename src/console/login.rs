@@ -90,7 +90,7 @@ pub struct CallbackQuery {
 /// `GET /auth/callback`: check the login and start a console session.
 pub async fn callback(
     State(st): State<Arc<ConsoleState>>,
-    ConnectInfo(super::tls::Peer(source)): ConnectInfo<super::tls::Peer>,
+    ConnectInfo(super::serve::Peer(source)): ConnectInfo<super::serve::Peer>,
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {

@@ -7,7 +7,9 @@
 //!
 //! One file per concern: `session` (console sessions, cookies, CSRF),
 //! `login` (the OIDC code flow), `layout` (page frame, stylesheet),
-//! `export` (CSV and JSON), one file per page, `tls` (HTTPS).
+//! `export` (CSV and JSON), one file per page, `tls` (HTTPS), `serve`
+//! (connections: limits, timeouts, graceful stop), `chain` (the chain
+//! status of `/audit`).
 
 mod audit_page;
 mod chain;
@@ -18,6 +20,7 @@ mod lockouts;
 mod login;
 mod now;
 mod recordings;
+mod serve;
 mod session;
 mod sessions;
 mod tls;
@@ -114,24 +117,19 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     tokio::spawn(state.chain.clone().run(state.store.clone(), stop.clone()));
-    let app = router(state).into_make_service_with_connect_info::<tls::Peer>();
+    let app = router(state);
     let addr = bound.listener.local_addr()?;
-    let shutdown = async move { stop.cancelled().await };
     match bound.tls {
         Some(acceptor) => {
             tracing::info!(%addr, "console listening (https)");
-            let listener = tls::TlsListener::new(bound.listener, acceptor);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            serve::run(tls::TlsListener::new(bound.listener, acceptor), app, stop).await;
         }
         None => {
             tracing::info!(%addr, "console listening (http, loopback)");
-            axum::serve(bound.listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            serve::run(bound.listener, app, stop).await;
         }
     }
+    Ok(())
 }
 
 fn router(state: Arc<ConsoleState>) -> Router {
@@ -274,7 +272,7 @@ impl FromRequestParts<Arc<ConsoleState>> for Viewer {
         };
         let source = parts
             .extensions
-            .get::<ConnectInfo<tls::Peer>>()
+            .get::<ConnectInfo<serve::Peer>>()
             .map(|c| c.0.0)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let cookie = session::cookie(&parts.headers, session::SESSION_COOKIE);
