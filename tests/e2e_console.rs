@@ -516,6 +516,16 @@ fn admins_revoke_a_grant_and_clear_a_lockout_with_a_csrf_token_only() {
     assert_eq!(adam.post("/auth/logout", &[]).status, 403);
     assert_eq!(adam.post("/auth/logout", &[("csrf", &token)]).status, 200);
     assert_eq!(adam.get_raw("/grants").status, 303);
+
+    // The console's rows joined the node's hash chain: it verifies intact.
+    let verify = w.pv.cli(&["audit", "verify"]);
+    verify.assert_success();
+    for kind in ["console.login", "console.action"] {
+        assert!(
+            w.pv.audit().iter().any(|e| e.kind == kind),
+            "{kind} rows in the chain"
+        );
+    }
 }
 
 #[test]
