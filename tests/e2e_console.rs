@@ -175,6 +175,7 @@ fn headers_cookie_flags_and_the_login_redirect() {
     assert!(page.url.ends_with("/sessions?user=alice"), "{}", page.url);
     assert_security_headers(&page);
     assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert_eq!(page.header("strict-transport-security"), None, "plain HTTP");
     assert!(!page.text.contains("<script"), "no scripts: {}", page.text);
     let css = b.get("/static/console.css");
     assert_eq!(css.status, 200);
@@ -570,6 +571,11 @@ fn the_console_serves_https_with_its_certificate_and_secure_cookies() {
     let now = b.get("/");
     assert_eq!(now.status, 200, "{now:?}");
     assert!(now.text.contains("<h1>Now</h1>"));
+    assert_eq!(
+        now.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    assert_security_headers(&now);
     // Plain HTTP to the HTTPS port gets no page.
     let plain = reqwest::blocking::get(format!("http://127.0.0.1:{}/", w.console.port));
     assert!(

@@ -117,7 +117,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     tokio::spawn(state.chain.clone().run(state.store.clone(), stop.clone()));
-    let app = router(state);
+    let app = router(state, bound.tls.is_some());
     let addr = bound.listener.local_addr()?;
     match bound.tls {
         Some(acceptor) => {
@@ -132,8 +132,8 @@ pub async fn serve(
     Ok(())
 }
 
-fn router(state: Arc<ConsoleState>) -> Router {
-    Router::new()
+fn router(state: Arc<ConsoleState>, https: bool) -> Router {
+    let router = Router::new()
         .route("/", get(now::page))
         .route("/connections/{id}/end", post(now::end))
         .route("/sessions", get(sessions::list))
@@ -150,7 +150,21 @@ fn router(state: Arc<ConsoleState>) -> Router {
         .route("/static/console.css", get(layout::stylesheet))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(state)
+        .with_state(state);
+    if https {
+        // Browsers that saw the console over HTTPS never try plain HTTP.
+        router.layer(axum::middleware::map_response(
+            |mut res: Response| async move {
+                res.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000"),
+                );
+                res
+            },
+        ))
+    } else {
+        router
+    }
 }
 
 /// On every answer: no framing, no sniffing, no referrer, scripts and
@@ -172,6 +186,10 @@ async fn security_headers(mut res: Response) -> Response {
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
     );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
