@@ -646,6 +646,43 @@ fn forwards_inside_a_session_follow_the_policy_and_agent_forwarding_is_refused()
 }
 
 #[test]
+fn a_target_with_agent_forwarding_uses_the_engineers_agent_through_the_recorded_session() {
+    let r = Recorded::start_with(|mut cfg, _| {
+        let t = cfg.targets.pop().unwrap();
+        cfg.target(t.line("agent_forwarding = true"))
+    });
+    let agent = SshAgent::start(r.env.path());
+    agent.add(&r.alice);
+    let identity_agent = format!("IdentityAgent={}", agent.socket.display());
+    // On the target, `ssh-add -l` asks the agent through the target's sshd,
+    // portvakt's upstream connection and the engineer's inner connection.
+    let out = r
+        .client()
+        .run(&["-A", "-o", &identity_agent, "db-1", "ssh-add -l"]);
+    out.assert_success();
+    assert!(
+        out.stdout_text().contains(&r.alice.fingerprint()),
+        "the target did not see alice's key in her agent: {out}"
+    );
+    let ev =
+        r.pv.wait_for_audit("the agent channel", |e| e.kind == "agent.forward");
+    assert_eq!(ev.detail_str("target"), Some("db-1"), "{ev:?}");
+    assert!(
+        ev.detail["bytes_from_agent"].as_u64().unwrap_or(0) > 0,
+        "{ev:?}"
+    );
+    // Without -A the target sees no agent.
+    let out = r.client().run(&[
+        "-o",
+        &identity_agent,
+        "db-1",
+        "echo agent=${SSH_AUTH_SOCK:-none}",
+    ]);
+    out.assert_success();
+    assert_eq!(out.stdout_text().trim(), "agent=none", "{out}");
+}
+
+#[test]
 fn a_recording_made_through_one_node_is_played_from_another() {
     let db = Database::postgres_required("tests/e2e_recording.rs (two nodes on one database)");
     let r = Recorded::start_on(Some(&db), |cfg, _| cfg);

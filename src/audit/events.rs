@@ -49,6 +49,9 @@ pub enum EventKind {
     RecordingEnd,
     /// A file operation in a recorded sftp or scp session.
     FileOp,
+    /// A recorded target used the engineer's forwarded agent (a target
+    /// with `agent_forwarding = true`).
+    AgentForward,
     /// A review console login, allowed or refused (DESIGN.md §12).
     ConsoleLogin,
     /// A reviewer opened a session's detail (or a recording) in the console.
@@ -59,7 +62,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 32] = [
+    pub const ALL: [EventKind; 33] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -89,6 +92,7 @@ impl EventKind {
         EventKind::RecordingStart,
         EventKind::RecordingEnd,
         EventKind::FileOp,
+        EventKind::AgentForward,
         EventKind::ConsoleLogin,
         EventKind::ConsoleView,
         EventKind::ConsoleAction,
@@ -126,6 +130,7 @@ impl EventKind {
             RecordingStart => "recording.start",
             RecordingEnd => "recording.end",
             FileOp => "file.op",
+            AgentForward => "agent.forward",
             ConsoleLogin => "console.login",
             ConsoleView => "console.view",
             ConsoleAction => "console.action",

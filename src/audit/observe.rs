@@ -66,7 +66,10 @@ pub fn observe(ev: &Event) {
         | EventKind::RequestNotifyFailed
         | EventKind::RequestRefused => {}
         // The recordings table and the audit trail are their record.
-        EventKind::RecordingStart | EventKind::RecordingEnd | EventKind::FileOp => {}
+        EventKind::RecordingStart
+        | EventKind::RecordingEnd
+        | EventKind::FileOp
+        | EventKind::AgentForward => {}
         // The review console's own trail (who looked, who acted).
         EventKind::ConsoleLogin | EventKind::ConsoleView | EventKind::ConsoleAction => {}
         // Rare admin and account events: the audit trail is their record.

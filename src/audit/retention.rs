@@ -98,10 +98,12 @@ pub struct Pruned {
     pub forwards: u64,
     pub connections: u64,
     pub grants: u64,
+    pub recordings: u64,
 }
 
 /// Delete audit data older than `before` (unix µs): events, ended forwards,
-/// closed connections, grants that ended. Rows of open forwards stay.
+/// closed connections, grants that ended, recordings (after their events:
+/// [`crate::recording::store::prune`]). Rows of open forwards stay.
 /// `rule` names why (`retention 90d`), for the signed record.
 ///
 /// Of the audit events, only this node's go, by its writer's key: first a
@@ -120,8 +122,10 @@ pub async fn prune(audit: &Audit, before: i64, rule: &str) -> Result<Pruned, sql
             .await
             .map(|r| r.rows_affected())
     };
+    let events = prune_events(audit, before, rule).await?;
     Ok(Pruned {
-        events: prune_events(audit, before, rule).await?,
+        events,
+        recordings: crate::recording::store::prune(store, before).await?,
         forwards: run("DELETE FROM forwards WHERE ended_at IS NOT NULL AND ended_at < $1").await?,
         connections: run("DELETE FROM connections WHERE closed_at IS NOT NULL AND closed_at < $1").await?,
         grants: run("DELETE FROM grants WHERE expires_at < $1 OR (revoked_at IS NOT NULL AND revoked_at < $1)").await?,
@@ -222,7 +226,8 @@ pub async fn retention_loop(
                     .detail("events", p.events)
                     .detail("forwards", p.forwards)
                     .detail("connections", p.connections)
-                    .detail("grants", p.grants),
+                    .detail("grants", p.grants)
+                    .detail("recordings", p.recordings),
             ),
             Err(e) => tracing::error!(error = %e, "audit retention pass failed"),
         }

@@ -1090,6 +1090,7 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "recording.start",
                 "recording.end",
                 "file.op",
+                "agent.forward",
                 "console.login",
                 "console.view",
                 "console.action",

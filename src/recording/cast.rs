@@ -110,17 +110,31 @@ impl Encoder {
         Encoder::default()
     }
 
-    /// An "o" event at `at` (since the start), or nothing while `data`
-    /// holds only the beginning of a character.
-    pub fn output(&mut self, at: Duration, data: &[u8]) -> Option<String> {
-        let text = self.output.decode(data);
-        (!text.is_empty()).then(|| event(at, Code::Output, &text))
+    /// Appends an "o" event at `at` (since the start) to `out`; false (and
+    /// nothing appended) while `data` holds only the beginning of a
+    /// character. Written in place, byte runs at a time: this is the
+    /// recorded relay's hot path.
+    pub fn write_output(&mut self, at: Duration, data: &[u8], out: &mut Vec<u8>) -> bool {
+        write_decoded(&mut self.output, at, Code::Output, data, out)
     }
 
-    /// An "i" event, as `output`.
+    /// Appends an "i" event, as `write_output`.
+    pub fn write_input(&mut self, at: Duration, data: &[u8], out: &mut Vec<u8>) -> bool {
+        write_decoded(&mut self.input, at, Code::Input, data, out)
+    }
+
+    /// An "o" event as a line of its own (`write_output`).
+    pub fn output(&mut self, at: Duration, data: &[u8]) -> Option<String> {
+        let mut out = Vec::new();
+        self.write_output(at, data, &mut out)
+            .then(|| String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// An "i" event as a line of its own.
     pub fn input(&mut self, at: Duration, data: &[u8]) -> Option<String> {
-        let text = self.input.decode(data);
-        (!text.is_empty()).then(|| event(at, Code::Input, &text))
+        let mut out = Vec::new();
+        self.write_input(at, data, &mut out)
+            .then(|| String::from_utf8_lossy(&out).into_owned())
     }
 
     pub fn resize(&mut self, at: Duration, width: u32, height: u32) -> String {
@@ -143,14 +157,106 @@ impl Encoder {
 
 /// One event line, newline included. The time has microsecond precision.
 pub fn event(at: Duration, code: Code, text: &str) -> String {
-    // A `&str` always serialises.
-    let text = serde_json::to_string(text).unwrap_or_default();
-    format!(
-        "[{}.{:06}, \"{}\", {text}]\n",
+    let mut out = Vec::with_capacity(text.len() + 32);
+    open_event(at, code, &mut out);
+    escape_into(text.as_bytes(), &mut out);
+    out.extend_from_slice(b"\"]\n");
+    // Only ASCII and the bytes of `text` (valid UTF-8) were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `[secs.micros, "code", "` of an event line.
+fn open_event(at: Duration, code: Code, out: &mut Vec<u8>) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "[{}.{:06}, \"{}\", \"",
         at.as_secs(),
         at.subsec_micros(),
         code.as_str()
-    )
+    );
+}
+
+/// The event of `data` decoded by `dec`, appended to `out` (false: nothing
+/// to write yet).
+fn write_decoded(
+    dec: &mut Utf8Decoder,
+    at: Duration,
+    code: Code,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    let start = out.len();
+    open_event(at, code, out);
+    let body = out.len();
+    dec.decode_into(data, out);
+    if out.len() == body {
+        out.truncate(start);
+        return false;
+    }
+    out.extend_from_slice(b"\"]\n");
+    true
+}
+
+/// Appends `text` (valid UTF-8) as the inside of a JSON string: `"`, `\\`
+/// and control characters escaped as serde_json does, runs of other bytes
+/// copied whole. Eight bytes are looked at a time (terminal output is
+/// mostly runs that need no escape).
+fn escape_into(text: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(text.len() + 16);
+    let mut run = 0;
+    let mut i = 0;
+    while i < text.len() {
+        if let Some(word) = text.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            if !needs_escape(u64::from_le_bytes(w)) {
+                i += 8;
+                continue;
+            }
+        }
+        let end = (i + 8).min(text.len());
+        for j in i..end {
+            let b = text[j];
+            if b >= 0x20 && b != b'"' && b != b'\\' {
+                continue;
+            }
+            out.extend_from_slice(&text[run..j]);
+            run = j + 1;
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                _ => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]),
+            }
+        }
+        i = end;
+    }
+    out.extend_from_slice(&text[run..]);
+}
+
+/// Might one of the eight bytes of `w` need an escape (below 0x20, `"` or
+/// `\\`)? Never false when one does; may be true when none does (the
+/// bytes are then looked at one by one).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+    below_space || has_zero(w ^ (ONES * u64::from(b'"'))) || has_zero(w ^ (ONES * u64::from(b'\\')))
 }
 
 /// One event read back from a recording.
@@ -200,34 +306,38 @@ struct Utf8Decoder {
 }
 
 impl Utf8Decoder {
-    fn decode(&mut self, data: &[u8]) -> String {
+    /// Appends what `data` (after what was pending) decodes to, escaped
+    /// for a JSON string; bytes that are not UTF-8 become U+FFFD, a
+    /// character cut at the end waits for the next piece.
+    fn decode_into(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        // A character cut at the end of the last piece: decode it together
+        // with this piece (a copy, only then).
         let joined;
-        let mut input: &[u8] = if self.pending.is_empty() {
+        let mut data = if self.pending.is_empty() {
             data
         } else {
             let mut buf = std::mem::take(&mut self.pending);
             buf.extend_from_slice(data);
             joined = buf;
-            &joined
+            &joined[..]
         };
-        let mut text = String::with_capacity(input.len());
         loop {
-            match std::str::from_utf8(input) {
-                Ok(s) => {
-                    text.push_str(s);
-                    return text;
+            match std::str::from_utf8(data) {
+                Ok(_) => {
+                    escape_into(data, out);
+                    return;
                 }
                 Err(e) => {
-                    let (valid, rest) = input.split_at(e.valid_up_to());
-                    text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    let (valid, rest) = data.split_at(e.valid_up_to());
+                    escape_into(valid, out);
                     match e.error_len() {
                         Some(bad) => {
-                            text.push('\u{FFFD}');
-                            input = &rest[bad..];
+                            out.extend_from_slice("\u{FFFD}".as_bytes());
+                            data = &rest[bad..];
                         }
                         None => {
-                            self.pending = rest.to_vec();
-                            return text;
+                            self.pending.extend_from_slice(rest);
+                            return;
                         }
                     }
                 }
@@ -347,6 +457,81 @@ mod tests {
         let lines = e.finish(at(9));
         assert_eq!(lines, vec!["[0.000009, \"o\", \"\u{FFFD}\"]\n".to_string()]);
         assert!(e.finish(at(10)).is_empty());
+    }
+
+    /// Any bytes cut anywhere decode as the whole stream would
+    /// (`from_utf8_lossy`), and every line is the JSON serde_json writes.
+    #[test]
+    fn pieces_decode_like_the_whole_stream() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet: Vec<&[u8]> = vec![
+            b"a",
+            b"\r\n",
+            b"\x1b[0m",
+            b"\"",
+            b"\\",
+            b"\x00",
+            b"\x7f",
+            b"\xff",
+            b"\xc3",
+            "é".as_bytes(),
+            "€".as_bytes(),
+            "🦀".as_bytes(),
+            &"🦀".as_bytes()[..2],
+            b"\t\x08\x0c",
+        ];
+        for _ in 0..300 {
+            let mut stream = Vec::new();
+            for _ in 0..(next() % 120) {
+                stream.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            let mut e = Encoder::new();
+            let mut text = String::new();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let n = 1 + (next() as usize % rest.len().min(48));
+                if let Some(line) = e.output(at(1), &rest[..n]) {
+                    let (_, code, data) = data_of(&line);
+                    assert_eq!(code, "o");
+                    assert_eq!(
+                        serde_json::to_string(&data).unwrap(),
+                        line[line.find(", \"o\", ").unwrap() + 7..line.len() - 2]
+                    );
+                    text.push_str(&data);
+                }
+                rest = &rest[n..];
+            }
+            for line in e.finish(at(2)) {
+                text.push_str(&data_of(&line).2);
+            }
+            assert_eq!(text, String::from_utf8_lossy(&stream), "{stream:?}");
+        }
+    }
+
+    /// Every ASCII byte, at every position of a word, escaped exactly as
+    /// serde_json does.
+    #[test]
+    fn escaping_matches_serde_json_at_every_position() {
+        for b in 0u8..0x80 {
+            for pos in 0..24 {
+                let mut text = vec![b'x'; 24];
+                text[pos] = b;
+                let mut out = Vec::new();
+                escape_into(&text, &mut out);
+                let want = serde_json::to_string(std::str::from_utf8(&text).unwrap()).unwrap();
+                assert_eq!(
+                    std::str::from_utf8(&out).unwrap(),
+                    &want[1..want.len() - 1],
+                    "byte {b:#04x} at {pos}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl Inner {
         };
         let job = &self.job;
         let l = upstream::Login {
+            job: Arc::downgrade(job),
             cas: &job.cas,
             recorded: &job.recorded,
             names: &job.names,
@@ -398,11 +399,29 @@ impl Handler for Inner {
 
     async fn agent_request(
         &mut self,
-        _channel: ChannelId,
-        _session: &mut Session,
+        channel: ChannelId,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.job.refused(ChannelRefusal::AgentForward, None);
-        Ok(false)
+        // Lent only to a target that allows it (the config in force), and
+        // only as far as the target accepts it.
+        let (Some(ctl), Some(login), true) = (
+            self.channels.get_mut(&channel),
+            self.login.clone(),
+            self.job.agent_allowed(),
+        ) else {
+            self.job.refused(ChannelRefusal::AgentForward, None);
+            return Ok(false);
+        };
+        let sent = ctl.up.agent_forward(true).await;
+        let ok = sent.is_ok()
+            && matches!(
+                tokio::time::timeout(REPLY_WAIT, ctl.replies.recv()).await,
+                Ok(Some(true))
+            );
+        if ok {
+            self.job.lend_agent(session.handle(), &login);
+        }
+        Ok(ok)
     }
 
     async fn x11_request(

@@ -61,6 +61,18 @@ pub struct RecordJob {
     /// Set when logging in to the target failed: the forward's end reason.
     upstream_failure: Mutex<Option<ForwardStop>>,
     upstream: Mutex<Option<Arc<client::Handle<upstream::Upstream>>>>,
+    /// The engineer's agent, through the inner connection: set when the
+    /// client asked for agent forwarding on a session and the target allows
+    /// it; until then the target's agent channels are refused.
+    agent: Mutex<Option<AgentRoute>>,
+}
+
+/// Where a recorded target's agent channels go.
+#[derive(Clone)]
+struct AgentRoute {
+    /// The inner connection (the engineer's `ssh` holds the agent).
+    inner: russh::server::Handle,
+    login: String,
 }
 
 /// When a recorded forward must end although both sides are open.
@@ -103,7 +115,64 @@ impl RecordJob {
             refusals,
             upstream_failure: Mutex::new(None),
             upstream: Mutex::new(None),
+            agent: Mutex::new(None),
         }
+    }
+
+    /// May the target use the engineer's agent now (the config in force,
+    /// not the copy the forward was decided under)?
+    fn agent_allowed(&self) -> bool {
+        self.recorded_now().is_some_and(|r| r.agent_forwarding)
+    }
+
+    /// The engineer forwarded their agent on a session and the target
+    /// accepted it.
+    fn lend_agent(&self, inner: russh::server::Handle, login: &str) {
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(AgentRoute {
+            inner,
+            login: login.to_string(),
+        });
+    }
+
+    /// Where the target's agent channel goes: the engineer's agent, when
+    /// they lent it and the target is (still) allowed to use it; `None`
+    /// (refused, audited) otherwise.
+    fn agent_route(&self) -> Option<AgentRoute> {
+        let route = self
+            .agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|_| self.agent_allowed());
+        if route.is_none() {
+            self.refused(ChannelRefusal::AgentForward, Some("opened by the target"));
+        }
+        route
+    }
+
+    /// Relay the target's agent channel to the engineer's agent (opened
+    /// here, off the caller's session loop), and audit it at its end.
+    fn relay_agent(self: Arc<Self>, route: AgentRoute, up: Channel<client::Msg>) {
+        tokio::spawn(async move {
+            let inner = match route.inner.channel_open_agent().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the client did not open its agent");
+                    let _ = up.close().await;
+                    return;
+                }
+            };
+            let (mut a, mut b) = (up.into_stream(), inner.into_stream());
+            let (to_agent, from_agent) = tokio::io::copy_bidirectional(&mut a, &mut b)
+                .await
+                .unwrap_or_default();
+            self.audit.emit(
+                self.event(EventKind::AgentForward)
+                    .detail("login", route.login.as_str())
+                    .detail("bytes_to_agent", to_agent)
+                    .detail("bytes_from_agent", from_agent),
+            );
+        });
     }
 
     /// The target's recording settings under the config in force (a reload

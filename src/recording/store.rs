@@ -17,6 +17,8 @@ use crate::text::clean;
 
 /// Content encoded but not stored past this asks for a flush.
 pub const FLUSH_BYTES: usize = 1024 * 1024;
+/// Room for a chunk and the event that completes it (no regrowth).
+const PENDING_CAPACITY: usize = FLUSH_BYTES + 256 * 1024;
 /// No chunk a recorder writes is larger (a flush after each event: one
 /// event is at most a 32 KiB packet, escaped).
 const MAX_CHUNK: u64 = 16 << 20;
@@ -108,14 +110,19 @@ pub struct Recorder {
     pending: Vec<u8>,
     /// Content accepted so far, stored or pending: what `max_bytes` bounds.
     bytes: u64,
-    /// Over the stored chunks, in order.
-    hash: digest::Context,
+    /// Over the stored chunks, in order; with the chunk's writer while one
+    /// is in flight (it hashes there, off the relay's path).
+    hash: Option<digest::Context>,
+    /// The buffer of the last chunk stored, for the next one (output that
+    /// fills chunks does not allocate per chunk; dropped at a partial
+    /// flush, so an idle session holds no more than it needs).
+    spare: Vec<u8>,
     /// Chunks handed to the writer, and the seq of the next.
     chunks: i64,
     truncated: bool,
     /// The chunk being compressed and stored, off the caller's path (at
     /// most one: the next flush waits for it, so order and memory hold).
-    in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    in_flight: Option<tokio::task::JoinHandle<Stored>>,
 }
 
 impl Recorder {
@@ -169,7 +176,8 @@ impl Recorder {
             encoder: Encoder::new(),
             bytes: header.len() as u64,
             pending: header.into_bytes(),
-            hash: digest::Context::new(&digest::SHA256),
+            hash: Some(digest::Context::new(&digest::SHA256)),
+            spare: Vec::new(),
             chunks: 0,
             truncated: false,
             in_flight: None,
@@ -187,8 +195,9 @@ impl Recorder {
         if self.truncated {
             return false;
         }
-        let line = self.encoder.output(self.started.elapsed(), data);
-        self.append(line)
+        let mark = self.pending.len();
+        let at = self.started.elapsed();
+        self.encoder.write_output(at, data, &mut self.pending) && self.keep(mark)
     }
 
     /// An "i" event now, recorded only when `settings.input`; returns as
@@ -197,8 +206,9 @@ impl Recorder {
         if self.truncated || !self.settings.input {
             return false;
         }
-        let line = self.encoder.input(self.started.elapsed(), data);
-        self.append(line)
+        let mark = self.pending.len();
+        let at = self.started.elapsed();
+        self.encoder.write_input(at, data, &mut self.pending) && self.keep(mark)
     }
 
     /// An "r" event now; returns as `output`.
@@ -210,7 +220,7 @@ impl Recorder {
         self.append(Some(line))
     }
 
-    /// Bytes encoded but not yet stored >= 64 KiB (the caller then awaits
+    /// Bytes encoded but not yet stored >= FLUSH_BYTES (the caller then awaits
     /// `flush`).
     pub fn wants_flush(&self) -> bool {
         self.pending.len() >= FLUSH_BYTES
@@ -219,6 +229,19 @@ impl Recorder {
     /// Has max_bytes been reached?
     pub fn truncated(&self) -> bool {
         self.truncated
+    }
+
+    /// The event written to `pending` from `mark` on stays if it fits in
+    /// max_bytes; true when it is the first that does not (it is removed).
+    fn keep(&mut self, mark: usize) -> bool {
+        let size = (self.pending.len() - mark) as u64;
+        if self.bytes.saturating_add(size) > self.settings.max_bytes {
+            self.pending.truncate(mark);
+            self.truncated = true;
+            return true;
+        }
+        self.bytes += size;
+        false
     }
 
     /// Keeps `line` within max_bytes; true when it is the first that does
@@ -246,25 +269,44 @@ impl Recorder {
     pub async fn flush(&mut self) -> Result<(), StoreError> {
         self.settle().await?;
         if self.pending.is_empty() {
+            // Idle: keep no spare buffer.
+            self.spare = Vec::new();
             return Ok(());
         }
-        let raw = std::mem::take(&mut self.pending);
-        self.hash.update(&raw);
+        let next = if self.pending.len() >= FLUSH_BYTES {
+            let mut next = std::mem::take(&mut self.spare);
+            next.reserve(PENDING_CAPACITY);
+            next
+        } else {
+            self.spare = Vec::new();
+            Vec::new()
+        };
+        let raw = std::mem::replace(&mut self.pending, next);
+        let hash = self.hash.take().ok_or(StoreError::Unhealthy)?;
         let (store, id, seq) = (self.store.clone(), self.id, self.chunks);
         let stored = self.bytes;
         self.chunks += 1;
-        self.in_flight = Some(tokio::spawn(store_chunk(store, id, seq, raw, stored)));
+        self.in_flight = Some(tokio::spawn(async move {
+            let mut hash = hash;
+            hash.update(&raw);
+            let result = store_chunk(&store, id, seq, &raw, stored).await;
+            Stored { result, raw, hash }
+        }));
         Ok(())
     }
 
     /// Waits until every chunk handed over is stored.
     pub async fn settle(&mut self) -> Result<(), StoreError> {
-        match self.in_flight.take() {
-            None => Ok(()),
-            Some(h) => h
-                .await
-                .map_err(|e| StoreError::Query(sqlx::Error::Protocol(e.to_string())))?,
-        }
+        let Some(h) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let done = h
+            .await
+            .map_err(|e| StoreError::Query(sqlx::Error::Protocol(e.to_string())))?;
+        self.hash = Some(done.hash);
+        self.spare = done.raw;
+        self.spare.clear();
+        done.result
     }
 
     /// Flushes, then sets ended_at, bytes, sha256, truncated, exit_status,
@@ -277,7 +319,12 @@ impl Recorder {
         }
         self.flush().await?;
         self.settle().await?;
-        let sha256 = hex(self.hash.clone().finish().as_ref());
+        let sha256 = hex(self
+            .hash
+            .take()
+            .ok_or(StoreError::Unhealthy)?
+            .finish()
+            .as_ref());
         sqlx::query(
             "UPDATE recordings SET ended_at = $1, bytes = $2, sha256 = $3, truncated = $4, \
              exit_status = $5, chunks = $6 WHERE id = $7",
@@ -301,18 +348,25 @@ impl Recorder {
     }
 }
 
+/// A chunk's writer hands back the running hash and the chunk's buffer.
+struct Stored {
+    result: Result<(), StoreError>,
+    raw: Vec<u8>,
+    hash: digest::Context,
+}
+
 /// Compress chunk `seq` of recording `id` and store
 /// it, with the row's running size (`stored`: content up to its end).
 async fn store_chunk(
-    store: Store,
+    store: &Store,
     id: i64,
     seq: i64,
-    raw: Vec<u8>,
+    raw: &[u8],
     stored: u64,
 ) -> Result<(), StoreError> {
     let len = raw.len() as i64;
     // LZ4 takes well under a millisecond per chunk: no thread hand-over.
-    let data = compress(&raw)?;
+    let data = compress(raw)?;
     let mut tx = store.pool().begin().await?;
     sqlx::query(
         "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes) VALUES ($1, $2, $3, $4)",
@@ -342,6 +396,62 @@ fn compress(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A recording's `recording.end` event is written right after its row ends;
+/// retention looks this far past `before` for the events that still name
+/// a recording.
+const END_EVENT_SLACK: i64 = 3_600_000_000;
+
+/// Retention: delete the recordings (rows and chunks) that ended before
+/// `before` (unix µs), and those a crash left unended that began before it
+/// and whose forward is no longer open. A recording whose `recording.end`
+/// event is still in the audit trail stays (`audit verify` checks the
+/// content against that event; the recording goes at a later pass, after
+/// the event was pruned). Returns the number deleted.
+pub async fn prune(store: &Store, before: i64) -> Result<u64, sqlx::Error> {
+    let candidates: Vec<i64> = sqlx::query(
+        "SELECT r.id FROM recordings r WHERE (r.ended_at IS NOT NULL AND r.ended_at < $1) \
+         OR (r.ended_at IS NULL AND r.started_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM forwards f WHERE f.id = r.session_id AND f.ended_at IS NULL))",
+    )
+    .bind(before)
+    .fetch_all(store.pool())
+    .await?
+    .iter()
+    .map(|r| r.try_get("id"))
+    .collect::<Result<_, _>>()?;
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let mut named = std::collections::HashSet::new();
+    for r in sqlx::query("SELECT detail FROM audit_events WHERE kind = $1 AND at < $2")
+        .bind(crate::audit::EventKind::RecordingEnd.as_str())
+        .bind(before.saturating_add(END_EVENT_SLACK))
+        .fetch_all(store.pool())
+        .await?
+    {
+        let detail: Option<String> = r.try_get("detail")?;
+        let id = detail
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| d.get("recording_id").and_then(serde_json::Value::as_i64));
+        named.extend(id);
+    }
+    let mut deleted = 0;
+    for id in candidates.into_iter().filter(|id| !named.contains(id)) {
+        let mut tx = store.pool().begin().await?;
+        sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        deleted += sqlx::query("DELETE FROM recordings WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+    }
+    Ok(deleted)
 }
 
 /// One `recordings` row, fields as DESIGN.md §10 (`recordings list --json`)

@@ -402,3 +402,69 @@ async fn a_recorder_moves_into_a_spawned_task() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn retention_deletes_old_recordings_but_not_those_the_audit_trail_still_names() {
+    on_each_store(|store| async move {
+        let mut ids = Vec::new();
+        for session in 1..=4 {
+            let mut r = Recorder::start(store.clone(), meta("alice", "db-1", session), SETTINGS)
+                .await
+                .unwrap();
+            r.output(b"hello\r\n");
+            ids.push(r.id());
+            if session == 4 {
+                // Left unended (a crash), its forward still open.
+                r.flush().await.unwrap();
+                r.settle().await.unwrap();
+                continue;
+            }
+            r.finish(Some(0)).await.unwrap();
+        }
+        let (old, named, recent, unended) = (ids[0], ids[1], ids[2], ids[3]);
+        sql(&store, &format!("UPDATE recordings SET started_at = 1000, ended_at = 2000 WHERE id IN ({old}, {named})")).await;
+        sql(&store, &format!("UPDATE recordings SET started_at = 1000 WHERE id = {unended}")).await;
+        sql(
+            &store,
+            "INSERT INTO forwards (connection_id, user_name, auth_method, source, host, port, result, started_at, node) \
+             VALUES ('conn-4', 'alice', 'certificate', '127.0.0.1:1', 'db-1', 22, 'allowed', 1000, 'node-a')",
+        )
+        .await;
+        let forward: i64 = sqlx::query("SELECT MAX(id) AS id FROM forwards")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get("id")
+            .unwrap();
+        sql(&store, &format!("UPDATE recordings SET session_id = {forward} WHERE id = {unended}")).await;
+        // The recording.end of `named` is still in the audit trail.
+        sql(
+            &store,
+            &format!(
+                "INSERT INTO audit_events (at, kind, node, detail) VALUES (2000, 'recording.end', 'node-a', \
+                 '{{\"recording_id\":{named},\"bytes\":1,\"sha256\":\"x\"}}')"
+            ),
+        )
+        .await;
+
+        assert_eq!(prune(&store, 1_000_000).await.unwrap(), 1);
+        for (id, stays) in [(old, false), (named, true), (recent, true), (unended, true)] {
+            assert_eq!(get(&store, id).await.unwrap().is_some(), stays, "recording {id}");
+        }
+        let chunks: i64 = sqlx::query("SELECT COUNT(*) AS n FROM recording_chunks WHERE recording_id = $1")
+            .bind(old)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+        assert_eq!(chunks, 0, "the chunks go with the row");
+
+        // Once the forward ended and the event is gone, both go.
+        sql(&store, &format!("UPDATE forwards SET ended_at = 3000 WHERE id = {forward}")).await;
+        sql(&store, "DELETE FROM audit_events WHERE kind = 'recording.end'").await;
+        assert_eq!(prune(&store, 1_000_000).await.unwrap(), 2);
+        assert!(get(&store, recent).await.unwrap().is_some());
+    })
+    .await;
+}

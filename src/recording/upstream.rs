@@ -4,15 +4,16 @@
 //! from the recording target CA.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use russh::client::{self, AuthResult};
 use russh::keys::HashAlg;
 use russh::keys::ssh_key::certificate::CertType;
-use russh::{Preferred, PublicKeyOrCertificate};
+use russh::{Channel, Preferred, PublicKeyOrCertificate};
 use tokio::net::TcpStream;
 
+use super::RecordJob;
 use super::ca::{Cas, UserCertRights};
 use crate::policy::{HostTrust, Recorded};
 
@@ -35,6 +36,9 @@ pub struct Upstream {
     names: Vec<String>,
     /// Why the key was refused, for the error.
     refused: Arc<Mutex<Option<String>>>,
+    /// Decides the target's agent channels (weak: the job holds this
+    /// connection's handle).
+    job: Weak<RecordJob>,
 }
 
 impl Upstream {
@@ -97,10 +101,35 @@ impl client::Handler for Upstream {
             }
         }
     }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        match self
+            .job
+            .upgrade()
+            .and_then(|job| job.agent_route().map(|route| (job, route)))
+        {
+            Some((job, route)) => {
+                reply.accept().await;
+                job.relay_agent(route, channel);
+            }
+            None => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a login to a target needs.
 pub struct Login<'a> {
+    pub job: Weak<RecordJob>,
     pub cas: &'a Cas,
     pub recorded: &'a Recorded,
     /// Every name the target is dialled by (a host certificate must name one).
@@ -123,6 +152,7 @@ pub async fn connect(
         trust: l.recorded.trust.clone(),
         names: l.names.to_vec(),
         refused: refused.clone(),
+        job: l.job.clone(),
     };
     let certs: &'static [russh::keys::Algorithm] = match l.recorded.trust {
         HostTrust::Ca(_) => &[russh::keys::Algorithm::Ed25519],
@@ -132,6 +162,9 @@ pub async fn connect(
         preferred: Preferred {
             kex: Cow::Borrowed(l.kex),
             host_key_certificates: Cow::Borrowed(certs),
+            cipher: Cow::Borrowed(crate::server::upstream_ciphers()),
+            mac: Cow::Borrowed(crate::server::MACS),
+            compression: Cow::Borrowed(crate::server::COMPRESSION),
             ..Preferred::default()
         },
         inactivity_timeout: None,

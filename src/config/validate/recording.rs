@@ -153,17 +153,6 @@ pub(super) fn target_record(
             *ok = false;
         }
     }
-    if let Some(a) = t.agent_forwarding.as_ref().filter(|a| *a.get_ref()) {
-        // Relaying the engineer's agent to the target is not built: refuse
-        // rather than pretend (the default, false, is what runs).
-        cx.err(
-            &a.span(),
-            format!(
-                "target {name}: agent_forwarding = true is not supported yet for recorded targets"
-            ),
-        );
-        *ok = false;
-    }
     Some(Arc::new(Recorded {
         logins,
         trust: trust?,
