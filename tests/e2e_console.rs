@@ -721,3 +721,42 @@ fn the_audit_page_shows_the_chain_status_and_a_tampered_chain_in_red() {
         page.text
     );
 }
+
+/// The callback takes a login only with the `state` it started with, from
+/// the browser that started it, once.
+#[test]
+fn a_callback_with_an_unknown_or_used_state_is_refused() {
+    let w = World::new();
+    let b = w.browser();
+    let forged = b.get_raw("/auth/callback?code=x&state=y");
+    assert_eq!(forged.status, 403, "{forged:?}");
+    w.pv.wait_for_event("console.login", "login_state_invalid");
+
+    // A started login, answered with another state: refused, and used up.
+    let started = b.get_raw("/auth/login");
+    assert_eq!(started.status, 303);
+    let wrong = b.get_raw("/auth/callback?code=x&state=not-the-state");
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+
+    // A real login's callback, replayed: its login was taken once.
+    let callback = b.login_callback("rita", "rita-pw");
+    assert_eq!(callback.status, 200, "{callback:?}");
+    assert!(callback.url.contains("state="), "{}", callback.url);
+    let again = Browser::new(&w.console.url()).get_raw(&callback.url);
+    assert_eq!(again.status, 403, "replayed in another browser: {again:?}");
+    let replay = b.get_raw(&callback.url);
+    assert_eq!(replay.status, 403, "replayed: {replay:?}");
+    // Refusals are queued, not awaited (anyone can call the callback).
+    poll_until(
+        "four login_state_invalid rows",
+        Duration::from_secs(20),
+        || {
+            let n =
+                w.pv.audit()
+                    .into_iter()
+                    .filter(|e| e.is("console.login", "login_state_invalid"))
+                    .count();
+            (n == 4).then_some(())
+        },
+    );
+}
