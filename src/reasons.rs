@@ -94,6 +94,9 @@ reason_enum! {
         /// Open when the node stopped without closing it (crash, kill -9);
         /// written at the next start.
         Interrupted = "interrupted",
+        /// A review console admin ended it (`console.action`
+        /// `connection_end`).
+        EndedByReviewer = "ended_by_reviewer",
     }
 }
 
@@ -118,6 +121,7 @@ impl CloseReason {
                 "portvakt: the audit database is unavailable, so logins are refused for now; try again later"
             }
             CloseReason::Shutdown => "portvakt: the bastion is restarting",
+            CloseReason::EndedByReviewer => "portvakt: a security reviewer ended this connection",
             _ => "portvakt: connection closed",
         }
     }
@@ -286,6 +290,25 @@ reason_enum! {
 }
 
 reason_enum! {
+    /// Why a review console login (`console.login`) was refused.
+    pub enum ConsoleRefusal {
+        /// The IdP login worked, but the user is in none of
+        /// `reviewer_groups` and `admin_groups`.
+        NoConsoleRole = "no_console_role",
+        /// The callback's `state` is unknown, expired, already used, or
+        /// came without the browser's pre-login cookie.
+        LoginStateInvalid = "login_state_invalid",
+        /// The user declined at the IdP.
+        IdpAccessDenied = "idp_access_denied",
+        /// The IdP could not be reached or refused the code exchange.
+        IdpError = "idp_error",
+        /// The ID token failed a check (signature, issuer, audience,
+        /// times, nonce).
+        IdpTokenInvalid = "idp_token_invalid",
+    }
+}
+
+reason_enum! {
     /// The SSH authentication method of a login attempt, as `auth.failure`
     /// rows and the `logins_total{method}` metric name it (a certificate is
     /// told apart from a plain key).
@@ -406,6 +429,7 @@ mod tests {
         names.extend(ChannelRefusal::ALL.iter().map(|r| r.as_str()));
         names.extend(ConnRefusal::ALL.iter().map(|r| r.as_str()));
         names.extend(EventReason::ALL.iter().map(|r| r.as_str()));
+        names.extend(ConsoleRefusal::ALL.iter().map(|r| r.as_str()));
         names.extend(SshMethod::ALL.iter().map(|r| r.as_str()));
         names.extend(AuthMethod::ALL.iter().map(|r| r.as_str()));
         names.extend(crate::auth::AuthFailure::ALL.iter().map(|r| r.as_str()));

@@ -50,6 +50,11 @@ pub fn for_prompt(s: &str, max: usize) -> String {
     clean(&kept, max)
 }
 
+/// Two secrets (tokens, nonces) equal, compared in constant time.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

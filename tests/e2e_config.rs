@@ -286,3 +286,27 @@ fn a_host_in_a_legacy_address_spelling_is_reported_with_its_line() {
         );
     }
 }
+
+/// The review console (issue 14): plain HTTP on a public address is
+/// refused, and so is a console without `[oidc]`; on loopback it passes.
+#[test]
+fn a_plain_http_console_off_loopback_is_refused() {
+    let oidc = "\n[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"portvakt\"\n";
+    let console = "\n[console]\nlisten = \"0.0.0.0:8443\"\npublic_url = \"https://bastion.example.com:8443\"\nreviewer_groups = [\"security\"]\n";
+    let text = format!("{GOOD}{oidc}{console}");
+    assert_reported(
+        &text,
+        &[line_of(&text, "0.0.0.0:8443", 0)],
+        &["plain HTTP on 0.0.0.0:8443"],
+    );
+    let text = format!("{GOOD}{console}");
+    assert_reported(
+        &text,
+        &[line_of(&text, "[console]", 0)],
+        &["add an [oidc] section"],
+    );
+    let env = TestEnv::new();
+    let loopback = console.replace("0.0.0.0:8443", "127.0.0.1:8443");
+    let path = config_file(&env, &format!("{GOOD}{oidc}{loopback}"));
+    check_config(&path).assert_success();
+}

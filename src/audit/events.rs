@@ -52,11 +52,17 @@ pub enum EventKind {
     /// A recorded target used the engineer's forwarded agent (a target
     /// with `agent_forwarding = true`).
     AgentForward,
+    /// A review console login, allowed or refused (DESIGN.md §12).
+    ConsoleLogin,
+    /// A reviewer opened a session's detail (or a recording) in the console.
+    ConsoleView,
+    /// A console admin acted: revoked a grant, cleared a lockout.
+    ConsoleAction,
 }
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 30] = [
+    pub const ALL: [EventKind; 33] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -87,6 +93,9 @@ impl EventKind {
         EventKind::RecordingEnd,
         EventKind::FileOp,
         EventKind::AgentForward,
+        EventKind::ConsoleLogin,
+        EventKind::ConsoleView,
+        EventKind::ConsoleAction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +131,9 @@ impl EventKind {
             RecordingEnd => "recording.end",
             FileOp => "file.op",
             AgentForward => "agent.forward",
+            ConsoleLogin => "console.login",
+            ConsoleView => "console.view",
+            ConsoleAction => "console.action",
         }
     }
 }

@@ -70,6 +70,8 @@ pub fn observe(ev: &Event) {
         | EventKind::RecordingEnd
         | EventKind::FileOp
         | EventKind::AgentForward => {}
+        // The review console's own trail (who looked, who acted).
+        EventKind::ConsoleLogin | EventKind::ConsoleView | EventKind::ConsoleAction => {}
         // Rare admin and account events: the audit trail is their record.
         EventKind::GrantRevoke
         | EventKind::TotpEnroll

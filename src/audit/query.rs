@@ -35,6 +35,9 @@ pub struct SessionRow {
     pub mode: String,
     /// The recordings of a recorded forward (filled by `sessions` commands).
     pub recordings: Vec<i64>,
+    /// `started_at` in unix microseconds: the keyset cursor of a page.
+    #[serde(skip)]
+    pub started_micros: i64,
 }
 
 /// One audit event, fields as DESIGN.md §5 plus `node`, `connection_id`
@@ -50,9 +53,20 @@ pub struct EventRow {
     pub source: Option<String>,
     pub reason: Option<String>,
     pub detail: Value,
+    /// `at` in unix microseconds: the keyset cursor of a page.
+    #[serde(skip)]
+    pub at_micros: i64,
 }
 
-/// Filters of `sessions list`; times in unix microseconds.
+/// A keyset page boundary: rows strictly older than this (time in unix
+/// microseconds, then id), so a page costs the same however deep it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Before {
+    pub at: i64,
+    pub id: i64,
+}
+
+/// Filters of `sessions list` (and the console); times in unix microseconds.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
     pub user: Option<String>,
@@ -60,9 +74,17 @@ pub struct SessionFilter {
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub limit: Option<i64>,
+    /// The client address, `ip:port` or just the ip.
+    pub source: Option<String>,
+    /// `allowed`, `denied` or `failed`.
+    pub result: Option<String>,
+    pub auth_method: Option<String>,
+    /// Only forwards still open (no `ended_at`, allowed).
+    pub open: bool,
+    pub before: Option<Before>,
 }
 
-/// Filters of `audit list`.
+/// Filters of `audit list` (and the console).
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub since: Option<i64>,
@@ -71,6 +93,9 @@ pub struct EventFilter {
     pub kind: Option<String>,
     pub connection_id: Option<String>,
     pub limit: Option<i64>,
+    /// The client address, `ip:port` or just the ip.
+    pub source: Option<String>,
+    pub before: Option<Before>,
 }
 
 enum Param {
@@ -105,6 +130,39 @@ impl Where {
         if let Some(v) = v {
             self.push(cond, Param::Int(v));
         }
+    }
+    /// `source` equal to an `ip:port`, or starting with `ip:` (IPv6
+    /// sources are written `[ip]:port`).
+    fn source(&mut self, v: &Option<String>) {
+        let Some(v) = v else { return };
+        if v.parse::<std::net::SocketAddr>().is_ok() {
+            self.push("source = ?", Param::Text(v.clone()));
+        } else if let Ok(ip) = v.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            let prefix = match ip {
+                std::net::IpAddr::V4(ip) => format!("{ip}:"),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]:"),
+            };
+            self.push("substr(source, 1, length(?)) = ?", Param::Text(prefix));
+        } else {
+            // Nothing is stored under a source that is not an address.
+            self.push("source = ?", Param::Text(v.clone()));
+        }
+    }
+    /// Rows before a keyset boundary on (`col`, id), newest first.
+    fn before(&mut self, col: &str, b: Option<Before>) {
+        let Some(b) = b else { return };
+        self.params.push(Param::Int(b.at));
+        let at = self.params.len();
+        self.params.push(Param::Int(b.id));
+        let id = self.params.len();
+        self.sql.push_str(if self.sql.is_empty() {
+            " WHERE "
+        } else {
+            " AND "
+        });
+        self.sql.push_str(&format!(
+            "({col} < ${at} OR ({col} = ${at} AND id < ${id}))"
+        ));
     }
     async fn fetch(
         self,
@@ -153,6 +211,7 @@ fn session_row(r: &AnyRow) -> Result<SessionRow, sqlx::Error> {
         request_id: r.try_get("request_id")?,
         mode: r.try_get("mode")?,
         recordings: Vec::new(),
+        started_micros: started,
     })
 }
 
@@ -163,6 +222,15 @@ pub async fn sessions(store: &Store, f: &SessionFilter) -> Result<Vec<SessionRow
     w.text("target = ?", &f.target);
     w.int("started_at >= ?", f.since);
     w.int("started_at <= ?", f.until);
+    w.source(&f.source);
+    w.text("result = ?", &f.result);
+    w.text("auth_method = ?", &f.auth_method);
+    if f.open {
+        w.sql
+            .push_str(if w.sql.is_empty() { " WHERE " } else { " AND " });
+        w.sql.push_str("ended_at IS NULL AND result = 'allowed'");
+    }
+    w.before("started_at", f.before);
     let tail = format!(
         " ORDER BY started_at DESC, id DESC LIMIT {}",
         f.limit.unwrap_or(1000).max(0)
@@ -192,6 +260,8 @@ pub async fn events(store: &Store, f: &EventFilter) -> Result<Vec<EventRow>, sql
     w.text("user_name = ?", &f.user);
     w.text("kind = ?", &f.kind);
     w.text("connection_id = ?", &f.connection_id);
+    w.source(&f.source);
+    w.before("at", f.before);
     // The newest `limit` events, shown oldest first.
     let head = "SELECT id, at, kind, node, connection_id, user_name, source, reason, detail FROM audit_events";
     let tail = format!(
@@ -204,9 +274,11 @@ pub async fn events(store: &Store, f: &EventFilter) -> Result<Vec<EventRow>, sql
         .iter()
         .map(|r| {
             let detail: String = r.try_get("detail")?;
+            let at: i64 = r.try_get("at")?;
             Ok(EventRow {
                 id: r.try_get("id")?,
-                at: rfc3339_micros(r.try_get("at")?),
+                at: rfc3339_micros(at),
+                at_micros: at,
                 kind: r.try_get("kind")?,
                 node: r.try_get("node")?,
                 connection_id: r.try_get("connection_id")?,
@@ -219,4 +291,91 @@ pub async fn events(store: &Store, f: &EventFilter) -> Result<Vec<EventRow>, sql
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     rows.reverse();
     Ok(rows)
+}
+
+/// Connections a review console admin ended (`console.action` rows with
+/// `action` `connection_end`) at or after `since` (unix microseconds):
+/// every node polls this and ends those that are its own.
+pub async fn connection_ends(store: &Store, since: i64) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query("SELECT detail FROM audit_events WHERE at >= $1 AND kind = $2")
+        .bind(since)
+        .bind(crate::audit::EventKind::ConsoleAction.as_str())
+        .fetch_all(store.pool())
+        .await?;
+    let mut ids = Vec::new();
+    for r in &rows {
+        let detail: String = r.try_get("detail")?;
+        let Ok(v) = serde_json::from_str::<Value>(&detail) else {
+            continue;
+        };
+        if v.get("action").and_then(Value::as_str) == Some("connection_end")
+            && let Some(id) = v.get("connection_id").and_then(Value::as_str)
+        {
+            ids.push(id.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// A connection still open (no `closed_at`), as the Now page shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConnectionRow {
+    pub connection_id: String,
+    pub node: String,
+    pub source: String,
+    /// Set once it logged in.
+    pub user: Option<String>,
+    pub auth_method: Option<String>,
+    pub client_version: Option<String>,
+    pub opened_at: String,
+    pub authenticated_at: Option<String>,
+}
+
+const CONNECTION_COLUMNS: &str = "SELECT id, node, source, user_name, auth_method, client_version, opened_at, authenticated_at FROM connections";
+
+fn connection_row(r: &AnyRow) -> Result<ConnectionRow, sqlx::Error> {
+    let authenticated: Option<i64> = r.try_get("authenticated_at")?;
+    Ok(ConnectionRow {
+        connection_id: r.try_get("id")?,
+        node: r.try_get("node")?,
+        source: r.try_get("source")?,
+        user: r.try_get("user_name")?,
+        auth_method: r.try_get("auth_method")?,
+        client_version: r.try_get("client_version")?,
+        opened_at: rfc3339_micros(r.try_get("opened_at")?),
+        authenticated_at: authenticated.map(rfc3339_micros),
+    })
+}
+
+/// Connections open now on every node (logged in or not), newest first.
+pub async fn open_connections(
+    store: &Store,
+    limit: i64,
+) -> Result<Vec<ConnectionRow>, sqlx::Error> {
+    let mut w = Where::default();
+    w.sql.push_str(" WHERE closed_at IS NULL");
+    w.fetch(
+        store,
+        CONNECTION_COLUMNS,
+        &format!(" ORDER BY opened_at DESC, id DESC LIMIT {}", limit.max(0)),
+    )
+    .await?
+    .iter()
+    .map(connection_row)
+    .collect()
+}
+
+/// Connection `id` if it is still open.
+pub async fn open_connection(
+    store: &Store,
+    id: &str,
+) -> Result<Option<ConnectionRow>, sqlx::Error> {
+    let mut w = Where::default();
+    w.text("id = ?", &Some(id.to_string()));
+    w.sql.push_str(" AND closed_at IS NULL");
+    w.fetch(store, CONNECTION_COLUMNS, "")
+        .await?
+        .first()
+        .map(connection_row)
+        .transpose()
 }

@@ -746,6 +746,74 @@ async fn sessions_limit_keeps_the_newest() {
     .await;
 }
 
+/// The console pages: keyset pages walk every row once, newest first,
+/// however the start times tie; and the result, source and open filters.
+#[tokio::test]
+async fn sessions_keyset_pages_and_console_filters() {
+    on_each_store(|store| async move {
+        let id = five_forwards(&store).await;
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = sessions(
+                &store,
+                SessionFilter {
+                    limit: Some(2),
+                    before,
+                    ..Default::default()
+                },
+            )
+            .await;
+            seen.extend(ids(&page));
+            match page.last() {
+                Some(r) if page.len() == 2 => {
+                    before = Some(query::Before {
+                        at: r.started_micros,
+                        id: r.id,
+                    })
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(seen, [id[4], id[3], id[2], id[1], id[0]]);
+        let by = |f: SessionFilter| {
+            let store = store.clone();
+            async move { ids(&sessions(&store, f).await) }
+        };
+        let denied = SessionFilter {
+            result: Some("denied".into()),
+            ..Default::default()
+        };
+        assert_eq!(by(denied).await, [id[3]]);
+        let open = SessionFilter {
+            open: true,
+            ..Default::default()
+        };
+        assert_eq!(by(open).await, [id[4], id[2], id[1], id[0]]);
+        let source = all_sources(&store).await;
+        let ip = source.rsplit_once(':').unwrap().0.to_string();
+        for s in [source.clone(), ip] {
+            let f = SessionFilter {
+                source: Some(s),
+                ..Default::default()
+            };
+            assert_eq!(by(f).await.len(), 5);
+        }
+        let other = SessionFilter {
+            source: Some("192.0.2.1".into()),
+            ..Default::default()
+        };
+        assert!(by(other).await.is_empty());
+    })
+    .await;
+}
+
+async fn all_sources(store: &Store) -> String {
+    sessions(store, SessionFilter::default()).await[0]
+        .source
+        .clone()
+}
+
 #[tokio::test]
 async fn session_by_id() {
     on_each_store(|store| async move {
@@ -1023,6 +1091,9 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "recording.end",
                 "file.op",
                 "agent.forward",
+                "console.login",
+                "console.view",
+                "console.action",
             ]
         );
     })

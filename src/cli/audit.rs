@@ -240,6 +240,7 @@ pub async fn run(cmd: &AuditCmd, _cfg: &Config, store: &Store) -> Outcome {
         kind: kind.clone(),
         connection_id: None,
         limit: Some(*limit),
+        ..Default::default()
     };
     match query::events(store, &filter).await {
         Ok(rows) if *json => print_json(&rows),

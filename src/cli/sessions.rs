@@ -57,6 +57,7 @@ pub async fn run(cmd: &SessionsCmd, _cfg: &Config, store: &Store) -> Outcome {
                     Err(o) => return o,
                 },
                 limit: Some(*limit),
+                ..Default::default()
             };
             let rows = match query::sessions(store, &filter).await {
                 Ok(mut rows) => with_recordings(store, &mut rows).await.map(|()| rows),

@@ -81,6 +81,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub lockout: LockoutConfig,
     pub metrics: Option<MetricsConfig>,
+    /// `[console]`; `None`: the review console is off.
+    pub console: Option<ConsoleConfig>,
     pub users: HashMap<String, UserEntry>,
     pub policy: Policy,
     /// Things that work but deserve a second look (`check-config` prints them).
@@ -279,6 +281,42 @@ pub struct LockoutConfig {
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
+}
+
+/// `[console]`: the review console (DESIGN.md §12, docs/CONSOLE.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Its own port, never an SSH or metrics port.
+    pub listen: SocketAddr,
+    /// HTTPS with these; `None`: plain HTTP, which validation allows only on
+    /// a loopback `listen` (behind a reverse proxy).
+    pub tls: Option<ConsoleTls>,
+    /// Where browsers reach it, without a trailing slash; the OIDC redirect
+    /// URI is `<public_url>/auth/callback`.
+    pub public_url: String,
+    /// IdP groups that may read every page.
+    pub reviewer_groups: Vec<String>,
+    /// IdP groups that may also act (revoke grants, clear lockouts).
+    pub admin_groups: Vec<String>,
+    /// A console session unused this long ends.
+    pub session_idle: Duration,
+    /// A console session ends this long after its login, used or not.
+    pub session_max: Duration,
+}
+
+impl ConsoleConfig {
+    /// Cookies carry `Secure` when the browser speaks HTTPS to us or to
+    /// the proxy in front.
+    pub fn secure_cookies(&self) -> bool {
+        self.tls.is_some() || self.public_url.starts_with("https://")
+    }
+}
+
+/// The console's certificate chain and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

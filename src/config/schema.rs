@@ -31,6 +31,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub lockout: RawLockout,
     pub metrics: Option<RawMetrics>,
+    pub console: Option<Spanned<RawConsole>>,
     #[serde(default)]
     pub users: Vec<Spanned<RawUser>>,
     #[serde(default)]
@@ -137,6 +138,22 @@ pub struct RawLockout {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: SString,
+}
+
+/// `[console]`: the review console (DESIGN.md §12).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    pub listen: SString,
+    pub tls_cert: Option<SString>,
+    pub tls_key: Option<SString>,
+    pub public_url: SString,
+    #[serde(default)]
+    pub reviewer_groups: Vec<SString>,
+    #[serde(default)]
+    pub admin_groups: Vec<SString>,
+    pub session_idle: Option<SString>,
+    pub session_max: Option<SString>,
 }
 
 #[derive(Debug, Deserialize)]

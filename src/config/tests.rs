@@ -394,3 +394,180 @@ async fn a_recorded_target_is_reached_by_its_aliases() {
         assert_eq!(names, ["db-1", "10.0.1.5", "db-1.corp.example"]);
     }
 }
+
+/// `[oidc]` plus `[console]` with `console` as its body, at line 4.
+fn console(body: &str) -> String {
+    format!(
+        "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"portvakt\"\n[console]\n{body}"
+    )
+}
+
+#[test]
+fn the_console_is_off_without_its_section_and_read_with_defaults() {
+    let (_dir, cfg) = load("");
+    assert!(cfg.unwrap().console.is_none());
+    let (_dir, cfg) = load(&console(
+        "listen = \"127.0.0.1:8443\"\npublic_url = \"https://bastion.example.com:8443/\"\nreviewer_groups = [\"security\"]\nadmin_groups = [\"portvakt-admins\"]\ntls_cert = \"\"\ntls_key = \"\"\n",
+    ));
+    let c = cfg.unwrap().console.unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(c.tls, None, "empty tls_cert and tls_key: plain HTTP");
+    assert_eq!(c.public_url, "https://bastion.example.com:8443");
+    assert_eq!(c.reviewer_groups, ["security"]);
+    assert_eq!(c.admin_groups, ["portvakt-admins"]);
+    assert_eq!(c.session_idle, Duration::from_secs(1800));
+    assert_eq!(c.session_max, Duration::from_secs(8 * 3600));
+    assert!(c.secure_cookies());
+}
+
+#[test]
+fn the_console_serves_https_with_a_readable_cert_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), "cert").unwrap();
+    std::fs::write(dir.path().join("k.pem"), "key").unwrap();
+    let path = dir.path().join("portvakt.toml");
+    std::fs::write(
+        &path,
+        console(
+            "listen = \"0.0.0.0:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\npublic_url = \"https://b.example.com:8443\"\nreviewer_groups = [\"security\"]\nsession_idle = \"5m\"\nsession_max = \"1h\"\n",
+        ),
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap().console.unwrap();
+    let tls = c.tls.unwrap();
+    assert_eq!(tls.cert, dir.path().join("c.pem"));
+    assert_eq!(tls.key, dir.path().join("k.pem"));
+    assert_eq!(c.session_idle, Duration::from_secs(300));
+    assert_eq!(c.session_max, Duration::from_secs(3600));
+}
+
+#[test]
+fn the_console_refuses_plain_http_off_loopback() {
+    has_error(
+        &console("listen = \"0.0.0.0:8443\"\npublic_url = \"https://b.example.com\"\n"),
+        5,
+        "plain HTTP on 0.0.0.0:8443",
+    );
+    has_error(
+        &console("listen = \"10.0.0.5:8443\"\npublic_url = \"https://b.example.com\"\n"),
+        5,
+        "listen on loopback",
+    );
+}
+
+#[test]
+fn the_console_refuses_half_a_tls_pair_and_unreadable_files() {
+    has_error(
+        &console(
+            "listen = \"127.0.0.1:8443\"\npublic_url = \"https://b.example.com\"\ntls_cert = \"user_ca.pub\"\n",
+        ),
+        7,
+        "give both tls_cert and tls_key",
+    );
+    has_error(
+        &console(
+            "listen = \"127.0.0.1:8443\"\npublic_url = \"https://b.example.com\"\ntls_key = \"user_ca.pub\"\n",
+        ),
+        7,
+        "give both tls_cert and tls_key",
+    );
+    has_error(
+        &console(
+            "listen = \"127.0.0.1:8443\"\npublic_url = \"https://b.example.com\"\ntls_cert = \"user_ca.pub\"\ntls_key = \"missing.pem\"\n",
+        ),
+        8,
+        "console.tls_key: cannot read",
+    );
+}
+
+#[test]
+fn the_console_needs_oidc() {
+    has_error(
+        "[console]\nlisten = \"127.0.0.1:8443\"\npublic_url = \"https://b.example.com\"\n",
+        1,
+        "add an [oidc] section",
+    );
+}
+
+#[test]
+fn the_console_needs_its_own_port() {
+    has_error(
+        &format!(
+            "[server]\nlisten = [\"0.0.0.0:2222\"]\n{}",
+            console("listen = \"127.0.0.1:2222\"\npublic_url = \"https://b.example.com\"\n")
+        ),
+        7,
+        "is an SSH port",
+    );
+    has_error(
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:9102\"\n{}",
+            console("listen = \"127.0.0.1:9102\"\npublic_url = \"https://b.example.com\"\n")
+        ),
+        7,
+        "is the metrics port",
+    );
+    // Another address on the same port is another socket.
+    let (_dir, cfg) = load(&format!(
+        "[server]\nlisten = [\"127.0.0.1:2222\"]\n{}",
+        console("listen = \"127.0.0.2:2222\"\npublic_url = \"https://b.example.com\"\n")
+    ));
+    assert!(cfg.is_ok(), "{cfg:?}");
+}
+
+#[test]
+fn the_console_public_url_is_https_unless_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), "cert").unwrap();
+    std::fs::write(dir.path().join("k.pem"), "key").unwrap();
+    let path = dir.path().join("portvakt.toml");
+    std::fs::write(
+        &path,
+        console("listen = \"0.0.0.0:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\npublic_url = \"http://b.example.com:8443\"\n"),
+    )
+    .unwrap();
+    let errs = Config::load(&path).unwrap_err().0;
+    assert!(
+        errs.iter()
+            .any(|e| e.line == 8 && e.message.contains("must be https://")),
+        "{errs:?}"
+    );
+    // On loopback (behind a proxy, or a test) plain http is allowed.
+    let (_dir, cfg) = load(&console(
+        "listen = \"127.0.0.1:8443\"\npublic_url = \"http://127.0.0.1:8443\"\n",
+    ));
+    assert!(!cfg.unwrap().console.unwrap().secure_cookies());
+    has_error(
+        &console("listen = \"127.0.0.1:8443\"\npublic_url = \"b.example.com\"\n"),
+        6,
+        "console.public_url",
+    );
+    has_error(
+        &console("listen = \"127.0.0.1:8443\"\npublic_url = \"https://b.example.com/?x=1\"\n"),
+        6,
+        "console.public_url",
+    );
+}
+
+#[test]
+fn the_console_session_times_are_checked() {
+    has_error(
+        &console(
+            "listen = \"127.0.0.1:8443\"\npublic_url = \"https://b.example.com\"\nsession_idle = \"9h\"\n",
+        ),
+        7,
+        "longer than console.session_max",
+    );
+    has_error(
+        &console(
+            "listen = \"127.0.0.1:8443\"\npublic_url = \"https://b.example.com\"\nsession_max = \"0s\"\n",
+        ),
+        7,
+        "console.session_max",
+    );
+    has_error(
+        &console("listen = \"localhost:8443\"\npublic_url = \"https://b.example.com\"\n"),
+        5,
+        "console.listen",
+    );
+}

@@ -1,6 +1,7 @@
 //! Ends connections whose login grant was revoked, on whichever node the
 //! revocation happened: revocations are read from the shared database every
-//! couple of seconds.
+//! couple of seconds. The same poll ends connections a review console admin
+//! ended (their `console.action` rows), on the node that holds them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -78,7 +79,13 @@ impl GrantWatch {
     }
 
     /// Poll for revocations until `stop` fires.
-    pub async fn run(self: Arc<Self>, store: Store, stop: CancellationToken) {
+    /// `end` ends a connection by id if this node holds it (and says so).
+    pub async fn run(
+        self: Arc<Self>,
+        store: Store,
+        end: impl Fn(&str) -> bool + Send + 'static,
+        stop: CancellationToken,
+    ) {
         let mut since = now_micros();
         loop {
             tokio::select! {
@@ -103,6 +110,19 @@ impl GrantWatch {
                     since = now;
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read grant revocations"),
+            }
+            match crate::audit::query::connection_ends(&store, from).await {
+                Ok(ids) => {
+                    for id in ids {
+                        if end(&id) {
+                            tracing::info!(
+                                connection_id = %id,
+                                "ended by a review console admin: closing the connection"
+                            );
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the console's connection ends"),
             }
         }
     }

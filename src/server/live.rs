@@ -26,6 +26,22 @@ impl LiveConnections {
         }
     }
 
+    /// End connection `id` if it is open on this node; whether it was.
+    pub fn close(&self, id: &str, reason: crate::reasons::CloseReason) -> bool {
+        let found = self
+            .conns
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).and_then(Weak::upgrade));
+        match found {
+            Some(c) => {
+                c.close(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every open connection now.
     pub fn snapshot(&self) -> Vec<Arc<ConnCtx>> {
         self.conns

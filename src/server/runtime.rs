@@ -64,8 +64,12 @@ pub async fn run(cfg: Config, mut control: mpsc::Receiver<Control>) -> anyhow::R
         ),
         None => None,
     };
+    let console = match &cfg.console {
+        Some(c) => Some(crate::console::Bound::bind(c).await?),
+        None => None,
+    };
     drop(cfg);
-    let background = Background::start(&state, metrics);
+    let background = Background::start(&state, metrics, console);
     let terminate = CancellationToken::new();
     for l in listeners {
         tracing::info!(addr = %l.local_addr()?, "listening");
@@ -196,8 +200,13 @@ struct Background {
 }
 
 impl Background {
-    /// Start them; `metrics` is the bound `[metrics] listen` port.
-    fn start(state: &Arc<ServerState>, metrics: Option<TcpListener>) -> Background {
+    /// Start them; `metrics` is the bound `[metrics] listen` port,
+    /// `console` the bound `[console] listen` port.
+    fn start(
+        state: &Arc<ServerState>,
+        metrics: Option<TcpListener>,
+        console: Option<crate::console::Bound>,
+    ) -> Background {
         let stop = CancellationToken::new();
         let cfg = state.config.load_full();
         let store = state.services.store.clone();
@@ -215,7 +224,31 @@ impl Background {
                 }
             });
         }
-        tokio::spawn(state.grant_watch.clone().run(store.clone(), stop.clone()));
+        if let Some(bound) = console {
+            let listen = bound
+                .local_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            let console = Arc::new(crate::console::ConsoleState::new(
+                state.config.clone(),
+                state.audit.clone(),
+                state.services.clone(),
+            ));
+            let server = crate::console::serve(bound, console, stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(%listen, error = %e, "review console failed");
+                }
+            });
+        }
+        let st = state.clone();
+        tokio::spawn(state.grant_watch.clone().run(
+            store.clone(),
+            move |id| {
+                st.live
+                    .close(id, crate::reasons::CloseReason::EndedByReviewer)
+            },
+            stop.clone(),
+        ));
         let forwards = state.forwards.clone();
         tokio::spawn(crate::requests::watch::run(
             store.clone(),

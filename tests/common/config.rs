@@ -223,6 +223,8 @@ pub struct Config {
     pub hardening: Hardening,
     /// `[server] node_name`: this node's name in the audit trail (issue 6).
     pub node_name: Option<String>,
+    /// `[console]`: the review console (issue 14).
+    pub console: Option<Console>,
 }
 
 impl Default for Config {
@@ -245,6 +247,7 @@ impl Default for Config {
             grant_ttl: None,
             hardening: Hardening::default(),
             node_name: None,
+            console: None,
         }
     }
 }
@@ -325,6 +328,12 @@ impl Config {
         self
     }
 
+    /// `[console]` (the review console).
+    pub fn console(mut self, console: Console) -> Self {
+        self.console = Some(console);
+        self
+    }
+
     /// The config file text for a server on `listen_port`.
     pub fn render(&self, listen_port: u16, host_key_dir: &Path, database_url: &str) -> String {
         let mut s = String::new();
@@ -396,6 +405,9 @@ impl Config {
             s += &self.hardening.lockout_lines();
         }
         s += &self.hardening.metrics_section();
+        if let Some(console) = &self.console {
+            s += &console.render();
+        }
         for user in &self.users {
             s += "\n";
             s += &user.render();
@@ -660,5 +672,80 @@ impl Config {
     pub fn database_url(mut self, url: &str) -> Self {
         self.hardening.database_url = Some(url.to_string());
         self
+    }
+}
+
+/// The `[console]` section (DESIGN.md §12): plain HTTP on 127.0.0.1.
+#[derive(Clone, Debug)]
+pub struct Console {
+    pub port: u16,
+    pub reviewer_groups: Vec<String>,
+    pub admin_groups: Vec<String>,
+    pub session_idle: Option<String>,
+    pub session_max: Option<String>,
+    /// `tls_cert` and `tls_key` (PEM): HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Console {
+    /// A console on a free port of 127.0.0.1 for these groups.
+    pub fn new(reviewer_groups: &[&str], admin_groups: &[&str]) -> Console {
+        Console {
+            port: super::proc::free_port(),
+            reviewer_groups: reviewer_groups.iter().map(|g| g.to_string()).collect(),
+            admin_groups: admin_groups.iter().map(|g| g.to_string()).collect(),
+            session_idle: None,
+            session_max: None,
+            tls: None,
+        }
+    }
+
+    /// Serve HTTPS with this certificate and key.
+    pub fn tls(mut self, cert: &Path, key: &Path) -> Self {
+        self.tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
+    }
+
+    pub fn session_idle(mut self, d: &str) -> Self {
+        self.session_idle = Some(d.to_string());
+        self
+    }
+
+    pub fn session_max(mut self, d: &str) -> Self {
+        self.session_max = Some(d.to_string());
+        self
+    }
+
+    /// `http(s)://127.0.0.1:PORT`: where the test's browser goes.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The OIDC redirect URI the IdP must allow.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/auth/callback", self.url())
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::from("\n[console]\n");
+        s += &format!(
+            "listen = {}\n",
+            toml_str(&format!("127.0.0.1:{}", self.port))
+        );
+        s += &format!("public_url = {}\n", toml_str(&self.url()));
+        s += &format!("reviewer_groups = {}\n", toml_list(&self.reviewer_groups));
+        s += &format!("admin_groups = {}\n", toml_list(&self.admin_groups));
+        if let Some(d) = &self.session_idle {
+            s += &format!("session_idle = {}\n", toml_str(d));
+        }
+        if let Some(d) = &self.session_max {
+            s += &format!("session_max = {}\n", toml_str(d));
+        }
+        if let Some((cert, key)) = &self.tls {
+            s += &format!("tls_cert = {}\n", toml_str(&cert.display().to_string()));
+            s += &format!("tls_key = {}\n", toml_str(&key.display().to_string()));
+        }
+        s
     }
 }

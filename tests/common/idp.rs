@@ -72,6 +72,8 @@ pub struct IdpOptions {
     pub device_interval: Option<u32>,
     /// `IDP_USERS`, a JSON object replacing the static users.
     pub users: Option<Value>,
+    /// `IDP_REDIRECT_URIS`: the code flow (browser logins) for these.
+    pub redirect_uris: Vec<String>,
 }
 
 impl IdpOptions {
@@ -92,6 +94,18 @@ impl IdpOptions {
 
     pub fn device_ttl(mut self, seconds: u32) -> Self {
         self.device_ttl = Some(seconds);
+        self
+    }
+
+    /// `IDP_USERS`: these users instead of the static ones.
+    pub fn users(mut self, users: Value) -> Self {
+        self.users = Some(users);
+        self
+    }
+
+    /// Let the client log browsers in (code flow) back to `uri`.
+    pub fn redirect_uri(mut self, uri: &str) -> Self {
+        self.redirect_uris.push(uri.to_string());
         self
     }
 }
@@ -144,6 +158,7 @@ impl Idp {
             .env_remove("IDP_ID_TOKEN_ALG")
             .env_remove("IDP_DEVICE_TTL")
             .env_remove("IDP_DEVICE_INTERVAL")
+            .env_remove("IDP_REDIRECT_URIS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -158,6 +173,9 @@ impl Idp {
         }
         if let Some(interval) = options.device_interval {
             cmd.env("IDP_DEVICE_INTERVAL", interval.to_string());
+        }
+        if !options.redirect_uris.is_empty() {
+            cmd.env("IDP_REDIRECT_URIS", options.redirect_uris.join(","));
         }
         if let Some(users) = &options.users {
             cmd.env("IDP_USERS", users.to_string());

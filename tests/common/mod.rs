@@ -8,6 +8,8 @@
 //! - [`Sshd`], a real target sshd (sshd.rs);
 //! - [`EchoServer`], [`SinkServer`], [`SourceServer`], [`StallServer`], [`DeadTarget`] (net.rs);
 //! - [`Config`], [`Target`], [`User`]: the portvakt config file (config.rs);
+//! - [`Browser`], a cookie-keeping HTTP client for the review console and
+//!   the IdP's login pages (console.rs);
 //! - [`Portvakt`] and the audit rows read back through its CLI (portvakt.rs),
 //!   on SQLite or a fresh PostgreSQL database (database.rs);
 //! - [`SshClient`], `ssh -F` with a generated config (client.rs);
@@ -23,6 +25,7 @@ pub mod askpass;
 pub mod attack;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod database;
 pub mod idp;
 pub mod keys;
@@ -36,7 +39,8 @@ use std::path::{Path, PathBuf};
 
 pub use askpass::{Askpass, Decision, Prompt, TotpAnswer};
 pub use client::{BASTION, SshClient};
-pub use config::{Config, Mfa, Oidc, Target, User};
+pub use config::{Config, Console, Mfa, Oidc, Target, User};
+pub use console::Browser;
 pub use idp::{Idp, IdpOptions};
 pub use keys::{CertSpec, SshAgent, UserCa, UserKey};
 pub use net::{

@@ -10,6 +10,8 @@ import * as net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 
+import { CookieJar } from './approve.mjs';
+
 const SERVER = fileURLToPath(new URL('./server.mjs', import.meta.url));
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 const VERBOSE = process.env.SELFTEST_VERBOSE === '1';
@@ -161,6 +163,46 @@ async function loginCase(idp, meta, alg, user, password, want) {
   return { device: d.body, claims };
 }
 
+// A browser at the authorization endpoint: follows redirects with a cookie
+// jar, fills the login form with `user`/`password`, allows consent, and
+// returns the query of the redirect back to `redirect`.
+async function browserLogin(meta, params, redirect, user, password) {
+  const jar = new CookieJar();
+  let url = new URL(`${meta.authorization_endpoint}?${new URLSearchParams(params)}`);
+  let form;
+  for (let hop = 0; hop < 20; hop += 1) {
+    const headers = { accept: 'text/html' };
+    const cookie = jar.header(url);
+    if (cookie) headers.cookie = cookie;
+    if (form) headers['content-type'] = 'application/x-www-form-urlencoded';
+    const res = await fetch(url, {
+      method: form ? 'POST' : 'GET', headers, body: form ? new URLSearchParams(form).toString() : undefined, redirect: 'manual',
+    });
+    jar.store(res, url);
+    form = undefined;
+    const location = res.headers.get('location');
+    if (location) {
+      const next = new URL(location, url);
+      if (next.href.startsWith(redirect)) return next.searchParams;
+      url = next;
+      continue;
+    }
+    const html = await res.text();
+    const login = html.match(/<form id="login" method="post" action="([^"]*)"/);
+    const consent = html.match(/<form id="consent" method="post" action="([^"]*)"/);
+    if (login) {
+      url = new URL(login[1], url);
+      form = { login: user, password };
+    } else if (consent) {
+      url = new URL(consent[1], url);
+      form = {};
+    } else {
+      throw new Error(`unexpected page (HTTP ${res.status}): ${html.slice(0, 300)}`);
+    }
+  }
+  throw new Error('too many steps');
+}
+
 async function main() {
   // ------------------------------------------------------------ RS256, defaults
   const idp = await startIdp({});
@@ -294,6 +336,47 @@ async function main() {
       assert(d.status === 200, `device ${d.status} ${JSON.stringify(d.body)}`);
       const bad = await postForm(m.device_authorization_endpoint, { scope: 'openid', client_id: 'portvakt' });
       assert(bad.status === 401 && bad.body.error === 'invalid_client', `no secret: ${bad.status} ${JSON.stringify(bad.body)}`);
+    } finally { await s.stop(); }
+  });
+
+  // ------------------------------------------------------------ code flow (browser logins)
+  await check('IDP_REDIRECT_URIS: code flow with PKCE through the login and consent forms; nonce in the ID token', async () => {
+    const redirect = 'http://127.0.0.1:9/auth/callback';
+    const s = await startIdp({ IDP_REDIRECT_URIS: redirect });
+    try {
+      const m = await discover(s.issuer);
+      assert(m.grant_types_supported.includes('authorization_code'), 'code grant not supported');
+      const verifier = crypto.randomBytes(32).toString('base64url');
+      const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
+      const params = {
+        client_id: 'portvakt', response_type: 'code', redirect_uri: redirect, scope: 'openid profile groups',
+        state: 'state-1', nonce: 'nonce-1', code_challenge: challenge, code_challenge_method: 'S256',
+      };
+      const back = await browserLogin(m, params, redirect, 'alice', 'alice-pw');
+      assert(back.get('state') === 'state-1' && back.get('code'), `callback ${back}`);
+      const t = await postForm(m.token_endpoint, {
+        grant_type: 'authorization_code', code: back.get('code'), redirect_uri: redirect, code_verifier: verifier,
+      }, basic('portvakt', 'portvakt-secret'));
+      assert(t.status === 200 && t.body.id_token, `token ${t.status} ${JSON.stringify(t.body)}`);
+      const c = await verifyIdToken(m, t.body.id_token, 'RS256');
+      assert(c.nonce === 'nonce-1' && c.preferred_username === 'alice' && same(c.groups, ['sre', 'dba']), JSON.stringify(c));
+      // Without PKCE the provider refuses at once (back to the redirect URI with an error).
+      const noPkce = { ...params };
+      delete noPkce.code_challenge;
+      delete noPkce.code_challenge_method;
+      const refused = await browserLogin(m, noPkce, redirect, 'alice', 'alice-pw');
+      assert(refused.get('error') === 'invalid_request', `without PKCE: ${refused}`);
+    } finally { await s.stop(); }
+  });
+  await check('without IDP_REDIRECT_URIS the client has no code grant', async () => {
+    const s = await startIdp({});
+    try {
+      const m = await discover(s.issuer);
+      const q = new URLSearchParams({
+        client_id: 'portvakt', response_type: 'code', redirect_uri: 'http://127.0.0.1:9/cb', scope: 'openid',
+      });
+      const res = await fetch(`${m.authorization_endpoint}?${q}`, { redirect: 'manual' });
+      assert(res.status === 400, `authorization without a redirect URI: ${res.status}`);
     } finally { await s.stop(); }
   });
 

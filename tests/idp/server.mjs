@@ -49,6 +49,18 @@ const ID_TOKEN_ALG = process.env.IDP_ID_TOKEN_ALG || 'RS256';
 if (!['RS256', 'ES256'].includes(ID_TOKEN_ALG)) fail(`IDP_ID_TOKEN_ALG must be RS256 or ES256, got ${ID_TOKEN_ALG}`);
 const DEVICE_INTERVAL = intEnv('IDP_DEVICE_INTERVAL', 1, 0);
 const DEVICE_TTL = intEnv('IDP_DEVICE_TTL', 600, 1);
+// Browser logins (authorization code flow with PKCE) for these redirect URIs,
+// comma-separated; empty: the client may use the device grant only.
+const REDIRECT_URIS = (process.env.IDP_REDIRECT_URIS || '').split(',').map((u) => u.trim()).filter(Boolean);
+for (const u of REDIRECT_URIS) {
+  let parsed;
+  try {
+    parsed = new URL(u);
+  } catch (e) {
+    fail(`IDP_REDIRECT_URIS: ${JSON.stringify(u)} is not a URL`);
+  }
+  if (!['http:', 'https:'].includes(parsed.protocol)) fail(`IDP_REDIRECT_URIS: ${JSON.stringify(u)} is not http(s)`);
+}
 
 const DEFAULT_USERS = {
   alice: {
@@ -159,9 +171,10 @@ function makeProvider(issuer) {
   const client = {
     client_id: CLIENT_ID,
     client_name: 'portvakt (test)',
-    grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
-    redirect_uris: [],
-    response_types: [],
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code',
+      ...(REDIRECT_URIS.length ? ['authorization_code'] : [])],
+    redirect_uris: REDIRECT_URIS,
+    response_types: REDIRECT_URIS.length ? ['code'] : [],
     token_endpoint_auth_method: CLIENT_AUTH,
     id_token_signed_response_alg: ID_TOKEN_ALG,
   };
@@ -175,6 +188,8 @@ function makeProvider(issuer) {
     claims: CLAIMS,
     conformIdTokenClaims: false,
     features: { devInteractions: { enabled: false }, deviceFlow },
+    // The code flow must carry PKCE (S256), whatever the client type.
+    pkce: { required: () => true },
     interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
     ttl: {
       DeviceCode: DEVICE_TTL,
@@ -382,7 +397,7 @@ server.listen(PORT, '127.0.0.1', () => {
   provider = makeProvider(issuer);
   callback = provider.callback();
   log(`issuer ${issuer}, client ${CLIENT_ID} (${CLIENT_AUTH}), id token ${ID_TOKEN_ALG}, `
-    + `device interval ${DEVICE_INTERVAL}s ttl ${DEVICE_TTL}s, users ${Object.keys(USERS).join(',')}`);
+    + `device interval ${DEVICE_INTERVAL}s ttl ${DEVICE_TTL}s, redirect uris ${REDIRECT_URIS.join(',') || '-'}, users ${Object.keys(USERS).join(',')}`);
   process.stdout.write(`IDP READY ${issuer}\n`);
 });
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openidconnect::core::CoreAuthenticationFlow;
 use openidconnect::core::{
     CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
     CoreDeviceAuthorizationResponse, CoreGrantType, CoreIdToken, CoreIdTokenVerifier,
@@ -18,9 +19,10 @@ use openidconnect::core::{
     CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, ClaimsVerificationError, ClientId, ClientSecret,
-    DeviceAuthorizationUrl, IssuerUrl, Nonce, OAuth2TokenResponse, ProviderMetadata,
-    RequestTokenError, Scope, SignatureVerificationError, reqwest,
+    AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
+    CsrfToken, DeviceAuthorizationUrl, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, Scope,
+    SignatureVerificationError, reqwest,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -132,6 +134,17 @@ pub struct DeviceFlow {
     pub url: String,
     pub user_code: String,
     pub expires_in: Duration,
+}
+
+/// A started browser login (authorization code flow with PKCE): where to
+/// send the browser, and the secrets the callback is checked against. The
+/// caller keeps these server-side; only `url` leaves.
+#[derive(Debug, Clone)]
+pub struct CodeFlow {
+    pub url: String,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
 }
 
 /// A verified IdP login.
@@ -302,28 +315,107 @@ impl Idp {
         self.verify(&raw).await
     }
 
+    /// Start a browser login (the review console): the authorization URL
+    /// with a fresh `state`, `nonce` and PKCE (S256) challenge, each from
+    /// the OS random generator, returning to `redirect`.
+    pub async fn start_code(&self, redirect: &str) -> Result<CodeFlow, OidcError> {
+        let d = self.discover(false).await?;
+        require_https(
+            "authorization_endpoint",
+            d.metadata.authorization_endpoint().url().as_str(),
+        )?;
+        let redirect = RedirectUrl::new(redirect.to_string())
+            .map_err(|e| OidcError::Misconfigured(e.to_string()))?;
+        let client =
+            CoreClient::from_provider_metadata(d.metadata.clone(), self.client_id(), self.secret())
+                .set_redirect_uri(redirect);
+        let state = random_token().map_err(OidcError::Misconfigured)?;
+        let nonce = random_token().map_err(OidcError::Misconfigured)?;
+        let verifier = PkceCodeVerifier::new(random_token().map_err(OidcError::Misconfigured)?);
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+        let (s, n) = (state.clone(), nonce.clone());
+        let mut request = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                move || CsrfToken::new(s),
+                move || Nonce::new(n),
+            )
+            .set_pkce_challenge(challenge);
+        for scope in self.cfg.scopes.iter().filter(|s| *s != "openid") {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, _, _) = request.url();
+        Ok(CodeFlow {
+            url: url.to_string(),
+            state,
+            nonce,
+            pkce_verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// Finish a browser login: exchange `code` (with the PKCE verifier) and
+    /// verify the ID token as strictly as for SSH logins, plus its `nonce`.
+    /// The caller has checked `state`.
+    pub async fn finish_code(
+        &self,
+        redirect: &str,
+        code: &str,
+        flow: &CodeFlow,
+    ) -> Result<IdpLogin, OidcError> {
+        let d = self.discover(false).await?;
+        let redirect = RedirectUrl::new(redirect.to_string())
+            .map_err(|e| OidcError::Misconfigured(e.to_string()))?;
+        let client =
+            CoreClient::from_provider_metadata(d.metadata.clone(), self.client_id(), self.secret())
+                .set_redirect_uri(redirect);
+        let token = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OidcError::Misconfigured(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(flow.pkce_verifier.clone()))
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        let raw = token
+            .extra_fields()
+            .id_token()
+            .ok_or_else(|| OidcError::TokenInvalid("no ID token in the token response".into()))?
+            .to_string();
+        self.verify_nonce(&raw, Some(&flow.nonce)).await
+    }
+
     /// Verify an ID token against the issuer's keys, refetching them once if
     /// the token names a key we do not have (key rotation).
     pub async fn verify(&self, raw: &str) -> Result<IdpLogin, OidcError> {
+        self.verify_nonce(raw, None).await
+    }
+
+    /// [`Idp::verify`], and with `nonce` the token must carry exactly it.
+    async fn verify_nonce(&self, raw: &str, nonce: Option<&str>) -> Result<IdpLogin, OidcError> {
         let d = self.discover(false).await?;
-        let first = self.verify_with(raw, d.metadata.jwks());
+        let first = self.verify_with(raw, d.metadata.jwks(), nonce);
         match first {
             Err(TokenError::UnknownKey) => {
                 let d = self.discover(true).await?;
-                self.verify_with(raw, d.metadata.jwks())
+                self.verify_with(raw, d.metadata.jwks(), nonce)
             }
             other => other,
         }
         .map_err(|e| OidcError::TokenInvalid(e.to_string()))
     }
 
-    fn verify_with(&self, raw: &str, jwks: &CoreJsonWebKeySet) -> Result<IdpLogin, TokenError> {
-        let claims = verify_id_token(
+    fn verify_with(
+        &self,
+        raw: &str,
+        jwks: &CoreJsonWebKeySet,
+        nonce: Option<&str>,
+    ) -> Result<IdpLogin, TokenError> {
+        let claims = verify_id_token_nonce(
             raw,
             jwks,
             &self.cfg.issuer,
             &self.cfg.client_id,
             chrono::Utc::now(),
+            nonce,
         )?;
         login_from_claims(&claims, &self.cfg.username_claim, &self.cfg.groups_claim)
     }
@@ -352,6 +444,20 @@ pub fn verify_id_token(
     client_id: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Value, TokenError> {
+    verify_id_token_nonce(raw, jwks, issuer, client_id, now, None)
+}
+
+/// [`verify_id_token`]; with `nonce` (the code flow) the token's `nonce`
+/// claim must be present and equal it (compared in constant time). The
+/// device flow has no nonce and passes `None`.
+pub fn verify_id_token_nonce(
+    raw: &str,
+    jwks: &CoreJsonWebKeySet,
+    issuer: &str,
+    client_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    nonce: Option<&str>,
+) -> Result<Value, TokenError> {
     let token: CoreIdToken = raw
         .parse()
         .map_err(|e: serde_json::Error| TokenError::Malformed(e.to_string()))?;
@@ -379,15 +485,19 @@ pub fn verify_id_token(
             Ok(())
         }
     });
-    // The device flow has no nonce.
-    token
-        .claims(&verifier, |_: Option<&Nonce>| Ok(()))
-        .map_err(|e| match e {
-            ClaimsVerificationError::SignatureVerification(
-                SignatureVerificationError::NoMatchingKey,
-            ) => TokenError::UnknownKey,
-            other => TokenError::Rejected(chain(&other)),
-        })?;
+    let nonce_check = |got: Option<&Nonce>| match (nonce, got) {
+        // The device flow has no nonce.
+        (None, _) => Ok(()),
+        (Some(want), Some(got)) if crate::text::same_secret(want, got.secret()) => Ok(()),
+        (Some(_), Some(_)) => Err("nonce does not match the login's".to_string()),
+        (Some(_), None) => Err("nonce missing".to_string()),
+    };
+    token.claims(&verifier, nonce_check).map_err(|e| match e {
+        ClaimsVerificationError::SignatureVerification(
+            SignatureVerificationError::NoMatchingKey,
+        ) => TokenError::UnknownKey,
+        other => TokenError::Rejected(chain(&other)),
+    })?;
     // The signature covers exactly these bytes: read the claims we need
     // (including custom ones like `groups`) from them.
     let payload = raw
@@ -491,6 +601,13 @@ pub fn require_https(what: &str, url: &str) -> Result<(), OidcError> {
             "the identity provider announced {what} {url:?}; it must be an https:// URL"
         )))
     }
+}
+
+/// 256 random bits from the OS, URL-safe base64 (43 characters).
+pub fn random_token() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -975,3 +975,45 @@ fn azp_and_nbf_are_checked() {
         "nbf that is not a number",
     );
 }
+
+// ------------------------------------------------------- nonce (code flow)
+
+fn verify_nonce(raw: &str, nonce: Option<&str>) -> Result<Value, TokenError> {
+    verify_id_token_nonce(raw, &issuer_jwks(), ISSUER, CLIENT, now(), nonce)
+}
+
+#[test]
+fn a_browser_login_needs_exactly_its_nonce() {
+    let with = EC.token(&claims_with(json!({"nonce": "n-1"})));
+    verify_nonce(&with, Some("n-1")).expect("the login's own nonce");
+    assert_rejected_for(
+        verify_nonce(&with, Some("n-2")),
+        "nonce",
+        "another login's nonce",
+    );
+    assert_rejected_for(
+        verify_nonce(&with, Some("")),
+        "nonce",
+        "an empty expected nonce",
+    );
+    let without = EC.token(&claims());
+    assert_rejected_for(
+        verify_nonce(&without, Some("n-1")),
+        "nonce",
+        "no nonce in the token",
+    );
+    // The device flow has none to check; a token with one still passes there.
+    verify_nonce(&without, None).expect("device flow, no nonce");
+    verify_nonce(&with, None).expect("device flow, a nonce");
+    // The other checks stay: a good nonce does not save a foreign audience.
+    let foreign = EC.token(&claims_with(json!({"nonce": "n-1", "aud": "someone-else"})));
+    assert_refused(verify_nonce(&foreign, Some("n-1")), "another audience");
+}
+
+#[test]
+fn random_tokens_are_256_bits_and_differ() {
+    let a = super::random_token().unwrap();
+    let b = super::random_token().unwrap();
+    assert_eq!(a.len(), 43);
+    assert_ne!(a, b);
+}

@@ -12,6 +12,7 @@ use super::*;
 
 mod audit;
 mod auth;
+mod console;
 mod recording;
 mod targets;
 use auth::{auth, oidc, users};
@@ -189,6 +190,17 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
     let sessions = sessions(&mut cx, &raw.sessions);
     let lockout = lockout(&mut cx, &raw.lockout);
     let metrics = raw.metrics.as_ref().and_then(|m| metrics(&mut cx, m));
+    let console = raw.console.as_ref().and_then(|c| {
+        console::console(
+            &mut cx,
+            c,
+            &console::Others {
+                ssh: &server.listen,
+                metrics: metrics.as_ref().map(|m| m.listen),
+                oidc: oidc.is_some(),
+            },
+        )
+    });
     let users = users(&mut cx, &raw.users);
     let policy = Policy::new(targets(&mut cx, &raw.targets));
 
@@ -207,6 +219,7 @@ pub(super) fn validate(file: &Path, text: &str) -> Result<Config, ConfigErrors> 
             sessions,
             lockout,
             metrics,
+            console,
             users,
             policy,
             warnings: cx.warnings,

@@ -1,0 +1,109 @@
+//! The chain status on `/audit`: `audit verify` (the same checker, with
+//! the recordings' check) run by the console in the background, at start
+//! and then every [`EVERY`], its last report kept for the page. A page
+//! never waits for a verification: the whole chain takes seconds on a big
+//! database (docs/BENCHMARKS.md "Audit chain").
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use maud::{Markup, html};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::verify::{self, Options, Report};
+use crate::store::Store;
+
+/// How often the chain is verified again.
+pub const EVERY: Duration = Duration::from_secs(600);
+
+/// The newest verification: when it finished, and what it found (or why
+/// it could not check).
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub at: String,
+    pub report: Result<Report, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ChainStatus {
+    last: RwLock<Option<Status>>,
+}
+
+impl ChainStatus {
+    pub fn get(&self) -> Option<Status> {
+        self.last.read().ok().and_then(|s| s.clone())
+    }
+
+    /// Verify now and keep the report.
+    pub async fn check(&self, store: &Store) {
+        let options = Options {
+            extra: Some(crate::recording::verify::check),
+            ..Options::default()
+        };
+        let report = verify::verify_with(store, &options)
+            .await
+            .map_err(|e| e.to_string());
+        if let Ok(r) = &report
+            && !r.intact
+        {
+            tracing::warn!("console: audit verify found the chain tampered");
+        }
+        let status = Status {
+            at: crate::clock::rfc3339(std::time::SystemTime::now()),
+            report,
+        };
+        if let Ok(mut last) = self.last.write() {
+            *last = Some(status);
+        }
+    }
+
+    /// Verify at start and every [`EVERY`] until `stop`.
+    pub async fn run(self: Arc<Self>, store: Store, stop: CancellationToken) {
+        loop {
+            self.check(&store).await;
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// The status as a table: one row per node, problems in red.
+pub fn render(status: Option<Status>) -> Markup {
+    html! {
+        section #chain {
+            h2 { "Chain status (audit verify)" }
+            @match status {
+                None => p { "Not verified yet (the console verifies at start, then every "
+                    (EVERY.as_secs() / 60) " minutes)." },
+                Some(Status { at, report: Err(e) }) => p.bad { "Could not verify at " (at) ": " (e) },
+                Some(Status { at, report: Ok(r) }) => {
+                    p class=(if r.intact { "" } else { "bad" }) {
+                        @if r.intact { "Intact" } @else { "TAMPERED" }
+                        " as verified at " (at) " (again every " (EVERY.as_secs() / 60)
+                        " minutes; keys as the database states them: pin them with "
+                        code { "portvakt audit verify --key" } ")."
+                    }
+                    table #chain-nodes {
+                        thead { tr {
+                            th { "Node" } th { "State" } th { "Rows" } th { "Last verified checkpoint" }
+                            th { "Rows not signed yet" } th { "Problems" }
+                        } }
+                        tbody { @for n in &r.nodes { tr class=(if n.problems.is_empty() { "" } else { "refused" }) {
+                            td { (n.node) }
+                            td { @if n.problems.is_empty() { "intact" } @else { "TAMPERED" } }
+                            td { (n.rows) }
+                            td { @match &n.last_checkpoint {
+                                Some(c) => { "seq " (c["seq"].to_string()) " (" (c["time"].as_str().unwrap_or("?")) ")" },
+                                None => "none",
+                            } }
+                            td { (n.unsigned_rows) }
+                            td { @for p in &n.problems { div { (p.problem.as_str()) ": " (p.message) } } }
+                        } } }
+                    }
+                }
+            }
+        }
+    }
+}
