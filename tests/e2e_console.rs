@@ -660,6 +660,7 @@ fn a_recorded_session_shows_its_recording_with_command_and_exit_status_escaped()
     );
     assert!(!page.text.contains("<script>alert(2)"), "{}", page.text);
     assert!(page.text.contains("matches its SHA-256"), "{}", page.text);
+    assert_player(&b, &page, rec_id);
     let cast = b.get(&format!("/recordings/{rec_id}?format=cast"));
     assert_eq!(cast.status, 200);
     assert!(cast.text.starts_with("{\"version\":2"), "{}", cast.text);
@@ -676,6 +677,90 @@ fn a_recorded_session_shows_its_recording_with_command_and_exit_status_escaped()
             "console.view of {page}: {views:?}"
         );
     }
+}
+
+/// The recording page replays with the vendored asciinema-player: its
+/// script and stylesheet and `player-init.js` are external files served by
+/// the console with their content types (the vendored ones cached for a
+/// year under a path with their version), the page has no inline script,
+/// the player's element points at the cast export, and the policy allows
+/// no inline script or style (only WebAssembly compilation besides).
+fn assert_player(b: &Browser, page: &Page, rec_id: i64) {
+    assert_security_headers(page);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self' 'wasm-unsafe-eval';"),
+        "{csp}"
+    );
+    assert!(csp.contains("style-src 'self';"), "{csp}");
+    assert!(!csp.contains(" 'unsafe-eval'"), "{csp}");
+    assert_eq!(
+        page.attr_after("id=\"player\"", "data-cast-url").as_deref(),
+        Some(format!("/recordings/{rec_id}?format=cast").as_str()),
+        "{}",
+        page.text
+    );
+    // Every <script> has a src (the CSP would block an inline one anyway).
+    let mut scripts = Vec::new();
+    let mut rest = page.text.as_str();
+    while let Some(at) = rest.find("<script") {
+        let end = rest[at..].find('>').unwrap() + at;
+        let tag = &rest[at..=end];
+        assert!(tag.contains(" src=\""), "inline script: {tag}");
+        let close = rest[end..].find("</script>").unwrap() + end;
+        assert_eq!(close, end + 1, "a script with a body: {}", &rest[at..close]);
+        scripts.push(page.attr_after(tag, "src").unwrap());
+        rest = &rest[close..];
+    }
+    assert_eq!(scripts.len(), 2, "{scripts:?}");
+    assert!(scripts.contains(&"/static/player-init.js".to_string()));
+    let player_js = scripts
+        .iter()
+        .find(|s| s.starts_with("/static/asciinema-player/"))
+        .unwrap_or_else(|| panic!("{scripts:?}"));
+    let player_css = page
+        .attr_after("href=\"/static/asciinema-player/", "href")
+        .unwrap_or_else(|| panic!("no player stylesheet: {}", page.text));
+    let version = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/console/assets/asciinema-player/VERSION"
+    ))
+    .unwrap();
+    let version = version.lines().next().unwrap();
+    assert!(player_js.contains(&format!("/{version}/")), "{player_js}");
+
+    for (url, ctype, marker) in [
+        (player_js.as_str(), "text/javascript", "AsciinemaPlayer"),
+        (player_css.as_str(), "text/css", ".ap-player"),
+        ("/static/player-init.js", "text/javascript", "data-cast-url"),
+    ] {
+        let asset = b.get(url);
+        assert_eq!(asset.status, 200, "{url}");
+        assert!(
+            asset.header("content-type").unwrap().starts_with(ctype),
+            "{url}: {:?}",
+            asset.header("content-type")
+        );
+        assert!(asset.text.contains(marker), "{url}");
+        assert_security_headers(&asset);
+        if url.starts_with("/static/asciinema-player/") {
+            assert_eq!(
+                asset.header("cache-control"),
+                Some("public, max-age=31536000, immutable"),
+                "{url}"
+            );
+        }
+    }
+    // Another version's path is not served.
+    assert_eq!(
+        b.get("/static/asciinema-player/0.0.0/asciinema-player.min.js")
+            .status,
+        404
+    );
+    // Pages other than a recording keep the policy without WebAssembly.
+    let other = b.get("/sessions");
+    let csp = other.header("content-security-policy").unwrap();
+    assert!(!csp.contains("wasm"), "{csp}");
 }
 
 /// `/audit` shows what `audit verify` found (the console verifies at start

@@ -7,7 +7,8 @@
 //!
 //! One file per concern: `session` (console sessions, cookies, CSRF),
 //! `login` (the OIDC code flow), `layout` (page frame, stylesheet),
-//! `export` (CSV and JSON), one file per page, `tls` (HTTPS), `serve`
+//! `export` (CSV and JSON), one file per page, `player` (the vendored
+//! terminal player of `/recordings/ID`), `tls` (HTTPS), `serve`
 //! (connections: limits, timeouts, graceful stop), `chain` (the chain
 //! status of `/audit`).
 
@@ -19,6 +20,7 @@ mod layout;
 mod lockouts;
 mod login;
 mod now;
+mod player;
 mod recordings;
 mod serve;
 mod session;
@@ -148,6 +150,11 @@ fn router(state: Arc<ConsoleState>, https: bool) -> Router {
         .route("/auth/callback", get(login::callback))
         .route("/auth/logout", post(login::logout))
         .route("/static/console.css", get(layout::stylesheet))
+        .route("/static/player-init.js", get(player::init_script))
+        .route(
+            "/static/asciinema-player/{version}/{file}",
+            get(player::asset),
+        )
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state);
@@ -171,13 +178,17 @@ fn router(state: Arc<ConsoleState>, https: bool) -> Router {
 /// styles only from the console itself, and pages never cached.
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-        ),
-    );
+    // A page may set a policy of its own (the recording page adds
+    // 'wasm-unsafe-eval' for the player); every other answer gets this one.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                 object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+            ),
+        );
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
