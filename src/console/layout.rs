@@ -62,6 +62,7 @@ pub fn page_with_head(
                             a href="/sessions" { "Sessions" }
                             a href="/audit" { "Audit" }
                             a href="/grants" { "Grants" }
+                            a href="/requests" { "Requests" }
                             a href="/lockouts" { "Lockouts" }
                         }
                         div.who {

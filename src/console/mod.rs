@@ -1,8 +1,8 @@
 //! The review console (DESIGN.md §12, docs/CONSOLE.md): a small web
 //! server on its own listener, started and stopped with `serve`, that
 //! shows the shared database (every node's rows) to reviewers who logged in
-//! at the `[oidc]` identity provider, and lets admins revoke grants and
-//! clear lockouts. Server-rendered HTML (maud escapes every value), no
+//! at the `[oidc]` identity provider, and lets admins end connections,
+//! revoke grants, clear lockouts and decide access requests. Server-rendered HTML (maud escapes every value), no
 //! inline scripts, strict headers on every answer.
 //!
 //! One file per concern: `session` (console sessions, cookies, CSRF),
@@ -22,6 +22,7 @@ mod login;
 mod now;
 mod player;
 mod recordings;
+mod requests;
 mod serve;
 mod session;
 mod sessions;
@@ -61,11 +62,20 @@ pub struct ConsoleState {
     sessions: session::Sessions,
     /// The newest `audit verify` report, for `/audit`.
     chain: Arc<chain::ChainStatus>,
+    /// The access-request webhook (decisions made here are told like
+    /// those over SSH).
+    webhook: crate::requests::webhook::Webhook,
 }
 
 impl ConsoleState {
-    pub fn new(config: SharedConfig, audit: Audit, services: Arc<Services>) -> ConsoleState {
+    pub fn new(
+        config: SharedConfig,
+        audit: Audit,
+        services: Arc<Services>,
+        webhook: crate::requests::webhook::Webhook,
+    ) -> ConsoleState {
         ConsoleState {
+            webhook,
             config,
             store: audit.store().clone(),
             audit,
@@ -144,6 +154,10 @@ fn router(state: Arc<ConsoleState>, https: bool) -> Router {
         .route("/audit", get(audit_page::list))
         .route("/grants", get(grants::list))
         .route("/grants/{id}/revoke", post(grants::revoke))
+        .route("/requests", get(requests::list))
+        .route("/requests/{id}/approve", post(requests::approve))
+        .route("/requests/{id}/deny", post(requests::deny))
+        .route("/requests/{id}/revoke", post(requests::revoke))
         .route("/lockouts", get(lockouts::list))
         .route("/lockouts/clear", post(lockouts::clear))
         .route("/auth/login", get(login::start))
