@@ -660,6 +660,7 @@ fn a_recorded_session_shows_its_recording_with_command_and_exit_status_escaped()
     );
     assert!(!page.text.contains("<script>alert(2)"), "{}", page.text);
     assert!(page.text.contains("matches its SHA-256"), "{}", page.text);
+    assert_player(&b, &page, rec_id);
     let cast = b.get(&format!("/recordings/{rec_id}?format=cast"));
     assert_eq!(cast.status, 200);
     assert!(cast.text.starts_with("{\"version\":2"), "{}", cast.text);
@@ -676,6 +677,90 @@ fn a_recorded_session_shows_its_recording_with_command_and_exit_status_escaped()
             "console.view of {page}: {views:?}"
         );
     }
+}
+
+/// The recording page replays with the vendored asciinema-player: its
+/// script and stylesheet and `player-init.js` are external files served by
+/// the console with their content types (the vendored ones cached for a
+/// year under a path with their version), the page has no inline script,
+/// the player's element points at the cast export, and the policy allows
+/// no inline script or style (only WebAssembly compilation besides).
+fn assert_player(b: &Browser, page: &Page, rec_id: i64) {
+    assert_security_headers(page);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self' 'wasm-unsafe-eval';"),
+        "{csp}"
+    );
+    assert!(csp.contains("style-src 'self';"), "{csp}");
+    assert!(!csp.contains(" 'unsafe-eval'"), "{csp}");
+    assert_eq!(
+        page.attr_after("id=\"player\"", "data-cast-url").as_deref(),
+        Some(format!("/recordings/{rec_id}?format=cast").as_str()),
+        "{}",
+        page.text
+    );
+    // Every <script> has a src (the CSP would block an inline one anyway).
+    let mut scripts = Vec::new();
+    let mut rest = page.text.as_str();
+    while let Some(at) = rest.find("<script") {
+        let end = rest[at..].find('>').unwrap() + at;
+        let tag = &rest[at..=end];
+        assert!(tag.contains(" src=\""), "inline script: {tag}");
+        let close = rest[end..].find("</script>").unwrap() + end;
+        assert_eq!(close, end + 1, "a script with a body: {}", &rest[at..close]);
+        scripts.push(page.attr_after(tag, "src").unwrap());
+        rest = &rest[close..];
+    }
+    assert_eq!(scripts.len(), 2, "{scripts:?}");
+    assert!(scripts.contains(&"/static/player-init.js".to_string()));
+    let player_js = scripts
+        .iter()
+        .find(|s| s.starts_with("/static/asciinema-player/"))
+        .unwrap_or_else(|| panic!("{scripts:?}"));
+    let player_css = page
+        .attr_after("href=\"/static/asciinema-player/", "href")
+        .unwrap_or_else(|| panic!("no player stylesheet: {}", page.text));
+    let version = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/console/assets/asciinema-player/VERSION"
+    ))
+    .unwrap();
+    let version = version.lines().next().unwrap();
+    assert!(player_js.contains(&format!("/{version}/")), "{player_js}");
+
+    for (url, ctype, marker) in [
+        (player_js.as_str(), "text/javascript", "AsciinemaPlayer"),
+        (player_css.as_str(), "text/css", ".ap-player"),
+        ("/static/player-init.js", "text/javascript", "data-cast-url"),
+    ] {
+        let asset = b.get(url);
+        assert_eq!(asset.status, 200, "{url}");
+        assert!(
+            asset.header("content-type").unwrap().starts_with(ctype),
+            "{url}: {:?}",
+            asset.header("content-type")
+        );
+        assert!(asset.text.contains(marker), "{url}");
+        assert_security_headers(&asset);
+        if url.starts_with("/static/asciinema-player/") {
+            assert_eq!(
+                asset.header("cache-control"),
+                Some("public, max-age=31536000, immutable"),
+                "{url}"
+            );
+        }
+    }
+    // Another version's path is not served.
+    assert_eq!(
+        b.get("/static/asciinema-player/0.0.0/asciinema-player.min.js")
+            .status,
+        404
+    );
+    // Pages other than a recording keep the policy without WebAssembly.
+    let other = b.get("/sessions");
+    let csp = other.header("content-security-policy").unwrap();
+    assert!(!csp.contains("wasm"), "{csp}");
 }
 
 /// `/audit` shows what `audit verify` found (the console verifies at start
@@ -759,4 +844,196 @@ fn a_callback_with_an_unknown_or_used_state_is_refused() {
             (n == 4).then_some(())
         },
     );
+}
+
+/// `/requests`: a request made with a real `ssh bastion request` is listed
+/// (its reason escaped) and exported; a reviewer cannot decide; an admin
+/// who is an approver of the target (here through a `[[users]]` entry of
+/// their IdP name) approves with the CSRF token only, and counts as one
+/// person of a two-person rule whose other approval comes over SSH; then
+/// revokes it, and denies a second request only with a reason. Each is a
+/// `request.*` row by the admin and a `console.action` row.
+#[test]
+fn access_requests_are_listed_and_decided_by_admins_with_a_csrf_token_only() {
+    let env = TestEnv::new();
+    let echo = EchoServer::start();
+    let ca = env.ca("user_ca");
+    let carl = env.signed_key(&ca, "carl", &CertSpec::user(&["carl"]));
+    let bob = env.signed_key(&ca, "bob", &CertSpec::user(&["bob"]));
+    let w = World::start(env, default_console(), |c| {
+        c.trust(&ca)
+            .user(User::groups("carl", &["dba"]))
+            .user(User::groups("bob", &["leads"]))
+            // adam logs in to the console at the IdP; this entry makes that
+            // name an approver, as it would over SSH.
+            .user(User::groups("adam", &["leads"]))
+            .target(
+                Target::host("prod", "127.0.0.1", echo.port)
+                    .allow_groups(&["dba"])
+                    .on_request(&["leads"], "4h", 2),
+            )
+    });
+    let ssh = |user: &str, key: &UserKey, args: &[&str]| {
+        let mut all = vec![BASTION];
+        all.extend_from_slice(args);
+        w.env.client(&w.pv, user).identity(key).run(&all)
+    };
+    let request = |reason: &str| -> i64 {
+        let out = ssh("carl", &carl, &["request", "prod", "1h", reason]);
+        out.assert_success();
+        let text = out.stdout_text();
+        text.split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no request id in {out}"))
+    };
+    let id = request("INC-1 <b>disk</b> full");
+
+    let rows = |b: &Browser, query: &str| -> Vec<Value> {
+        let page = b.get(&format!("/requests?{query}format=json"));
+        assert_eq!(page.status, 200, "{page:?}");
+        serde_json::from_str(&page.text).unwrap()
+    };
+    let one = |b: &Browser| -> Value {
+        rows(b, "")
+            .into_iter()
+            .find(|r| r["id"] == json!(id))
+            .unwrap_or_else(|| panic!("request {id} not listed"))
+    };
+
+    // A reviewer sees it, escaped, with no buttons, and may not decide.
+    let (rita, rita_page) = w.logged_in("rita", "rita-pw");
+    let list = rita.get("/requests");
+    assert_eq!(list.status, 200);
+    assert!(
+        list.text.contains("INC-1 &lt;b&gt;disk&lt;/b&gt; full"),
+        "{}",
+        list.text
+    );
+    assert!(!list.text.contains("<b>disk"), "{}", list.text);
+    assert!(!list.text.contains("Approve"), "{}", list.text);
+    let approve = format!("/requests/{id}/approve");
+    assert_eq!(
+        rita.post(&approve, &[("csrf", &rita_page.csrf())]).status,
+        403
+    );
+    assert_eq!(one(&rita)["state"], "pending");
+
+    // The admin: without the token (or with another session's) 403 and
+    // nothing changed; with it, one approval of the two needed.
+    let (adam, _) = w.logged_in("adam", "adam-pw");
+    let list = adam.get("/requests?state=pending");
+    assert!(
+        list.text.contains(&format!("action=\"{approve}\"")),
+        "{}",
+        list.text
+    );
+    let token = list.csrf();
+    assert_eq!(adam.post(&approve, &[]).status, 403);
+    assert_eq!(
+        adam.post(&approve, &[("csrf", &rita_page.csrf())]).status,
+        403
+    );
+    let r = one(&adam);
+    assert_eq!(r["state"], "pending");
+    assert_eq!(r["approvals"], json!([]));
+    let done = adam.post(&approve, &[("csrf", &token)]);
+    assert_eq!(done.status, 200, "{done:?}");
+    assert!(done.url.contains("/requests"), "{}", done.url);
+    let r = one(&adam);
+    assert_eq!(r["state"], "pending", "two approvals needed: {r}");
+    assert_eq!(r["approvals"], json!(["adam"]));
+    // The same person again: refused (the two-person rule counts names).
+    let again = adam.post(&approve, &[("csrf", &token)]);
+    assert_eq!(again.status, 409, "{again:?}");
+    assert!(again.text.contains("approved request"), "{}", again.text);
+    // The second approver over SSH opens it.
+    ssh("bob", &bob, &["approve", &id.to_string()]).assert_success();
+    let r = one(&adam);
+    assert_eq!(r["state"], "approved", "{r}");
+    assert_eq!(r["approvals"], json!(["adam", "bob"]));
+    forward_stdio(
+        &w.env.client(&w.pv, "carl").identity(&carl),
+        "prod",
+        echo.port,
+        b"ping\n",
+    )
+    .assert_success();
+
+    // Revoke: only with the token.
+    let revoke = format!("/requests/{id}/revoke");
+    assert_eq!(adam.post(&revoke, &[]).status, 403);
+    assert_eq!(one(&adam)["state"], "approved");
+    assert_eq!(adam.post(&revoke, &[("csrf", &token)]).status, 200);
+    let r = one(&adam);
+    assert_eq!(r["state"], "revoked", "{r}");
+    assert_eq!(r["decided_by"], "adam");
+
+    // Deny a second one: a reason is required.
+    let id2 = request("INC-2");
+    let deny = format!("/requests/{id2}/deny");
+    assert_eq!(adam.post(&deny, &[("reason", "no")]).status, 403);
+    assert_eq!(adam.post(&deny, &[("csrf", &token)]).status, 400);
+    assert_eq!(
+        adam.post(&deny, &[("csrf", &token), ("reason", "  ")])
+            .status,
+        400
+    );
+    let denied = adam.post(
+        &deny,
+        &[("csrf", &token), ("reason", "not during the freeze")],
+    );
+    assert_eq!(denied.status, 200, "{denied:?}");
+    let d = rows(&adam, "state=denied&");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["id"], json!(id2));
+    assert_eq!(d[0]["decision_reason"], "not during the freeze");
+    assert_eq!(rows(&adam, "state=pending&").len(), 0);
+    assert_eq!(rows(&adam, "user=carl&").len(), 2);
+    assert_eq!(rows(&adam, "user=bob&").len(), 0);
+    assert_eq!(adam.get("/requests?state=bogus").status, 400);
+
+    // CSV: a header and one line per request, reasons quoted as needed.
+    let csv = adam.get("/requests?format=csv");
+    assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
+    let lines: Vec<&str> = csv.text.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", csv.text);
+    assert!(
+        lines[0].starts_with("id,user,target,duration,reason,state,"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!("{id2},carl,prod,1h,INC-2,denied,")),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with(&format!("{id},carl,prod,1h,")),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[2].contains(",revoked,"), "{}", lines[2]);
+
+    // The audit rows: the decisions by adam (from the console) and the
+    // console's own rows; the chain verifies.
+    for (kind, action) in [
+        ("request.approve", "request_approve"),
+        ("request.revoke", "request_revoke"),
+        ("request.deny", "request_deny"),
+    ] {
+        let ev = w.pv.wait_for_audit(kind, |e| {
+            e.kind == kind && e.user.as_deref() == Some("adam")
+        });
+        assert_eq!(ev.detail_str("via"), Some("console"), "{ev:?}");
+        let a = w.pv.wait_for_audit(action, |e| {
+            e.kind == "console.action" && e.detail_str("action") == Some(action)
+        });
+        assert_eq!(a.user.as_deref(), Some("adam"));
+    }
+    let refused = w.pv.wait_for_audit("request.refused", |e| {
+        e.kind == "request.refused" && e.user.as_deref() == Some("adam")
+    });
+    assert_eq!(refused.detail_str("via"), Some("console"));
+    w.pv.cli(&["audit", "verify"]).assert_success();
 }

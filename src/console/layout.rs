@@ -21,7 +21,7 @@ pub async fn stylesheet() -> Response {
         .into_response()
 }
 
-fn head(title: &str, refresh: Option<u32>) -> Markup {
+fn head(title: &str, refresh: Option<u32>, extra: Markup) -> Markup {
     html! {
         head {
             meta charset="utf-8";
@@ -31,17 +31,29 @@ fn head(title: &str, refresh: Option<u32>) -> Markup {
             }
             title { (title) " · portvakt" }
             link rel="stylesheet" href="/static/console.css";
+            (extra)
         }
     }
 }
 
 /// A console page for `viewer`: navigation, who is logged in, logout.
 pub fn page(viewer: &Viewer, title: &str, refresh: Option<u32>, body: Markup) -> Html<String> {
+    page_with_head(viewer, title, refresh, html! {}, body)
+}
+
+/// [`page`] with more in its `<head>` (stylesheets, external scripts).
+pub fn page_with_head(
+    viewer: &Viewer,
+    title: &str,
+    refresh: Option<u32>,
+    extra: Markup,
+    body: Markup,
+) -> Html<String> {
     Html(
         html! {
             (DOCTYPE)
             html lang="en" {
-                (head(title, refresh))
+                (head(title, refresh, extra))
                 body {
                     header {
                         nav {
@@ -50,6 +62,7 @@ pub fn page(viewer: &Viewer, title: &str, refresh: Option<u32>, body: Markup) ->
                             a href="/sessions" { "Sessions" }
                             a href="/audit" { "Audit" }
                             a href="/grants" { "Grants" }
+                            a href="/requests" { "Requests" }
                             a href="/lockouts" { "Lockouts" }
                         }
                         div.who {
@@ -77,7 +90,7 @@ pub fn bare(title: &str, text: &str) -> Html<String> {
         html! {
             (DOCTYPE)
             html lang="en" {
-                (head(title, None))
+                (head(title, None, html! {}))
                 body { main {
                     h1 { (title) }
                     p #message { (text) }
@@ -116,7 +129,7 @@ pub fn logged_out() -> Html<String> {
         html! {
             (DOCTYPE)
             html lang="en" {
-                (head("Logged out", None))
+                (head("Logged out", None, html! {}))
                 body { main {
                     h1 { "Logged out" }
                     p { a href="/auth/login" { "Log in again" } }

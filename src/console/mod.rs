@@ -1,13 +1,14 @@
 //! The review console (DESIGN.md §12, docs/CONSOLE.md): a small web
 //! server on its own listener, started and stopped with `serve`, that
 //! shows the shared database (every node's rows) to reviewers who logged in
-//! at the `[oidc]` identity provider, and lets admins revoke grants and
-//! clear lockouts. Server-rendered HTML (maud escapes every value), no
+//! at the `[oidc]` identity provider, and lets admins end connections,
+//! revoke grants, clear lockouts and decide access requests. Server-rendered HTML (maud escapes every value), no
 //! inline scripts, strict headers on every answer.
 //!
 //! One file per concern: `session` (console sessions, cookies, CSRF),
 //! `login` (the OIDC code flow), `layout` (page frame, stylesheet),
-//! `export` (CSV and JSON), one file per page, `tls` (HTTPS), `serve`
+//! `export` (CSV and JSON), one file per page, `player` (the vendored
+//! terminal player of `/recordings/ID`), `tls` (HTTPS), `serve`
 //! (connections: limits, timeouts, graceful stop), `chain` (the chain
 //! status of `/audit`).
 
@@ -19,7 +20,9 @@ mod layout;
 mod lockouts;
 mod login;
 mod now;
+mod player;
 mod recordings;
+mod requests;
 mod serve;
 mod session;
 mod sessions;
@@ -59,11 +62,20 @@ pub struct ConsoleState {
     sessions: session::Sessions,
     /// The newest `audit verify` report, for `/audit`.
     chain: Arc<chain::ChainStatus>,
+    /// The access-request webhook (decisions made here are told like
+    /// those over SSH).
+    webhook: crate::requests::webhook::Webhook,
 }
 
 impl ConsoleState {
-    pub fn new(config: SharedConfig, audit: Audit, services: Arc<Services>) -> ConsoleState {
+    pub fn new(
+        config: SharedConfig,
+        audit: Audit,
+        services: Arc<Services>,
+        webhook: crate::requests::webhook::Webhook,
+    ) -> ConsoleState {
         ConsoleState {
+            webhook,
             config,
             store: audit.store().clone(),
             audit,
@@ -142,12 +154,21 @@ fn router(state: Arc<ConsoleState>, https: bool) -> Router {
         .route("/audit", get(audit_page::list))
         .route("/grants", get(grants::list))
         .route("/grants/{id}/revoke", post(grants::revoke))
+        .route("/requests", get(requests::list))
+        .route("/requests/{id}/approve", post(requests::approve))
+        .route("/requests/{id}/deny", post(requests::deny))
+        .route("/requests/{id}/revoke", post(requests::revoke))
         .route("/lockouts", get(lockouts::list))
         .route("/lockouts/clear", post(lockouts::clear))
         .route("/auth/login", get(login::start))
         .route("/auth/callback", get(login::callback))
         .route("/auth/logout", post(login::logout))
         .route("/static/console.css", get(layout::stylesheet))
+        .route("/static/player-init.js", get(player::init_script))
+        .route(
+            "/static/asciinema-player/{version}/{file}",
+            get(player::asset),
+        )
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state);
@@ -171,13 +192,17 @@ fn router(state: Arc<ConsoleState>, https: bool) -> Router {
 /// styles only from the console itself, and pages never cached.
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-        ),
-    );
+    // A page may set a policy of its own (the recording page adds
+    // 'wasm-unsafe-eval' for the player); every other answer gets this one.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                 object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+            ),
+        );
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -1,5 +1,6 @@
-//! `/recordings/ID`: one recording of a recorded target, until the
-//! terminal player comes: who, where, what command, exit status, whether
+//! `/recordings/ID`: one recording of a recorded target: the terminal
+//! player (asciinema-player, see `player`) for shell and exec recordings,
+//! and without JavaScript: who, where, what command, exit status, whether
 //! the stored content still matches its SHA-256, its file operations, and
 //! its terminal output as plain text (escape sequences and control
 //! characters removed, then escaped like everything else). Opening it is a
@@ -15,7 +16,7 @@ use serde::Deserialize;
 
 use super::layout::{self, or_dash};
 use super::sessions::events_table;
-use super::{ConsoleState, Viewer, error_page, export, internal};
+use super::{ConsoleState, Viewer, error_page, export, internal, player};
 use crate::audit::query::{self, EventFilter};
 use crate::audit::{Event, EventKind};
 use crate::recording::cast;
@@ -121,6 +122,10 @@ pub async fn page(
         }
         Err(e) => (format!("UNREADABLE: {e}"), true, None),
     };
+    // Shell and exec recordings are terminal output; sftp and scp ones are
+    // not worth replaying (their file operations are listed instead).
+    let playable =
+        matches!(rec.kind, recordings::Kind::Shell | recordings::Kind::Exec) && output.is_some();
     let body = html! {
         dl #summary {
             dt { "Session" } dd { a href={ "/sessions/" (rec.session_id) } { (rec.session_id) } }
@@ -138,8 +143,12 @@ pub async fn page(
             dt { "Node" } dd { (rec.node) }
         }
         p { a href={ "/recordings/" (rec.id) "?format=cast" } { "Download (asciicast v2)" }
-            " · replay in the browser is not built yet: "
+            " · or replay it in a terminal: "
             code { "portvakt recordings play " (rec.id) } }
+        @if playable {
+            h2 { "Replay" }
+            div #player data-cast-url={ "/recordings/" (rec.id) "?format=cast" } {}
+        }
         @if !file_ops.is_empty() {
             h2 { "File operations" }
             (events_table("file-ops", &file_ops.iter().collect::<Vec<_>>()))
@@ -150,7 +159,19 @@ pub async fn page(
             None => p { "The content cannot be read as asciicast." },
         }
     };
-    layout::page(&viewer, &format!("Recording {}", rec.id), None, body).into_response()
+    if !playable {
+        return layout::page(&viewer, &format!("Recording {}", rec.id), None, body).into_response();
+    }
+    let head = html! {
+        link rel="stylesheet" href=(player::stylesheet_url());
+        script defer src=(player::script_url()) {}
+        script defer src=(player::INIT_URL) {}
+    };
+    (
+        [(header::CONTENT_SECURITY_POLICY, player::RECORDING_CSP)],
+        layout::page_with_head(&viewer, &format!("Recording {}", rec.id), None, head, body),
+    )
+        .into_response()
 }
 
 /// The "o" events of an asciicast as plain text, at most [`SHOWN`] bytes.

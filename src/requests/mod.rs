@@ -162,6 +162,15 @@ pub fn check_reason(reason: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests;
 
+/// May `subject` decide (approve or deny) requests for `target`: is one of
+/// their groups among its `approvers`? (Over SSH and in the console; the
+/// store refuses their own requests and a second approval by one name.)
+pub fn approves(subject: &crate::policy::Subject, target: &crate::policy::Target) -> bool {
+    target
+        .request_rule()
+        .is_some_and(|r| subject.groups().any(|g| r.approvers.contains(g)))
+}
+
 /// The audit event of a change to `req`, done by `by` (a person), or by
 /// portvakt itself (an expiry): `user` is who acted, `requester` whose
 /// access it is.

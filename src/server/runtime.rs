@@ -232,6 +232,7 @@ impl Background {
                 state.config.clone(),
                 state.audit.clone(),
                 state.services.clone(),
+                state.webhook.clone(),
             ));
             let server = crate::console::serve(bound, console, stop.clone());
             tokio::spawn(async move {
