@@ -248,6 +248,9 @@ reason_enum! {
         TargetLogin = "target_login_refused",
         /// A recorded target: a forward inside the session (`-L`).
         InnerForward = "inner_forward_refused",
+        /// A recorded target: an environment variable other than the
+        /// locale (`LANG`, `LC_*`), not passed to the target.
+        Env = "env_refused",
     }
 }
 

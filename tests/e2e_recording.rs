@@ -752,6 +752,14 @@ fn only_the_locale_of_the_clients_environment_reaches_the_target() {
         ]);
     out.assert_success();
     assert_eq!(out.stdout_text().trim(), "C.UTF-8|C|unset|unset", "{out}");
+    let ev = r.pv.wait_for_event("channel.refused", "env_refused");
+    assert!(
+        matches!(
+            ev.detail_str("request"),
+            Some("LD_PRELOAD" | "PORTVAKT_TEST_VAR")
+        ),
+        "{ev:?}"
+    );
 }
 
 #[test]

@@ -171,8 +171,8 @@ pub async fn callback(
         .user(login.username.as_str())
         .detail("result", "allowed")
         .detail("role", role.as_str())
-        .detail("subject", login.subject.as_str())
-        .detail("groups", login.groups.clone());
+        .detail("subject", crate::audit::clean(&login.subject))
+        .detail("groups", stored_groups(&login.groups));
     ev.source = Some(source.to_string());
     if !st.record(ev).await {
         tracing::warn!("console: the login's audit row was not stored");
@@ -192,6 +192,20 @@ pub async fn callback(
     )
         .into_response()
 }
+
+/// The IdP's group names as a `console.login` row keeps them: each cleaned
+/// and bounded, at most [`GROUPS_MAX`] (the IdP's text is not trusted to
+/// be short or printable).
+fn stored_groups(groups: &[String]) -> Vec<String> {
+    groups
+        .iter()
+        .take(GROUPS_MAX)
+        .map(|g| crate::audit::clean(g))
+        .collect()
+}
+
+/// Group names a `console.login` row keeps.
+const GROUPS_MAX: usize = 64;
 
 /// Answer a refused login with 403, after its `console.login` row.
 async fn refuse(
@@ -266,6 +280,19 @@ pub async fn logout(
 #[cfg(test)]
 mod tests {
     use super::local_path;
+
+    #[test]
+    fn stored_groups_are_cleaned_and_bounded() {
+        let many: Vec<String> = (0..100).map(|i| format!("g{i}")).collect();
+        assert_eq!(super::stored_groups(&many).len(), super::GROUPS_MAX);
+        let odd = vec!["ops\u{0}\u{202e}x".to_string(), "a".repeat(1000)];
+        let kept = super::stored_groups(&odd);
+        assert!(
+            !kept[0].contains('\u{0}') && !kept[0].contains('\u{202e}'),
+            "{kept:?}"
+        );
+        assert!(kept[1].chars().count() <= 256, "{}", kept[1].len());
+    }
 
     #[test]
     fn after_login_only_console_paths() {

@@ -327,6 +327,7 @@ impl Handler for Inner {
         // LD_PRELOAD and the like from the client. No answer is awaited
         // (OpenSSH sends env without want_reply).
         if !accepted_env(name) {
+            self.job.refused(ChannelRefusal::Env, Some(name));
             return session.channel_failure(channel);
         }
         if let Some(ctl) = self.channels.get(&channel) {
