@@ -312,6 +312,18 @@ reason_enum! {
 }
 
 reason_enum! {
+    /// Why a review console admin's action (`console.action`) was refused.
+    pub enum ActionRefusal {
+        /// An action's form came without the console session's CSRF token
+        /// (or with a wrong one): nothing was changed.
+        CsrfInvalid = "csrf_invalid",
+        /// An action by a reviewer whose groups do not make them a console
+        /// admin (`admin_groups`) under the config in force.
+        NotConsoleAdmin = "not_console_admin",
+    }
+}
+
+reason_enum! {
     /// The SSH authentication method of a login attempt, as `auth.failure`
     /// rows and the `logins_total{method}` metric name it (a certificate is
     /// told apart from a plain key).
@@ -433,6 +445,7 @@ mod tests {
         names.extend(ConnRefusal::ALL.iter().map(|r| r.as_str()));
         names.extend(EventReason::ALL.iter().map(|r| r.as_str()));
         names.extend(ConsoleRefusal::ALL.iter().map(|r| r.as_str()));
+        names.extend(ActionRefusal::ALL.iter().map(|r| r.as_str()));
         names.extend(SshMethod::ALL.iter().map(|r| r.as_str()));
         names.extend(AuthMethod::ALL.iter().map(|r| r.as_str()));
         names.extend(crate::auth::AuthFailure::ALL.iter().map(|r| r.as_str()));

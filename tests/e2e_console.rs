@@ -372,12 +372,29 @@ fn a_live_forward_shows_on_now_and_an_admin_ends_its_connection() {
         "{row:?}"
     );
     let action = w.pv.wait_for_audit("console.action connection_end", |e| {
-        e.kind == "console.action" && e.detail_str("action") == Some("connection_end")
+        e.kind == "console.action"
+            && e.detail_str("action") == Some("connection_end")
+            && e.reason.is_none()
     });
     assert_eq!(action.user.as_deref(), Some("adam"));
     assert_eq!(action.detail_str("connection_id"), Some(conn.as_str()));
     assert_eq!(action.detail_str("connection_user"), Some("alice"));
     assert_eq!(action.detail_str("note"), Some("INC-1 <b>"));
+    // The reviewer's try and the admin's without a token are refused rows,
+    // which no node takes for the command.
+    let refused: Vec<(Option<String>, Option<String>)> =
+        w.pv.audit()
+            .into_iter()
+            .filter(|e| e.kind == "console.action" && e.reason.is_some())
+            .map(|e| (e.user, e.reason))
+            .collect();
+    assert_eq!(
+        refused,
+        [
+            (Some("rita".into()), Some("not_console_admin".into())),
+            (Some("adam".into()), Some("csrf_invalid".into())),
+        ],
+    );
     let after: Vec<Value> = serde_json::from_str(&adam.get("/?format=json").text).unwrap();
     assert!(after.is_empty(), "{after:?}");
 }
@@ -460,6 +477,14 @@ fn admins_revoke_a_grant_and_clear_a_lockout_with_a_csrf_token_only() {
     let path = format!("/grants/{grant_id}/revoke");
     let refused = rita.post(&path, &[("csrf", &page.csrf())]);
     assert_eq!(refused.status, 403, "{refused:?}");
+    // The attempt is audited: who tried what on which grant, and why not.
+    let tried = w.pv.wait_for_audit("refused console.action of rita", |e| {
+        e.kind == "console.action" && e.user.as_deref() == Some("rita")
+    });
+    assert_eq!(tried.reason.as_deref(), Some("not_console_admin"));
+    assert_eq!(tried.detail_str("action"), Some("grant_revoke"));
+    assert_eq!(tried.detail_str("result"), Some("refused"));
+    assert_eq!(tried.detail.get("grant_id"), Some(&json!(grant_id)));
 
     // An admin without the CSRF token, or with a wrong one: 403, nothing changed.
     let (adam, _) = w.logged_in("adam", "adam-pw");
@@ -480,6 +505,20 @@ fn admins_revoke_a_grant_and_clear_a_lockout_with_a_csrf_token_only() {
     forward_stdio(&client, "echo", echo.port, b"ping\n").assert_success();
     let valid: Vec<Value> = serde_json::from_str(&adam.get("/grants?format=json").text).unwrap();
     assert_eq!(valid.len(), 1, "{valid:?}");
+    let csrf_refusals = || {
+        w.pv.audit()
+            .iter()
+            .filter(|e| {
+                e.kind == "console.action"
+                    && e.user.as_deref() == Some("adam")
+                    && e.reason.as_deref() == Some("csrf_invalid")
+            })
+            .count()
+    };
+    assert!(
+        poll_for(AUDIT_TIMEOUT, || (csrf_refusals() == 3).then_some(())).is_some(),
+        "each post without the right token is a refused console.action row"
+    );
 
     // With it: revoked, and the next ssh is refused.
     let done = adam.post(&path, &[("csrf", &token)]);
@@ -491,7 +530,9 @@ fn admins_revoke_a_grant_and_clear_a_lockout_with_a_csrf_token_only() {
     let revoke = w.pv.wait_for_event("grant.revoke", "revoked_by_admin");
     assert_eq!(revoke.user.as_deref(), Some("alice"));
     let action = w.pv.wait_for_audit("console.action grant_revoke", |e| {
-        e.kind == "console.action" && e.detail_str("action") == Some("grant_revoke")
+        e.kind == "console.action"
+            && e.detail_str("action") == Some("grant_revoke")
+            && e.reason.is_none()
     });
     assert_eq!(action.user.as_deref(), Some("adam"));
     assert_eq!(action.detail.get("grant_id"), Some(&json!(grant_id)));
@@ -508,10 +549,17 @@ fn admins_revoke_a_grant_and_clear_a_lockout_with_a_csrf_token_only() {
     );
     assert_eq!(cleared.status, 200, "{cleared:?}");
     let action = w.pv.wait_for_audit("console.action lockout_clear", |e| {
-        e.kind == "console.action" && e.detail_str("action") == Some("lockout_clear")
+        e.kind == "console.action"
+            && e.detail_str("action") == Some("lockout_clear")
+            && e.reason.is_none()
     });
     assert_eq!(action.detail_str("source"), Some("192.0.2.7"));
     assert_eq!(action.user.as_deref(), Some("adam"));
+    assert_eq!(
+        csrf_refusals(),
+        4,
+        "the clear without a token is audited too"
+    );
 
     // Logging out needs it as well, and ends the session.
     assert_eq!(adam.post("/auth/logout", &[]).status, 403);
@@ -1027,7 +1075,9 @@ fn access_requests_are_listed_and_decided_by_admins_with_a_csrf_token_only() {
         });
         assert_eq!(ev.detail_str("via"), Some("console"), "{ev:?}");
         let a = w.pv.wait_for_audit(action, |e| {
-            e.kind == "console.action" && e.detail_str("action") == Some(action)
+            e.kind == "console.action"
+                && e.detail_str("action") == Some(action)
+                && e.reason.is_none()
         });
         assert_eq!(a.user.as_deref(), Some("adam"));
     }

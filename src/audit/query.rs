@@ -295,13 +295,16 @@ pub async fn events(store: &Store, f: &EventFilter) -> Result<Vec<EventRow>, sql
 
 /// Connections a review console admin ended (`console.action` rows with
 /// `action` `connection_end`) at or after `since` (unix microseconds):
-/// every node polls this and ends those that are its own.
+/// every node polls this and ends those that are its own. A refused
+/// action's row (it has a reason) is no command.
 pub async fn connection_ends(store: &Store, since: i64) -> Result<Vec<String>, sqlx::Error> {
-    let rows = sqlx::query("SELECT detail FROM audit_events WHERE at >= $1 AND kind = $2")
-        .bind(since)
-        .bind(crate::audit::EventKind::ConsoleAction.as_str())
-        .fetch_all(store.pool())
-        .await?;
+    let rows = sqlx::query(
+        "SELECT detail FROM audit_events WHERE at >= $1 AND kind = $2 AND reason IS NULL",
+    )
+    .bind(since)
+    .bind(crate::audit::EventKind::ConsoleAction.as_str())
+    .fetch_all(store.pool())
+    .await?;
     let mut ids = Vec::new();
     for r in &rows {
         let detail: String = r.try_get("detail")?;

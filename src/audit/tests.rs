@@ -1675,3 +1675,34 @@ async fn a_refused_record_is_counted_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn only_an_allowed_connection_end_is_a_command_for_the_nodes() {
+    on_each_store(|store| async move {
+        let (audit, writer) = Audit::start(store.clone(), "node-a".into());
+        let end = |id: &str| {
+            event_at(EventKind::ConsoleAction, T0)
+                .user("adam")
+                .detail("action", "connection_end")
+                .detail("connection_id", id)
+        };
+        audit.emit(end("c-ended"));
+        // Refused (no CSRF token, or a reviewer): on record, but no command.
+        audit.emit(
+            end("c-csrf")
+                .reason(crate::reasons::ActionRefusal::CsrfInvalid)
+                .detail("result", "refused"),
+        );
+        audit.emit(
+            end("c-reviewer")
+                .reason(crate::reasons::ActionRefusal::NotConsoleAdmin)
+                .detail("result", "refused"),
+        );
+        flush(audit, writer).await;
+        let ids = crate::audit::query::connection_ends(&store, T0)
+            .await
+            .unwrap();
+        assert_eq!(ids, ["c-ended"]);
+    })
+    .await;
+}

@@ -29,6 +29,22 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The `grant.revoke` event of an admin's revocation (`portvakt grants
+    /// revoke` or the review console, whose admin `by` names), at the
+    /// revocation's stored time (`audit verify` compares them).
+    pub fn revoke_event(&self, by: Option<&str>) -> crate::audit::Event {
+        let ev = crate::audit::Event::new(crate::audit::EventKind::GrantRevoke)
+            .at(self.revoked_at.map_or_else(SystemTime::now, from_micros))
+            .user(self.user.clone())
+            .reason(crate::reasons::EventReason::RevokedByAdmin)
+            .detail("grant_id", self.id)
+            .detail("key_fingerprint", self.key_fingerprint.clone());
+        match by {
+            Some(by) => ev.detail("by", by),
+            None => ev,
+        }
+    }
+
     pub fn expires(&self) -> SystemTime {
         from_micros(self.expires_at)
     }

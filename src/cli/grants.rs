@@ -3,7 +3,6 @@
 use clap::Subcommand;
 
 use super::{Outcome, print_json};
-use crate::audit::{Event, EventKind};
 use crate::auth::grants::{self, GrantRow};
 use crate::config::Config;
 use crate::reasons::EventReason;
@@ -82,16 +81,7 @@ pub async fn run(cmd: &GrantsCmd, cfg: &Config, store: &Store) -> Outcome {
             }
             let (audit, writer) = crate::audit::Audit::start_cli(store.clone(), cfg);
             for g in &revoked {
-                audit.emit(
-                    Event::new(EventKind::GrantRevoke)
-                        .at(g
-                            .revoked_at
-                            .map_or_else(std::time::SystemTime::now, crate::clock::from_micros))
-                        .user(g.user.clone())
-                        .reason(EventReason::RevokedByAdmin)
-                        .detail("grant_id", g.id)
-                        .detail("key_fingerprint", g.key_fingerprint.clone()),
-                );
+                audit.emit(g.revoke_event(None));
                 println!(
                     "revoked grant {} of {} ({})",
                     g.id, g.user, g.key_fingerprint

@@ -115,11 +115,16 @@ pub async fn revoke(
     Path(id): Path<i64>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(f.csrf.as_deref()) {
-        return r.into_response();
-    }
-    if let Err(r) = viewer.require_admin() {
-        return r.into_response();
+    if let Err(r) = viewer
+        .permit_action(
+            &st,
+            "grant_revoke",
+            &[("grant_id", id.into())],
+            f.csrf.as_deref(),
+        )
+        .await
+    {
+        return r;
     }
     let revoked = match grants::revoke(&st.store, Some(id), None, EventReason::RevokedByAdmin).await
     {
@@ -132,17 +137,7 @@ pub async fn revoke(
             "No such grant in force (expired or revoked already).",
         );
     };
-    st.audit.emit(
-        Event::new(EventKind::GrantRevoke)
-            .at(g
-                .revoked_at
-                .map_or_else(std::time::SystemTime::now, crate::clock::from_micros))
-            .user(g.user.clone())
-            .reason(EventReason::RevokedByAdmin)
-            .detail("grant_id", g.id)
-            .detail("key_fingerprint", g.key_fingerprint.clone())
-            .detail("by", viewer.name.as_str()),
-    );
+    st.audit.emit(g.revoke_event(Some(&viewer.name)));
     let mut ev = Event::new(EventKind::ConsoleAction)
         .user(viewer.name.as_str())
         .detail("action", "grant_revoke")

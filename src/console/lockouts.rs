@@ -132,11 +132,15 @@ pub async fn clear(
     viewer: Viewer,
     Form(f): Form<ClearForm>,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(f.csrf.as_deref()) {
-        return r.into_response();
-    }
-    if let Err(r) = viewer.require_admin() {
-        return r.into_response();
+    let on: Vec<(&str, serde_json::Value)> = [("source", &f.source), ("user", &f.user)]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, crate::audit::clean(&given(v)?).into())))
+        .collect();
+    if let Err(r) = viewer
+        .permit_action(&st, "lockout_clear", &on, f.csrf.as_deref())
+        .await
+    {
+        return r;
     }
     let cfg = st.config.load_full();
     let (cleared, lifted) = match (given(&f.source), given(&f.user)) {

@@ -288,6 +288,36 @@ impl Viewer {
         }
     }
 
+    /// Whether an admin action may go ahead: the form carries the
+    /// session's CSRF token and the viewer is an admin under the config in
+    /// force. If not, nothing changes, the answer is 403, and a refused
+    /// `console.action` row (reason `csrf_invalid` or `not_console_admin`)
+    /// says who tried which action on what, from where.
+    async fn permit_action(
+        &self,
+        st: &ConsoleState,
+        action: &'static str,
+        on: &[(&str, serde_json::Value)],
+        csrf: Option<&str>,
+    ) -> Result<(), Response> {
+        let (why, problem) = match (self.check_csrf(csrf), self.require_admin()) {
+            (Ok(()), Ok(())) => return Ok(()),
+            (Err(p), _) => (crate::reasons::ActionRefusal::CsrfInvalid, p),
+            (Ok(()), Err(p)) => (crate::reasons::ActionRefusal::NotConsoleAdmin, p),
+        };
+        let mut ev = Event::new(crate::audit::EventKind::ConsoleAction)
+            .user(self.name.as_str())
+            .reason(why)
+            .detail("action", action)
+            .detail("result", "refused");
+        for (k, v) in on {
+            ev = ev.detail(k, v.clone());
+        }
+        ev.source = Some(self.source.to_string());
+        st.record(ev).await;
+        Err(problem.into_response())
+    }
+
     fn require_admin(&self) -> Result<(), Problem> {
         if self.role == Role::Admin {
             Ok(())

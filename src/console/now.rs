@@ -107,11 +107,16 @@ pub async fn end(
     Path(connection_id): Path<String>,
     Form(f): Form<EndForm>,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(f.csrf.as_deref()) {
-        return r.into_response();
-    }
-    if let Err(r) = viewer.require_admin() {
-        return r.into_response();
+    if let Err(r) = viewer
+        .permit_action(
+            &st,
+            "connection_end",
+            &[("connection_id", crate::audit::clean(&connection_id).into())],
+            f.csrf.as_deref(),
+        )
+        .await
+    {
+        return r;
     }
     let row = match query::open_connection(&st.store, &connection_id).await {
         Ok(Some(r)) => r,

@@ -327,11 +327,16 @@ async fn decide(
     f: &DecideForm,
     decision: Decision,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(f.csrf.as_deref()) {
-        return r.into_response();
-    }
-    if let Err(r) = viewer.require_admin() {
-        return r.into_response();
+    if let Err(r) = viewer
+        .permit_action(
+            st,
+            decision.action(),
+            &[("request_id", id.into())],
+            f.csrf.as_deref(),
+        )
+        .await
+    {
+        return r;
     }
     let reason = if decision == Decision::Deny {
         match access::check_reason(f.reason.as_deref().unwrap_or("")) {
