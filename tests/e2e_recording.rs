@@ -616,17 +616,30 @@ fn forwards_inside_a_session_follow_the_policy_and_agent_forwarding_is_refused()
         e.kind == "forward.denied" && e.detail_str("host") == Some("127.0.0.1")
     });
 
-    // -R inside the session: refused and audited.
+    // -R inside the session: the target listens, and a connection to its
+    // port there reaches the echo server through the engineer's ssh.
+    let rport = proc::free_port();
+    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{rport}; printf 'pong\\n' >&3; head -c 5 <&3");
     let out = r.client().run(&[
         "-o",
         "ExitOnForwardFailure=yes",
         "-R",
-        "127.0.0.1:0:127.0.0.1:9",
+        &format!("127.0.0.1:{rport}:127.0.0.1:{}", echo.port),
         "db-1",
-        "true",
+        &format!("bash -c \"{script}\""),
     ]);
-    assert_ne!(out.code(), 0, "{out}");
-    r.pv.wait_for_event("channel.refused", "remote_forward_refused");
+    out.assert_success();
+    assert_eq!(out.stdout_text(), "pong\n", "{out}");
+    let ev = r.pv.wait_for_audit("the remote forward's connection", |e| {
+        e.kind == "remote.forward"
+    });
+    assert_eq!(
+        ev.detail_str("listen"),
+        Some(format!("127.0.0.1:{rport}").as_str())
+    );
+    assert_eq!(ev.detail_str("target"), Some("db-1"), "{ev:?}");
+    assert_eq!(ev.detail["bytes_from_client"].as_u64(), Some(5), "{ev:?}");
+    assert_eq!(ev.detail["bytes_to_client"].as_u64(), Some(5), "{ev:?}");
 
     // -A: the agent is not forwarded to the recorded target.
     // (`-o` reaches the destination, not the jump: the agent is offered
@@ -671,6 +684,17 @@ fn a_target_with_agent_forwarding_uses_the_engineers_agent_through_the_recorded_
         ev.detail["bytes_from_agent"].as_u64().unwrap_or(0) > 0,
         "{ev:?}"
     );
+    // This target does not permit port forwarding: -R is refused, audited.
+    let out = r.client().run(&[
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        "127.0.0.1:0:127.0.0.1:9",
+        "db-1",
+        "true",
+    ]);
+    assert_ne!(out.code(), 0, "{out}");
+    r.pv.wait_for_event("channel.refused", "remote_forward_refused");
     // Without -A the target sees no agent.
     let out = r.client().run(&[
         "-o",

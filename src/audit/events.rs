@@ -52,6 +52,7 @@ pub enum EventKind {
     /// A recorded target used the engineer's forwarded agent (a target
     /// with `agent_forwarding = true`).
     AgentForward,
+    RemoteForward,
     /// A review console login, allowed or refused (DESIGN.md §12).
     ConsoleLogin,
     /// A reviewer opened a session's detail (or a recording) in the console.
@@ -62,7 +63,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, for tests and docs that must not drift.
-    pub const ALL: [EventKind; 33] = [
+    pub const ALL: [EventKind; 34] = [
         EventKind::AuthSuccess,
         EventKind::AuthFailure,
         EventKind::ConnectionOpen,
@@ -93,6 +94,7 @@ impl EventKind {
         EventKind::RecordingEnd,
         EventKind::FileOp,
         EventKind::AgentForward,
+        EventKind::RemoteForward,
         EventKind::ConsoleLogin,
         EventKind::ConsoleView,
         EventKind::ConsoleAction,
@@ -131,6 +133,7 @@ impl EventKind {
             RecordingEnd => "recording.end",
             FileOp => "file.op",
             AgentForward => "agent.forward",
+            RemoteForward => "remote.forward",
             ConsoleLogin => "console.login",
             ConsoleView => "console.view",
             ConsoleAction => "console.action",

@@ -69,7 +69,8 @@ pub fn observe(ev: &Event) {
         EventKind::RecordingStart
         | EventKind::RecordingEnd
         | EventKind::FileOp
-        | EventKind::AgentForward => {}
+        | EventKind::AgentForward
+        | EventKind::RemoteForward => {}
         // The review console's own trail (who looked, who acted).
         EventKind::ConsoleLogin | EventKind::ConsoleView | EventKind::ConsoleAction => {}
         // Rare admin and account events: the audit trail is their record.

@@ -1091,6 +1091,7 @@ async fn every_event_kind_is_stored_under_its_name() {
                 "recording.end",
                 "file.op",
                 "agent.forward",
+                "remote.forward",
                 "console.login",
                 "console.view",
                 "console.action",

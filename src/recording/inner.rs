@@ -472,12 +472,47 @@ impl Handler for Inner {
         &mut self,
         address: &str,
         port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // Relayed only to a target that allows port forwarding (the config
+        // in force), and only as far as the target accepts it.
+        let (Some(up), Some(login), true) = (
+            self.upstream.clone(),
+            self.login.clone(),
+            self.job.port_forwarding_allowed(),
+        ) else {
+            let request = format!("{address}:{port}");
+            self.job
+                .refused(ChannelRefusal::RemoteForward, Some(&request));
+            return Ok(false);
+        };
+        match tokio::time::timeout(REPLY_WAIT, up.tcpip_forward(address, *port)).await {
+            Ok(Ok(bound)) => {
+                if *port == 0 {
+                    *port = bound;
+                }
+                self.job
+                    .listen_remote(session.handle(), &login, address, *port);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let request = format!("{address}:{port}");
-        self.job
-            .refused(ChannelRefusal::RemoteForward, Some(&request));
-        Ok(false)
+        self.job.unlisten_remote(address, port);
+        let Some(up) = self.upstream.clone() else {
+            return Ok(false);
+        };
+        Ok(matches!(
+            tokio::time::timeout(REPLY_WAIT, up.cancel_tcpip_forward(address, port)).await,
+            Ok(Ok(()))
+        ))
     }
 
     async fn streamlocal_forward(

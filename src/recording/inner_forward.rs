@@ -55,7 +55,7 @@ async fn open(
     host: String,
     port: u32,
 ) -> Result<(Channel<client::Msg>, DialledForward), ChannelOpenFailure> {
-    if !job.recorded_now().is_some_and(|r| r.permit_port_forwarding) {
+    if !job.port_forwarding_allowed() {
         job.refused(
             ChannelRefusal::InnerForward,
             Some(&format!("{host}:{port}")),

@@ -68,6 +68,31 @@ pub struct RecordJob {
     /// client asked for agent forwarding on a session and the target allows
     /// it; until then the target's agent channels are refused.
     agent: Mutex<Option<AgentRoute>>,
+    /// The remote forwards (`-R`) the engineer asked for and the target
+    /// opened: where the target's `forwarded-tcpip` channels go.
+    remote: Mutex<Vec<RemoteRoute>>,
+}
+
+/// A remote forward of the engineer's, listening on the target.
+#[derive(Clone)]
+struct RemoteRoute {
+    /// The inner connection (the engineer's `ssh` connects the channel to
+    /// its local destination).
+    inner: russh::server::Handle,
+    login: String,
+    /// As the client asked for it (the target names it so in its channels).
+    address: String,
+    /// The port the target bound (the one asked for, or the one it chose
+    /// for port 0).
+    port: u32,
+}
+
+/// A connection to a remote forward's port on the target.
+struct RemoteConn {
+    address: String,
+    port: u32,
+    originator_address: String,
+    originator_port: u32,
 }
 
 /// Where a recorded target's agent channels go.
@@ -121,6 +146,7 @@ impl RecordJob {
             upstream_failure: Mutex::new(None),
             upstream: Mutex::new(None),
             agent: Mutex::new(None),
+            remote: Mutex::new(Vec::new()),
         }
     }
 
@@ -176,6 +202,103 @@ impl RecordJob {
                     .detail("login", route.login.as_str())
                     .detail("bytes_to_agent", to_agent)
                     .detail("bytes_from_agent", from_agent),
+            );
+        });
+    }
+
+    /// May the engineer forward ports through the target now (`-L` and
+    /// `-R` inside the session; the config in force)?
+    fn port_forwarding_allowed(&self) -> bool {
+        self.recorded_now()
+            .is_some_and(|r| r.permit_port_forwarding)
+    }
+
+    /// The target listens for the engineer's remote forward now.
+    fn listen_remote(&self, inner: russh::server::Handle, login: &str, address: &str, port: u32) {
+        self.remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(RemoteRoute {
+                inner,
+                login: login.to_string(),
+                address: address.to_string(),
+                port,
+            });
+    }
+
+    /// The engineer cancelled a remote forward.
+    fn unlisten_remote(&self, address: &str, port: u32) {
+        self.remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| !(r.address == address && r.port == port));
+    }
+
+    /// Where a `forwarded-tcpip` channel the target opened goes: the remote
+    /// forward it belongs to, when the engineer asked for one there and
+    /// port forwarding is (still) allowed; `None` (refused, audited)
+    /// otherwise: a target cannot open channels to the engineer unasked.
+    fn remote_route(&self, address: &str, port: u32) -> Option<RemoteRoute> {
+        let route = self
+            .remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|r| r.port == port && r.address == address)
+            .cloned()
+            .filter(|_| self.port_forwarding_allowed());
+        if route.is_none() {
+            self.refused(
+                ChannelRefusal::RemoteForward,
+                Some(&format!("opened by the target for {address}:{port}")),
+            );
+        }
+        route
+    }
+
+    /// Relay a connection to a remote forward's port on the target to the
+    /// engineer's `ssh` (opened here, off the caller's session loop), and
+    /// audit it at its end.
+    fn relay_remote(self: Arc<Self>, route: RemoteRoute, c: RemoteConn, up: Channel<client::Msg>) {
+        tokio::spawn(async move {
+            let inner = match route
+                .inner
+                .channel_open_forwarded_tcpip(
+                    c.address.as_str(),
+                    c.port,
+                    c.originator_address.as_str(),
+                    c.originator_port,
+                )
+                .await
+            {
+                Ok(ch) => ch,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the client refused the remote forward's channel");
+                    let _ = up.close().await;
+                    return;
+                }
+            };
+            let (mut a, mut b) = (up.into_stream(), inner.into_stream());
+            let (to_client, from_client) = tokio::io::copy_bidirectional(&mut a, &mut b)
+                .await
+                .unwrap_or_default();
+            self.audit.emit(
+                self.event(EventKind::RemoteForward)
+                    .detail("login", route.login.as_str())
+                    .detail(
+                        "listen",
+                        format!("{}:{}", crate::audit::clean(&c.address), c.port),
+                    )
+                    .detail(
+                        "originator",
+                        format!(
+                            "{}:{}",
+                            crate::audit::clean(&c.originator_address),
+                            c.originator_port
+                        ),
+                    )
+                    .detail("bytes_to_client", to_client)
+                    .detail("bytes_from_client", from_client),
             );
         });
     }
