@@ -659,6 +659,48 @@ fn forwards_inside_a_session_follow_the_policy_and_agent_forwarding_is_refused()
 }
 
 #[test]
+fn a_target_cannot_open_channels_to_the_engineer_unasked() {
+    // The target is hostile: once portvakt logged in, it tries to open a
+    // session, X11, direct-tcpip and a forwarded-tcpip for a port nobody
+    // forwarded (russh's client accepts each by default). Even where port
+    // and agent forwarding are allowed, every one is refused.
+    let mut hostile = None;
+    let r = Recorded::start_with(|mut cfg, _| {
+        let t = common::hostile::HostileTarget::start();
+        cfg.targets.pop();
+        let cfg = cfg.target(
+            Target::host("db-1", "127.0.0.1", t.port)
+                .allow_users(&["alice"])
+                .recorded(&[&sshd::target_login_user()], &t.host_key)
+                .line("permit_port_forwarding = true")
+                .line("agent_forwarding = true"),
+        );
+        hostile = Some(t);
+        cfg
+    });
+    let hostile = hostile.unwrap();
+    let out = r
+        .env
+        .client(&r.pv, "alice")
+        .identity(&r.alice)
+        .recorded_target("db-1", hostile.port, &r.login, &r.host_ca)
+        .run(&["db-1", "anything"]);
+    out.assert_success();
+    assert_eq!(
+        out.stdout_text().trim(),
+        "session=refused x11=refused direct-tcpip=refused forwarded-tcpip=refused",
+        "{out}"
+    );
+    let ev =
+        r.pv.wait_for_event("channel.refused", "remote_forward_refused");
+    assert!(
+        ev.detail_str("request")
+            .is_some_and(|q| q.contains("opened by the target for 127.0.0.1:9999")),
+        "{ev:?}"
+    );
+}
+
+#[test]
 fn a_target_with_agent_forwarding_uses_the_engineers_agent_through_the_recorded_session() {
     let r = Recorded::start_with(|mut cfg, _| {
         let t = cfg.targets.pop().unwrap();

@@ -27,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod database;
+pub mod hostile;
 pub mod idp;
 pub mod keys;
 pub mod net;
