@@ -339,7 +339,7 @@ pub async fn detail(
                     td { code { (or_dash(&r.sha256)) } }
                 } } }
             }
-            p { "Each recording's page shows its output as plain text; replay in the browser is not built yet ("
+            p { "Each recording's page replays it in the terminal player and shows its output as plain text (in a terminal: "
                 code { "portvakt recordings play ID" } " on the bastion host)." }
         }
         @if !file_ops.is_empty() {

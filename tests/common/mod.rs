@@ -16,6 +16,7 @@
 //! - [`Idp`], the test identity provider (idp.rs), and [`Askpass`], the
 //!   `SSH_ASKPASS` program that approves there and types TOTP codes (askpass.rs);
 //! - `raw_client::ssh_rsa_sha1_login`, the one attempt OpenSSH cannot make (raw_client.rs);
+//! - [`WebDriver`] and [`Chromium`], headless Chromium over WebDriver (webdriver.rs);
 //! - [`ChildGuard`], [`run`], [`poll_until`], [`free_port`] (proc.rs).
 //!
 //! Each test binary uses only part of this, hence the allowances.
@@ -35,6 +36,7 @@ pub mod portvakt;
 pub mod proc;
 pub mod raw_client;
 pub mod sshd;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +54,7 @@ pub use portvakt::{
 };
 pub use proc::{ChildGuard, RunOutput, free_port, poll_for, poll_until, port_accepts, run};
 pub use sshd::{Sshd, target_login_user};
+pub use webdriver::{Chromium, WebDriver};
 // Several nodes and metrics (issue 6).
 pub use database::Database;
 pub use portvakt::{HttpResponse, http_get, scrape_metrics, try_http_get};
