@@ -76,7 +76,7 @@ async fn inner(st: &ConsoleState, viewer: &Viewer, q: &Filters) -> Result<Respon
                     query_string(&p)
                 });
             let body = html! {
-                (super::chain::render(st.chain.get()))
+                (super::chain::render(st.chain.get(), st.chain.pending(), viewer))
                 h2 { "Events" }
                 form.filters method="get" action="/audit" {
                     (field("kind", "Kind (e.g. auth.failure)", &q.kind))
@@ -132,4 +132,24 @@ fn csv(rows: &[EventRow]) -> Response {
             })
             .collect(),
     )
+}
+
+#[derive(serde::Deserialize)]
+pub struct VerifyForm {
+    csrf: Option<String>,
+}
+
+/// `POST /audit/verify`: verify the chain again now (any reviewer; it
+/// changes nothing, but needs the CSRF token like every form). The
+/// verification runs in the background; the page shows it when done.
+pub async fn verify(
+    State(st): State<Arc<ConsoleState>>,
+    viewer: Viewer,
+    axum::Form(f): axum::Form<VerifyForm>,
+) -> Response {
+    if let Err(r) = viewer.check_csrf(f.csrf.as_deref()) {
+        return r.into_response();
+    }
+    st.chain.ask();
+    axum::response::Redirect::to("/audit#chain").into_response()
 }

@@ -1,9 +1,11 @@
 //! The chain status on `/audit`: `audit verify` (the same checker, with
-//! the recordings' check) run by the console in the background, at start
-//! and then every [`EVERY`], its last report kept for the page. A page
-//! never waits for a verification: the whole chain takes seconds on a big
-//! database (docs/BENCHMARKS.md "Audit chain").
+//! the recordings' check) run by the console in the background, at start,
+//! every [`EVERY`], and when a reviewer asks (the page's "Verify now", at
+//! most once per [`AT_MOST_EVERY`]); its last report is kept for the page.
+//! A page never waits for a verification: the whole chain takes seconds on
+//! a big database (docs/BENCHMARKS.md "Audit chain").
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -16,6 +18,10 @@ use crate::store::Store;
 /// How often the chain is verified again.
 pub const EVERY: Duration = Duration::from_secs(600);
 
+/// Verifications asked for on the page run at most this often (each reads
+/// the whole chain).
+pub const AT_MOST_EVERY: Duration = Duration::from_secs(10);
+
 /// The newest verification: when it finished, and what it found (or why
 /// it could not check).
 #[derive(Debug, Clone)]
@@ -27,11 +33,26 @@ pub struct Status {
 #[derive(Debug, Default)]
 pub struct ChainStatus {
     last: RwLock<Option<Status>>,
+    /// A reviewer asked for a verification that has not finished yet.
+    asked: AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 impl ChainStatus {
     pub fn get(&self) -> Option<Status> {
         self.last.read().ok().and_then(|s| s.clone())
+    }
+
+    /// Is a verification asked for and not done yet?
+    pub fn pending(&self) -> bool {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    /// Verify again soon (asks made before it starts count once; one made
+    /// while a verification runs gets another after it).
+    pub fn ask(&self) {
+        self.asked.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 
     /// Verify now and keep the report.
@@ -60,20 +81,38 @@ impl ChainStatus {
     /// Verify at start and every [`EVERY`] until `stop`.
     pub async fn run(self: Arc<Self>, store: Store, stop: CancellationToken) {
         loop {
+            let started = tokio::time::Instant::now();
             self.check(&store).await;
+            self.asked.store(false, Ordering::Relaxed);
             tokio::select! {
                 () = tokio::time::sleep(EVERY) => {}
+                () = self.wake.notified() => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(started + AT_MOST_EVERY) => {}
+                        () = stop.cancelled() => return,
+                    }
+                }
                 () = stop.cancelled() => return,
             }
         }
     }
 }
 
-/// The status as a table: one row per node, problems in red.
-pub fn render(status: Option<Status>) -> Markup {
+/// The status as a table: one row per node, problems in red; and the
+/// "Verify now" button.
+pub fn render(status: Option<Status>, pending: bool, viewer: &super::Viewer) -> Markup {
     html! {
         section #chain {
             h2 { "Chain status (audit verify)" }
+            form method="post" action="/audit/verify" {
+                (super::layout::csrf_field(viewer))
+                @if pending {
+                    button type="submit" disabled { "Verifying…" }
+                    " (reload the page in a moment)"
+                } @else {
+                    button type="submit" { "Verify now" }
+                }
+            }
             @match status {
                 None => p { "Not verified yet (the console verifies at start, then every "
                     (EVERY.as_secs() / 60) " minutes)." },

@@ -152,6 +152,7 @@ fn router(state: Arc<ConsoleState>, https: bool) -> Router {
         .route("/sessions/{id}", get(sessions::detail))
         .route("/recordings/{id}", get(recordings::page))
         .route("/audit", get(audit_page::list))
+        .route("/audit/verify", post(audit_page::verify))
         .route("/grants", get(grants::list))
         .route("/grants/{id}/revoke", post(grants::revoke))
         .route("/requests", get(requests::list))
