@@ -876,6 +876,58 @@ fn the_audit_page_shows_the_chain_status_and_a_tampered_chain_in_red() {
     );
 }
 
+/// `[console] audit_keys` pins the keys the chain check trusts (as
+/// `audit verify --key`): checkpoints signed by the node's own key verify
+/// against its public key, and not against another one.
+#[test]
+fn the_audit_page_checks_the_chain_against_pinned_keys() {
+    let env = TestEnv::new();
+    let foreign = UserKey::ed25519(env.path(), "foreign");
+    let mut console = default_console().audit_keys(&[&foreign.public_path()]);
+    let extra = "[audit]\ncheckpoint_every = 1\n";
+    let w = World::start(env, console.clone(), |mut c| {
+        c.extra = extra.into();
+        c
+    });
+    let own = w.env.path().join("node.pub");
+    let key = w.pv.cli(&["audit", "key"]);
+    key.assert_success();
+    std::fs::write(&own, &key.stdout).unwrap();
+
+    let (b, page) = w.logged_in("rita", "rita-pw");
+    // Rows are signed after every event here; the foreign key signed none.
+    let verify_until = |b: &Browser, page: &common::console::Page, want: &str| {
+        poll_until(want, Duration::from_secs(40), || {
+            b.post("/audit/verify", &[("csrf", &page.csrf())]);
+            let p = b.get("/audit");
+            p.text.contains(want).then_some(p)
+        })
+    };
+    let tampered = verify_until(&b, &page, "TAMPERED as verified at");
+    assert!(
+        tampered
+            .text
+            .contains("signed by a key of <code>[console] audit_keys</code>"),
+        "{}",
+        tampered.text
+    );
+
+    // Pinned to the node's own key: intact.
+    console = console.audit_keys(&[&own]);
+    let mut cfg = Config::new().oidc(w.idp.oidc()).console(console.clone());
+    cfg.extra = extra.into();
+    let reload = w.pv.reload(&cfg);
+    assert_eq!(reload.detail_str("result"), Some("applied"), "{reload:?}");
+    let intact = verify_until(&b, &page, "Intact as verified at");
+    assert!(
+        intact
+            .text
+            .contains("signed by a key of <code>[console] audit_keys</code>"),
+        "{}",
+        intact.text
+    );
+}
+
 /// The callback takes a login only with the `state` it started with, from
 /// the browser that started it, once.
 #[test]

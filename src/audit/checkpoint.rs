@@ -275,6 +275,28 @@ pub fn verify(note: &str, node: &str, keys: &[VerifyingKey]) -> Result<Verified,
     }
 }
 
+/// Public key files (`audit verify --key`, `[console] audit_keys`): one
+/// OpenSSH Ed25519 public key per line, blank lines and `#` comments
+/// skipped. Files that hold no key at all are an error.
+pub fn read_key_files(files: &[std::path::PathBuf]) -> Result<Vec<VerifyingKey>, String> {
+    let mut keys = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            keys.push(
+                VerifyingKey::parse(line).map_err(|e| format!("{}:{}: {e}", f.display(), n + 1))?,
+            );
+        }
+    }
+    if keys.is_empty() && !files.is_empty() {
+        return Err("the key files hold no key".into());
+    }
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,22 +129,7 @@ fn key(config: &Path) -> Outcome {
 
 /// `--key` files: one OpenSSH public key per line.
 fn read_keys(files: &[PathBuf]) -> Result<Vec<VerifyingKey>, String> {
-    let mut keys = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        for (n, line) in text.lines().enumerate() {
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
-                continue;
-            }
-            keys.push(
-                VerifyingKey::parse(line).map_err(|e| format!("{}:{}: {e}", f.display(), n + 1))?,
-            );
-        }
-    }
-    if keys.is_empty() && !files.is_empty() {
-        return Err("the --key files hold no key".into());
-    }
-    Ok(keys)
+    crate::audit::checkpoint::read_key_files(files)
 }
 
 /// `--checkpoints` files.

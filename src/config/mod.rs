@@ -302,6 +302,10 @@ pub struct ConsoleConfig {
     pub session_idle: Duration,
     /// A console session ends this long after its login, used or not.
     pub session_max: Duration,
+    /// `audit_keys`: the chain check on `/audit` trusts only checkpoints
+    /// signed by these (as `audit verify --key`); empty: the keys the
+    /// database states.
+    pub audit_keys: Vec<crate::audit::checkpoint::VerifyingKey>,
 }
 
 impl ConsoleConfig {

@@ -154,6 +154,9 @@ pub struct RawConsole {
     pub admin_groups: Vec<SString>,
     pub session_idle: Option<SString>,
     pub session_max: Option<SString>,
+    /// Public key files the chain check on `/audit` pins (`--key`).
+    #[serde(default)]
+    pub audit_keys: Vec<SString>,
 }
 
 #[derive(Debug, Deserialize)]

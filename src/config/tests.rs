@@ -571,3 +571,39 @@ fn the_console_session_times_are_checked() {
         "console.listen",
     );
 }
+
+#[test]
+fn the_console_pins_audit_keys_from_readable_key_files() {
+    use russh::keys::PrivateKey;
+    use russh::keys::ssh_key::private::Ed25519Keypair;
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]));
+    let line = key.public_key().to_openssh().unwrap();
+    std::fs::write(
+        dir.path().join("node-a.pub"),
+        format!("# node-a\n{line} node-a\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("not-a-key.pub"), "hello\n").unwrap();
+    let body = |keys: &str| {
+        console(&format!(
+            "listen = \"127.0.0.1:8443\"\npublic_url = \"http://127.0.0.1:8443\"\nreviewer_groups = [\"security\"]\naudit_keys = [{keys}]\n"
+        ))
+    };
+    let path = dir.path().join("portvakt.toml");
+    std::fs::write(&path, body("\"node-a.pub\"")).unwrap();
+    let c = Config::load(&path).unwrap().console.unwrap();
+    assert_eq!(c.audit_keys.len(), 1);
+    assert_eq!(
+        c.audit_keys[0],
+        crate::audit::checkpoint::VerifyingKey::parse(&line).unwrap()
+    );
+    for (keys, want) in [
+        ("\"missing.pub\"", "console.audit_keys: "),
+        ("\"not-a-key.pub\"", "not-a-key.pub:1"),
+    ] {
+        std::fs::write(&path, body(keys)).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains(want), "{keys}: {e}");
+    }
+}

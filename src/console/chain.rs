@@ -12,7 +12,9 @@ use std::time::Duration;
 use maud::{Markup, html};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::checkpoint::VerifyingKey;
 use crate::audit::verify::{self, Options, Report};
+use crate::config::SharedConfig;
 use crate::store::Store;
 
 /// How often the chain is verified again.
@@ -27,6 +29,8 @@ pub const AT_MOST_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Status {
     pub at: String,
+    /// Checked against `[console] audit_keys` (else the database's keys).
+    pub pinned: bool,
     pub report: Result<Report, String>,
 }
 
@@ -55,10 +59,13 @@ impl ChainStatus {
         self.wake.notify_one();
     }
 
-    /// Verify now and keep the report.
-    pub async fn check(&self, store: &Store) {
+    /// Verify now (with the keys `[console] audit_keys` pins, if any) and
+    /// keep the report.
+    pub async fn check(&self, store: &Store, keys: Vec<VerifyingKey>) {
+        let pinned = !keys.is_empty();
         let options = Options {
             extra: Some(crate::recording::verify::check),
+            keys,
             ..Options::default()
         };
         let report = verify::verify_with(store, &options)
@@ -71,6 +78,7 @@ impl ChainStatus {
         }
         let status = Status {
             at: crate::clock::rfc3339(std::time::SystemTime::now()),
+            pinned,
             report,
         };
         if let Ok(mut last) = self.last.write() {
@@ -79,10 +87,16 @@ impl ChainStatus {
     }
 
     /// Verify at start and every [`EVERY`] until `stop`.
-    pub async fn run(self: Arc<Self>, store: Store, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, store: Store, config: SharedConfig, stop: CancellationToken) {
         loop {
             let started = tokio::time::Instant::now();
-            self.check(&store).await;
+            let keys = config
+                .load()
+                .console
+                .as_ref()
+                .map(|c| c.audit_keys.clone())
+                .unwrap_or_default();
+            self.check(&store, keys).await;
             self.asked.store(false, Ordering::Relaxed);
             tokio::select! {
                 () = tokio::time::sleep(EVERY) => {}
@@ -116,13 +130,17 @@ pub fn render(status: Option<Status>, pending: bool, viewer: &super::Viewer) -> 
             @match status {
                 None => p { "Not verified yet (the console verifies at start, then every "
                     (EVERY.as_secs() / 60) " minutes)." },
-                Some(Status { at, report: Err(e) }) => p.bad { "Could not verify at " (at) ": " (e) },
-                Some(Status { at, report: Ok(r) }) => {
+                Some(Status { at, report: Err(e), .. }) => p.bad { "Could not verify at " (at) ": " (e) },
+                Some(Status { at, pinned, report: Ok(r) }) => {
                     p class=(if r.intact { "" } else { "bad" }) {
                         @if r.intact { "Intact" } @else { "TAMPERED" }
-                        " as verified at " (at) " (again every " (EVERY.as_secs() / 60)
-                        " minutes; keys as the database states them: pin them with "
-                        code { "portvakt audit verify --key" } ")."
+                        " as verified at " (at) " (again every " (EVERY.as_secs() / 60) " minutes; "
+                        @if pinned {
+                            "checkpoints must be signed by a key of " code { "[console] audit_keys" } ")."
+                        } @else {
+                            "keys as the database states them: pin them with "
+                            code { "[console] audit_keys" } " or " code { "portvakt audit verify --key" } ")."
+                        }
                     }
                     table #chain-nodes {
                         thead { tr {

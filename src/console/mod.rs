@@ -128,7 +128,12 @@ pub async fn serve(
     state: Arc<ConsoleState>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    tokio::spawn(state.chain.clone().run(state.store.clone(), stop.clone()));
+    tokio::spawn(
+        state
+            .chain
+            .clone()
+            .run(state.store.clone(), state.config.clone(), stop.clone()),
+    );
     let app = router(state, bound.tls.is_some());
     let addr = bound.listener.local_addr()?;
     match bound.tls {

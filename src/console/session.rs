@@ -226,6 +226,7 @@ mod tests {
             admin_groups: vec!["admins".into()],
             session_idle: Duration::from_secs(idle),
             session_max: Duration::from_secs(max),
+            audit_keys: Vec::new(),
         }
     }
 

@@ -685,6 +685,8 @@ pub struct Console {
     pub session_max: Option<String>,
     /// `tls_cert` and `tls_key` (PEM): HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `audit_keys`: public key files the chain check pins.
+    pub audit_keys: Vec<PathBuf>,
 }
 
 impl Console {
@@ -697,7 +699,14 @@ impl Console {
             session_idle: None,
             session_max: None,
             tls: None,
+            audit_keys: Vec::new(),
         }
+    }
+
+    /// Pin the chain check on `/audit` to the keys in these files.
+    pub fn audit_keys(mut self, files: &[&Path]) -> Self {
+        self.audit_keys = files.iter().map(|f| f.to_path_buf()).collect();
+        self
     }
 
     /// Serve HTTPS with this certificate and key.
@@ -741,6 +750,14 @@ impl Console {
         }
         if let Some(d) = &self.session_max {
             s += &format!("session_max = {}\n", toml_str(d));
+        }
+        if !self.audit_keys.is_empty() {
+            let files: Vec<String> = self
+                .audit_keys
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            s += &format!("audit_keys = {}\n", toml_list(&files));
         }
         if let Some((cert, key)) = &self.tls {
             s += &format!("tls_cert = {}\n", toml_str(&cert.display().to_string()));

@@ -68,7 +68,19 @@ pub(super) fn console(
             "console.session_idle: longer than console.session_max",
         );
     }
+    let mut audit_keys = Vec::new();
+    for f in &raw.audit_keys {
+        let path = cx.path(f.get_ref());
+        match crate::audit::checkpoint::read_key_files(std::slice::from_ref(&path)) {
+            Ok(keys) => audit_keys.extend(keys),
+            Err(e) => cx.err(
+                &f.span(),
+                format!("console.audit_keys: {e} (files of OpenSSH Ed25519 public keys, as `portvakt audit key` prints)"),
+            ),
+        }
+    }
     Some(ConsoleConfig {
+        audit_keys,
         listen,
         tls,
         public_url,
