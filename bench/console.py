@@ -1,7 +1,7 @@
 """The console section of bench/run (issue 14): how fast the review
 console's pages answer on a large database.
 
-A PostgreSQL database of its own (`portvakt_bench_console` on --postgres)
+A PostgreSQL database of its own (`portvakt_bench_console_PID` on --postgres)
 is migrated by portvakt, then filled in bulk by bench/console.sql
 (--console-sessions forwards and --console-events audit rows, spread over
 six weeks, with connections, recordings, grants, bans and access
@@ -34,7 +34,9 @@ from procs import BenchError, LineReader, Proc, free_port, poll_until, run
 
 BEGIN = "<!-- bench/run console: begin (generated; edits between these markers are replaced) -->"
 END = "<!-- bench/run console: end -->"
-DB_NAME = "portvakt_bench_console"
+# Its own name per run: several runs may share one server (scripts/test's
+# smoke run on the test server, say), and each drops its database at the end.
+DB_NAME = f"portvakt_bench_console_{os.getpid()}"
 GOAL_MS = 100.0
 SPAN_DAYS = 42
 IDP_USER, IDP_PASSWORD = "alice", "alice-pw"  # groups sre, dba (tests/idp/README.md)
