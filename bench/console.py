@@ -410,7 +410,7 @@ admin_groups = ["sre"]
                     self.login(base)
                     self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
                     verify_s = self.wait_verified(1800)
-                    say(f"console: logged in; the first chain verification ended "
+                    say(f"console: logged in; the first chain verification had ended "
                         f"{verify_s} s after")
                     pages = self.pages(data)
                     results = self.measure(pages)
