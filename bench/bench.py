@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import auditgen
+import console
 import record
 import report
 from procs import (BenchError, LineReader, Proc, mem_available_mib, run, settle_memory,
@@ -24,9 +25,9 @@ from servers import (Keys, OpensshJump, PortvaktJump, PortvaktNodes, Sink, Targe
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
-SECTIONS = ["throughput", "latency", "memory", "scale", "logins", "audit", "record"]
+SECTIONS = ["throughput", "latency", "memory", "scale", "logins", "audit", "record", "console"]
 # Sections with a report of their own (the rest share the main table).
-OWN_REPORT = ["audit", "record"]
+OWN_REPORT = ["audit", "record", "console"]
 UNCHAINED = "portvakt-unchained"
 TIME = "/usr/bin/time"  # GNU time (bench/run installs it)
 CIPHERS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com"]
@@ -51,7 +52,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (smoke test): 8 MiB, 3 latency runs, 10 and 20 "
                         "connections, 2 s of logins and forwards, 20,000 audit events, "
-                        "2 MiB and 5 sessions through the recorded target; writes no docs")
+                        "2 MiB and 5 sessions through the recorded target, 1,000 sessions and "
+                        "10,000 audit rows for the console; writes no docs")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated sections to run (default all): {','.join(SECTIONS)}")
     p.add_argument("--jumps", default="portvakt,openssh",
@@ -88,6 +90,19 @@ def parse_args(argv):
                         "concurrency test [100,1000; quick 5]")
     p.add_argument("--record-cipher", default=CIPHERS[0],
                    help=f"record: the cipher on every hop [{CIPHERS[0]}]")
+    p.add_argument("--console-sessions", type=int,
+                   help="console: sessions (forwards) in its PostgreSQL database "
+                        "[100000; quick 1000]")
+    p.add_argument("--console-events", type=int,
+                   help="console: audit rows in its PostgreSQL database [1000000; quick 10000]")
+    p.add_argument("--console-samples", type=int,
+                   help="console: timed requests per page (a tenth of it per export) "
+                        "[200; quick 3]")
+    p.add_argument("--console-warmup", type=int,
+                   help="console: untimed requests per page first [10; quick 1]")
+    p.add_argument("--console-depth", type=int,
+                   help="console: the keyset page timed is reached by following "
+                        "\"Older\" this often [20; quick 2]")
     p.add_argument("--open-concurrency", type=int, default=32,
                    help="connections being opened at once in memory/scale runs [32]")
     p.add_argument("--scale-nodes", type=int, default=2,
@@ -95,8 +110,8 @@ def parse_args(argv):
                         "PostgreSQL database, the connections spread over them (0: don't) [2]")
     p.add_argument("--postgres", default=os.environ.get(
                        "PORTVAKT_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
-                   help="PostgreSQL server for --scale-nodes; the benchmark creates and drops a "
-                        "database of its own there [$PORTVAKT_BENCH_POSTGRES_URL or "
+                   help="PostgreSQL server for --scale-nodes and the console section; the "
+                        "benchmark creates and drops databases of its own there [$PORTVAKT_BENCH_POSTGRES_URL or "
                         "postgres://postgres@127.0.0.1:5432/postgres]")
     p.add_argument("--mem-guard-mib", type=int, default=4096,
                    help="stop adding connections when MemAvailable drops below this [4096]")
@@ -121,6 +136,11 @@ def parse_args(argv):
     args.verify_runs = args.verify_runs or (1 if q else 3)
     args.record_bytes = args.record_bytes or (2 * MIB if q else 1024 * MIB)
     args.record_sessions = [int(x) for x in (args.record_sessions or ("5" if q else "100,1000")).split(",")]
+    args.console_sessions = args.console_sessions or (1000 if q else 100_000)
+    args.console_events = args.console_events or (10_000 if q else 1_000_000)
+    args.console_samples = args.console_samples or (3 if q else 200)
+    args.console_warmup = args.console_warmup or (1 if q else 10)
+    args.console_depth = args.console_depth or (2 if q else 20)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     for s in args.only:
         if s not in SECTIONS:
@@ -130,7 +150,7 @@ def parse_args(argv):
         if s not in ("portvakt", "openssh"):
             p.error(f"unknown jump host {s!r}; choose from portvakt, openssh")
     if args.out is None and not q and (args.only == SECTIONS and len(args.jumps) == 2
-                                       or args.only in (["audit"], ["record"])):
+                                       or args.only in (["audit"], ["record"], ["console"])):
         args.out = os.path.join(REPO, "docs", "BENCHMARKS.md")
     args.bin = os.path.abspath(args.bin or os.path.join(REPO, "target", "release", "portvakt"))
     args.unchained_bin = os.path.abspath(args.unchained_bin or os.path.join(
@@ -557,6 +577,8 @@ class Bench:
             self.audit()
         if "record" in only:
             self.results["record"] = record.Record(self).run()
+        if "console" in only:
+            self.results["console"] = console.Console(self).run()
 
 
 def check_verify(rep, gen, key, variant):
@@ -609,7 +631,8 @@ def main(argv):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     ensure_bench_user()
-    if "scale" in args.only and "portvakt" in args.jumps and args.scale_nodes > 1:
+    if ("scale" in args.only and "portvakt" in args.jumps and args.scale_nodes > 1
+            or "console" in args.only):
         try:  # fail now, not after the rest of the run
             PostgresDatabase(args.postgres).psql("SELECT 1")
         except BenchError as exc:
@@ -657,6 +680,9 @@ def main(argv):
     if "record" in bench.results:
         print(record.table(bench.results["record"], args))
         print()
+    if "console" in bench.results:
+        print(console.table(bench.results["console"], args))
+        print()
     say(f"took {meta['duration']}")
     if args.json:
         with open(args.json, "w") as f:
@@ -670,6 +696,9 @@ def main(argv):
         if "record" in bench.results:
             report.write(args.out, record.markdown(bench.results["record"], meta, args),
                          record.BEGIN, record.END)
+        if "console" in bench.results:
+            report.write(args.out, console.markdown(bench.results["console"], meta, args),
+                         console.BEGIN, console.END)
         say(f"wrote {args.out}")
 
 

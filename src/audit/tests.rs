@@ -808,6 +808,46 @@ async fn sessions_keyset_pages_and_console_filters() {
     .await;
 }
 
+/// The source filter by address matches whole addresses only (10.0.0.1
+/// is not 10.0.0.10), IPv6 in brackets or not; by `ip:port` exactly.
+#[tokio::test]
+async fn sessions_by_source_address() {
+    on_each_store(|store| async move {
+        let id = five_forwards(&store).await;
+        let sources = [
+            "10.0.0.1:5",
+            "10.0.0.10:5",
+            "[2001:db8::1]:22",
+            "[2001:db8::10]:22",
+            "10.0.0.1:6",
+        ];
+        for (i, src) in id.iter().zip(sources) {
+            sqlx::query("UPDATE forwards SET source = $1 WHERE id = $2")
+                .bind(src)
+                .bind(*i)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        let by = |s: &str| {
+            let store = store.clone();
+            let f = SessionFilter {
+                source: Some(s.to_string()),
+                ..Default::default()
+            };
+            async move { ids(&sessions(&store, f).await) }
+        };
+        assert_eq!(by("10.0.0.1").await, [id[4], id[0]]);
+        assert_eq!(by("10.0.0.10").await, [id[1]]);
+        assert_eq!(by("10.0.0.1:5").await, [id[0]]);
+        assert_eq!(by("2001:db8::1").await, [id[2]]);
+        assert_eq!(by("[2001:db8::1]").await, [id[2]]);
+        assert_eq!(by("[2001:db8::10]:22").await, [id[3]]);
+        assert!(by("10.0.0").await.is_empty());
+    })
+    .await;
+}
+
 async fn all_sources(store: &Store) -> String {
     sessions(store, SessionFilter::default()).await[0]
         .source
