@@ -86,6 +86,40 @@ mod stored {
         store::create(store, &r, T).await.unwrap()
     }
 
+    /// A list carries each request's own approvers, in the order they
+    /// approved (read for the whole page at once).
+    #[tokio::test]
+    async fn a_list_carries_each_requests_approvers() {
+        on_each_store(|store| async move {
+            let two = new(&store, 3).await;
+            let none = new(&store, 2).await;
+            let one = new(&store, 2).await;
+            store::approve(&store, two.id, "carol", T + 2_000_000)
+                .await
+                .unwrap();
+            store::approve(&store, two.id, "bob", T + 3_000_000)
+                .await
+                .unwrap();
+            store::approve(&store, one.id, "dave", T + 2_000_000)
+                .await
+                .unwrap();
+            let listed = store::list(&store, &store::Filter::default())
+                .await
+                .unwrap();
+            let got: Vec<(i64, Vec<String>)> =
+                listed.into_iter().map(|r| (r.id, r.approvals)).collect();
+            assert_eq!(
+                got,
+                [
+                    (one.id, vec!["dave".to_string()]),
+                    (none.id, vec![]),
+                    (two.id, vec!["carol".to_string(), "bob".to_string()]),
+                ]
+            );
+        })
+        .await;
+    }
+
     /// Two approvers at once on a one-approval request (two nodes, or the
     /// CLI and ssh): exactly one opens the window.
     #[tokio::test]
