@@ -251,6 +251,10 @@ reason_enum! {
         /// A recorded target: an environment variable other than the
         /// locale (`LANG`, `LC_*`), not passed to the target.
         Env = "env_refused",
+        /// A recorded target opened a channel to portvakt that nobody
+        /// asked for (a session, X11, `direct-tcpip`, streamlocal);
+        /// `request` names its type.
+        TargetChannel = "target_channel_refused",
     }
 }
 

@@ -15,17 +15,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-/// The IdP's users: a reviewer, an admin, someone with no console role,
-/// and an engineer who logs in over SSH at the IdP.
-fn users() -> Value {
-    json!({
-        "rita": {"password": "rita-pw", "preferred_username": "rita", "groups": ["security"]},
-        "adam": {"password": "adam-pw", "preferred_username": "adam", "groups": ["portvakt-admins"]},
-        "bob": {"password": "bob-pw", "preferred_username": "bob", "groups": ["dev"]},
-        "alice": {"password": "alice-pw", "preferred_username": "alice", "groups": ["sre"]},
-    })
-}
-
 /// One test's IdP, portvakt with a console, and chromedriver. Field order
 /// is drop order.
 struct World {
@@ -43,7 +32,7 @@ impl World {
         let idp = Idp::start_with(
             env.path(),
             &IdpOptions::new()
-                .users(users())
+                .users(common::console::users())
                 .redirect_uri(&console.redirect_uri()),
         );
         let config = tweak(Config::new().oidc(idp.oidc()).console(console.clone()));

@@ -11,17 +11,6 @@ use common::console::Page;
 use common::*;
 use serde_json::{Value, json};
 
-/// The reviewers, admins and others the test IdP knows here.
-fn users() -> Value {
-    json!({
-        "rita": {"password": "rita-pw", "preferred_username": "rita", "groups": ["security"]},
-        "adam": {"password": "adam-pw", "preferred_username": "adam", "groups": ["portvakt-admins"]},
-        "bob": {"password": "bob-pw", "preferred_username": "bob", "groups": ["dev"]},
-        "mallory": {"password": "mallory-pw", "preferred_username": "<script>alert(1)</script>", "groups": ["security"]},
-        "alice": {"password": "alice-pw", "preferred_username": "alice", "groups": ["sre"]},
-    })
-}
-
 /// One test's IdP and portvakt with a console. Field order is drop order.
 struct World {
     pv: Portvakt,
@@ -36,7 +25,7 @@ impl World {
         let idp = Idp::start_with(
             env.path(),
             &IdpOptions::new()
-                .users(users())
+                .users(common::console::users())
                 .redirect_uri(&console.redirect_uri()),
         );
         let config = tweak(Config::new().oidc(idp.oidc()).console(console.clone()));
@@ -837,6 +826,14 @@ fn the_audit_page_shows_the_chain_status_and_a_tampered_chain_in_red() {
     assert_eq!(b.post("/audit/verify", &[]).status, 403, "no CSRF token");
     let asked = b.post("/audit/verify", &[("csrf", &page.csrf())]);
     assert_eq!(asked.status, 200, "{asked:?}");
+    for refused in [Some("csrf_invalid"), None] {
+        w.pv.wait_for_audit("chain_verify rows", |e| {
+            e.kind == "console.action"
+                && e.detail_str("action") == Some("chain_verify")
+                && e.user.as_deref() == Some("rita")
+                && e.reason.as_deref() == refused
+        });
+    }
     assert!(
         asked.url.ends_with("/audit#chain") || asked.url.ends_with("/audit"),
         "{}",

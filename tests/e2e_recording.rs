@@ -698,6 +698,9 @@ fn a_target_cannot_open_channels_to_the_engineer_unasked() {
             .is_some_and(|q| q.contains("opened by the target for 127.0.0.1:9999")),
         "{ev:?}"
     );
+    let ev =
+        r.pv.wait_for_event("channel.refused", "target_channel_refused");
+    assert_eq!(ev.detail_str("request"), Some("session"), "{ev:?}");
 }
 
 #[test]

@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use super::export::{self, Format};
 use super::sessions::{events_table, field, limit, query_string};
-use super::{ConsoleState, Problem, Viewer, before_param, given, internal, layout, time_param};
+use super::{
+    ConsoleState, Problem, Role, Viewer, before_param, given, internal, layout, time_param,
+};
 use crate::audit::query::{self, EventFilter, EventRow};
 
 #[derive(Deserialize)]
@@ -140,16 +142,25 @@ pub struct VerifyForm {
 }
 
 /// `POST /audit/verify`: verify the chain again now (any reviewer; it
-/// changes nothing, but needs the CSRF token like every form). The
-/// verification runs in the background; the page shows it when done.
+/// changes nothing, but needs the CSRF token like every form, and is a
+/// `console.action` row like every action). The verification runs in the
+/// background; the page shows it when done.
 pub async fn verify(
     State(st): State<Arc<ConsoleState>>,
     viewer: Viewer,
     axum::Form(f): axum::Form<VerifyForm>,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(f.csrf.as_deref()) {
-        return r.into_response();
+    if let Err(r) = viewer
+        .permit_action(&st, Role::Reviewer, "chain_verify", &[], f.csrf.as_deref())
+        .await
+    {
+        return r;
     }
+    let mut ev = crate::audit::Event::new(crate::audit::EventKind::ConsoleAction)
+        .user(viewer.name.as_str())
+        .detail("action", "chain_verify");
+    ev.source = Some(viewer.source.to_string());
+    st.record(ev).await;
     st.chain.ask();
     axum::response::Redirect::to("/audit#chain").into_response()
 }

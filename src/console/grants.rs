@@ -118,6 +118,7 @@ pub async fn revoke(
     if let Err(r) = viewer
         .permit_action(
             &st,
+            Role::Admin,
             "grant_revoke",
             &[("grant_id", id.into())],
             f.csrf.as_deref(),

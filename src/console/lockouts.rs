@@ -137,7 +137,7 @@ pub async fn clear(
         .filter_map(|(k, v)| Some((k, crate::audit::clean(&given(v)?).into())))
         .collect();
     if let Err(r) = viewer
-        .permit_action(&st, "lockout_clear", &on, f.csrf.as_deref())
+        .permit_action(&st, Role::Admin, "lockout_clear", &on, f.csrf.as_deref())
         .await
     {
         return r;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::export::Format;
 use super::sessions::{EXPORT, table};
-use super::{ConsoleState, Viewer, error_page, export, internal, layout};
+use super::{ConsoleState, Role, Viewer, error_page, export, internal, layout};
 use crate::audit::query::{self, SessionFilter};
 use crate::audit::{Event, EventKind};
 
@@ -110,6 +110,7 @@ pub async fn end(
     if let Err(r) = viewer
         .permit_action(
             &st,
+            Role::Admin,
             "connection_end",
             &[("connection_id", crate::audit::clean(&connection_id).into())],
             f.csrf.as_deref(),

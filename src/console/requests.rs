@@ -330,6 +330,7 @@ async fn decide(
     if let Err(r) = viewer
         .permit_action(
             st,
+            Role::Admin,
             decision.action(),
             &[("request_id", id.into())],
             f.csrf.as_deref(),

@@ -42,6 +42,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// A channel the target opened unasked: refused, and audited
+    /// (`target_channel_refused`, its type).
+    async fn unasked(&self, reply: client::ChannelOpenHandle, what: &str) {
+        if let Some(job) = self.job.upgrade() {
+            job.refused(crate::reasons::ChannelRefusal::TargetChannel, Some(what));
+        }
+        prohibited(reply).await;
+    }
+
     fn check(&self, key: &PublicKeyOrCertificate) -> Result<(), String> {
         match (&self.trust, key) {
             (HostTrust::Key(want), PublicKeyOrCertificate::PublicKey { key, .. }) => {
@@ -153,7 +162,7 @@ impl client::Handler for Upstream {
     }
 
     // A target opens no other channel to portvakt: russh would accept them
-    // (and keep their buffers) by default.
+    // (and keep their buffers) by default. Refused and audited.
 
     async fn server_channel_open_forwarded_streamlocal(
         &mut self,
@@ -162,7 +171,7 @@ impl client::Handler for Upstream {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        prohibited(reply).await;
+        self.unasked(reply, "forwarded-streamlocal").await;
         Ok(())
     }
 
@@ -172,7 +181,7 @@ impl client::Handler for Upstream {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        prohibited(reply).await;
+        self.unasked(reply, "session").await;
         Ok(())
     }
 
@@ -186,7 +195,7 @@ impl client::Handler for Upstream {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        prohibited(reply).await;
+        self.unasked(reply, "direct-tcpip").await;
         Ok(())
     }
 
@@ -197,7 +206,7 @@ impl client::Handler for Upstream {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        prohibited(reply).await;
+        self.unasked(reply, "direct-streamlocal").await;
         Ok(())
     }
 
@@ -209,7 +218,7 @@ impl client::Handler for Upstream {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        prohibited(reply).await;
+        self.unasked(reply, "x11").await;
         Ok(())
     }
 }

@@ -185,26 +185,26 @@ pub async fn list(store: &Store, f: &Filter) -> Result<Vec<AccessRequest>, sqlx:
         }
         out.push(req);
     }
-    // Their approvers in one query (a page of requests, not a query each).
-    if !out.is_empty() {
-        let marks: Vec<String> = (1..=out.len()).map(|i| format!("${i}")).collect();
+    // Their approvers a page at a time (not a query per request; pages
+    // stay far below the databases' limits on bound values).
+    let mut by_id: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
+    for page in out.chunks(1000) {
+        let marks: Vec<String> = (1..=page.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT request_id, approver FROM access_approvals WHERE request_id IN ({}) \
              ORDER BY request_id, at, approver",
             marks.join(", ")
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for req in &out {
+        for req in page {
             q = q.bind(req.id);
         }
-        let mut by_id: std::collections::HashMap<i64, Vec<String>> =
-            std::collections::HashMap::new();
         for r in q.fetch_all(store.pool()).await? {
             by_id.entry(r.try_get(0)?).or_default().push(r.try_get(1)?);
         }
-        for req in &mut out {
-            req.approvals = by_id.remove(&req.id).unwrap_or_default();
-        }
+    }
+    for req in &mut out {
+        req.approvals = by_id.remove(&req.id).unwrap_or_default();
     }
     Ok(out)
 }

@@ -176,3 +176,16 @@ fn resolve(base: &str, path: &str) -> String {
         .unwrap_or(base.len());
     format!("{}{path}", &base[..origin_end])
 }
+
+/// The test IdP's users of the console tests: reviewers (rita, and mallory
+/// whose IdP name is a script), an admin (adam), someone with no console
+/// role (bob), and an engineer who logs in over SSH (alice).
+pub fn users() -> serde_json::Value {
+    serde_json::json!({
+        "rita": {"password": "rita-pw", "preferred_username": "rita", "groups": ["security"]},
+        "adam": {"password": "adam-pw", "preferred_username": "adam", "groups": ["portvakt-admins"]},
+        "bob": {"password": "bob-pw", "preferred_username": "bob", "groups": ["dev"]},
+        "mallory": {"password": "mallory-pw", "preferred_username": "<script>alert(1)</script>", "groups": ["security"]},
+        "alice": {"password": "alice-pw", "preferred_username": "alice", "groups": ["sre"]},
+    })
+}
