@@ -1,6 +1,6 @@
 //! Recordings in the database: a `recordings` row per recorded channel and
 //! its asciicast content in `recording_chunks`, each chunk compressed
-//! (LZ4 blocks). A [`Recorder`] writes one recording; `list`, `get` and `content`
+//! (LZ4 blocks) unless LZ4 cannot shrink it. A [`Recorder`] writes one recording; `list`, `get` and `content`
 //! read them back for the CLI.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -432,8 +432,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Compress chunk `seq` of recording `id` and store
-/// it, with the row's running size (`stored`: content up to its end).
+/// Compress chunk `seq` of recording `id` (unless it does not shrink) and
+/// store it, with the row's running size (`stored`: content up to its end).
 async fn store_chunk(
     store: &Store,
     id: i64,
@@ -443,32 +443,79 @@ async fn store_chunk(
 ) -> Result<(), StoreError> {
     let len = raw.len() as i64;
     // LZ4 takes well under a millisecond per chunk: no thread hand-over.
-    let data = compress(raw)?;
-    let mut tx = store.pool().begin().await?;
+    let (codec, data) = encode(raw);
+    // The chunk first, then the row that counts it, each committed on its
+    // own: on SQLite they are in two files (crate::store::recordings_file),
+    // whose commits are not atomic together. A crash between them leaves a
+    // chunk the row does not count yet (read as usual), never a row that
+    // counts a chunk that is not there.
     sqlx::query(
-        "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes, codec) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
     .bind(seq)
     .bind(data)
     .bind(len)
-    .execute(&mut *tx)
+    .bind(codec.as_str())
+    .execute(store.pool())
     .await?;
     sqlx::query("UPDATE recordings SET bytes = $1, chunks = $2 WHERE id = $3")
         .bind(i64::try_from(stored).unwrap_or(i64::MAX))
         .bind(seq + 1)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(store.pool())
         .await?;
-    tx.commit().await?;
     Ok(())
 }
 
-/// An LZ4 block: fast enough that the relay's other work, not the
-/// compression, bounds a recorded session's throughput (zlib, even at its
-/// fastest level, did not keep up: docs/BENCHMARKS.md "Recorded targets").
-fn compress(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
-    Ok(lz4_flex::block::compress(raw))
+/// How a chunk is stored (`recording_chunks.codec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    /// An LZ4 block (the block format, without a frame).
+    Lz4,
+    /// The content as it is.
+    None,
+}
+
+impl Codec {
+    fn as_str(self) -> &'static str {
+        match self {
+            Codec::Lz4 => "lz4",
+            Codec::None => "none",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Codec> {
+        match s {
+            "lz4" => Some(Codec::Lz4),
+            "none" => Some(Codec::None),
+            _ => None,
+        }
+    }
+}
+
+/// LZ4 tries this much of a chunk first: if that does not shrink by a
+/// sixteenth, the chunk is stored as it is.
+const SAMPLE: usize = 64 * 1024;
+
+/// A chunk as stored. LZ4 blocks: fast enough that the relay's other work,
+/// not the compression, bounds a recorded session's throughput (zlib, even
+/// at its fastest level, did not keep up: docs/BENCHMARKS.md "Recorded
+/// targets"). Output LZ4 cannot shrink (compressed or random data, base64
+/// of it) is stored as it is, after LZ4 has seen only its first 64 KiB
+/// (as filesystems that compress abort early): compressing it would cost
+/// CPU beside the relay and save nothing.
+fn encode(raw: &[u8]) -> (Codec, Vec<u8>) {
+    let sample = &raw[..raw.len().min(SAMPLE)];
+    if lz4_flex::block::compress(sample).len() * 16 > sample.len() * 15 {
+        return (Codec::None, raw.to_vec());
+    }
+    let packed = lz4_flex::block::compress(raw);
+    if packed.len() >= raw.len() {
+        return (Codec::None, raw.to_vec());
+    }
+    (Codec::Lz4, packed)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -685,7 +732,8 @@ pub enum ContentError {
 pub async fn content(store: &Store, id: i64) -> Result<Content, ContentError> {
     let rec = get(store, id).await?.ok_or(ContentError::NotFound(id))?;
     let chunks = sqlx::query(
-        "SELECT seq, data, raw_bytes FROM recording_chunks WHERE recording_id = $1 ORDER BY seq",
+        "SELECT seq, data, raw_bytes, codec FROM recording_chunks WHERE recording_id = $1 \
+         ORDER BY seq",
     )
     .bind(id)
     .fetch_all(store.pool())
@@ -701,6 +749,7 @@ pub async fn content(store: &Store, id: i64) -> Result<Content, ContentError> {
         let seq: i64 = c.try_get("seq").map_err(StoreError::from)?;
         let data: Vec<u8> = c.try_get("data").map_err(StoreError::from)?;
         let raw: i64 = c.try_get("raw_bytes").map_err(StoreError::from)?;
+        let codec: String = c.try_get("codec").map_err(StoreError::from)?;
         if seq != expected {
             return Err(corrupt(expected, "missing"));
         }
@@ -710,12 +759,24 @@ pub async fn content(store: &Store, id: i64) -> Result<Content, ContentError> {
         if raw > MAX_CHUNK {
             return Err(corrupt(seq, "larger than any chunk a recorder writes"));
         }
-        let before = bytes.len();
-        bytes.resize(before + raw as usize, 0);
-        match lz4_flex::block::decompress_into(&data, &mut bytes[before..]) {
-            Ok(n) if n as u64 == raw => {}
-            Ok(_) => return Err(corrupt(seq, "size differs from the stored size")),
-            Err(e) => return Err(corrupt(seq, &format!("cannot decompress: {e}"))),
+        match Codec::parse(&codec) {
+            Some(Codec::Lz4) => {
+                let before = bytes.len();
+                bytes.resize(before + raw as usize, 0);
+                match lz4_flex::block::decompress_into(&data, &mut bytes[before..]) {
+                    Ok(n) if n as u64 == raw => {}
+                    Ok(_) => return Err(corrupt(seq, "size differs from the stored size")),
+                    Err(e) => return Err(corrupt(seq, &format!("cannot decompress: {e}"))),
+                }
+            }
+            Some(Codec::None) if data.len() as u64 == raw => bytes.extend_from_slice(&data),
+            Some(Codec::None) => return Err(corrupt(seq, "size differs from the stored size")),
+            None => {
+                return Err(corrupt(
+                    seq,
+                    &format!("unknown codec {:?}", clean(&codec, 16)),
+                ));
+            }
         }
     }
     let count = chunks.len() as i64;

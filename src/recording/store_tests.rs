@@ -229,13 +229,17 @@ async fn changed_or_missing_content_is_noticed() {
         .await;
         assert_eq!(content(&store, id).await.unwrap().sha256_ok, Some(false));
 
-        let other = compress(b"[0.1, \"o\", \"forged\"]\n").unwrap();
-        sqlx::query("UPDATE recording_chunks SET data = $1 WHERE recording_id = $2 AND seq = 1")
-            .bind(other)
-            .bind(id)
-            .execute(store.pool())
-            .await
-            .unwrap();
+        let other = lz4_flex::block::compress(b"[0.1, \"o\", \"forged\"]\n");
+        // Another LZ4 block (the small chunk itself was stored as it is).
+        sqlx::query(
+            "UPDATE recording_chunks SET data = $1, codec = 'lz4' \
+             WHERE recording_id = $2 AND seq = 1",
+        )
+        .bind(other)
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
         assert!(matches!(
             content(&store, id).await,
             Err(ContentError::Corrupt { seq: 1, .. })
@@ -262,6 +266,128 @@ async fn changed_or_missing_content_is_noticed() {
                 "{e:?}"
             );
         }
+    })
+    .await;
+}
+
+#[test]
+fn lz4_compresses_what_shrinks_and_keeps_the_rest_as_it_is() {
+    let text =
+        b"[0.5, \"o\", \"total 48\\r\\ndrwxr-xr-x 2 root root 4096 .\\r\\n\"]\n".repeat(2000);
+    let (codec, data) = encode(&text);
+    assert_eq!(codec, Codec::Lz4);
+    assert!(
+        data.len() < text.len() / 4,
+        "{} of {}",
+        data.len(),
+        text.len()
+    );
+    let noise = noise(200_000);
+    assert_eq!(encode(&noise), (Codec::None, noise.clone()));
+    // Shrinkable at the start only: LZ4 is tried on the whole, and kept
+    // only where it saves.
+    let mut mixed = text[..SAMPLE].to_vec();
+    mixed.extend_from_slice(&noise);
+    let (codec, data) = encode(&mixed);
+    assert_eq!(codec, Codec::Lz4);
+    assert!(data.len() < mixed.len());
+    for c in [Codec::Lz4, Codec::None] {
+        assert_eq!(Codec::parse(c.as_str()), Some(c));
+    }
+    assert_eq!(Codec::parse("zstd"), None);
+}
+
+/// Base64-like text of random bytes: JSON-safe, and nothing LZ4 can shrink.
+fn noise(n: usize) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ALPHABET[(seed >> 58) as usize]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn chunks_lz4_cannot_shrink_are_stored_as_they_are_and_read_back() {
+    on_each_store(|store| async move {
+        let settings = Settings {
+            max_bytes: 64 << 20,
+            input: false,
+        };
+        let mut r = Recorder::start(store.clone(), meta("alice", "db-1", 9), settings)
+            .await
+            .unwrap();
+        let id = r.id();
+        for piece in noise(40 << 15).chunks(32 << 10) {
+            r.output(piece);
+        }
+        r.flush().await.unwrap();
+        for _ in 0..40 {
+            r.output(&b"build step ok\r\n".repeat(2000));
+        }
+        r.flush().await.unwrap();
+        let summary = r.finish(Some(0)).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT codec, CAST(length(data) AS BIGINT) AS stored, raw_bytes FROM recording_chunks \
+             WHERE recording_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let rows: Vec<(String, i64, i64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get("codec").unwrap(),
+                    r.try_get("stored").unwrap(),
+                    r.try_get("raw_bytes").unwrap(),
+                )
+            })
+            .collect();
+        assert!(rows.len() >= 2, "{rows:?}");
+        let (codec, stored, raw) = &rows[0];
+        assert_eq!((codec.as_str(), stored), ("none", raw), "{rows:?}");
+        let (codec, stored, raw) = &rows[1];
+        assert!(codec == "lz4" && stored * 4 < *raw, "{rows:?}");
+        let c = content(&store, id).await.unwrap();
+        assert_eq!(c.sha256_ok, Some(true));
+        assert_eq!(c.bytes.len() as u64, summary.bytes);
+        let text = events(&c).into_iter().map(|e| e.data).collect::<String>();
+        assert!(text.starts_with(std::str::from_utf8(&noise(64)).unwrap()));
+        assert!(text.ends_with("build step ok\r\n"));
+
+        // A stored chunk of another size, or a codec no writer makes, is
+        // reported, not guessed at.
+        sql(
+            &store,
+            &format!(
+                "UPDATE recording_chunks SET raw_bytes = raw_bytes + 1 \
+                 WHERE recording_id = {id} AND seq = 0"
+            ),
+        )
+        .await;
+        assert!(matches!(
+            content(&store, id).await,
+            Err(ContentError::Corrupt { seq: 0, .. })
+        ));
+        sql(
+            &store,
+            &format!(
+                "UPDATE recording_chunks SET raw_bytes = raw_bytes - 1, codec = 'zstd' \
+                 WHERE recording_id = {id} AND seq = 0"
+            ),
+        )
+        .await;
+        let e = content(&store, id).await;
+        assert!(
+            matches!(&e, Err(ContentError::Corrupt { seq: 0, problem, .. }) if problem.contains("zstd")),
+            "{e:?}"
+        );
     })
     .await;
 }

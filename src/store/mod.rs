@@ -62,6 +62,53 @@ pub struct Store {
     sqlite_file: Option<Arc<Path>>,
 }
 
+/// Recording chunks in the recordings file (the columns of
+/// migrations/sqlite 0007 and 0010; a migration that changes
+/// `recording_chunks` must change this and [`Store::move_chunks`] too).
+const CHUNKS_TABLE: &str = "CREATE TABLE IF NOT EXISTS recording_data.recording_chunks (\
+    recording_id BIGINT NOT NULL, \
+    seq BIGINT NOT NULL, \
+    data BLOB NOT NULL, \
+    raw_bytes BIGINT NOT NULL, \
+    codec TEXT NOT NULL DEFAULT 'lz4', \
+    PRIMARY KEY (recording_id, seq))";
+
+/// Where a SQLite database keeps its recordings' content: beside it,
+/// `portvakt.db` → `portvakt-recordings.db` (with its own `-wal` and `-shm`).
+///
+/// A file of its own with 64 KiB pages: a 1 MiB chunk is 16 pages to write
+/// (and to copy again at each checkpoint) instead of 256 overflow pages of
+/// 4 KiB, which cuts what storing a recorded session's output costs
+/// (docs/BENCHMARKS.md "Recorded targets"), while the main file keeps its
+/// small pages for audit rows (a page is the unit every commit writes).
+pub fn recordings_file(main: &Path) -> PathBuf {
+    let stem = main.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match main.extension() {
+        Some(ext) => format!("{stem}-recordings.{}", ext.to_string_lossy()),
+        None => format!("{stem}-recordings"),
+    };
+    main.with_file_name(name)
+}
+
+/// Attach the recordings file to a new connection as `recording_data`:
+/// the query text names `recording_chunks` alone, which SQLite finds there
+/// once the main file has none (see [`Store::move_chunks`]). The page size
+/// takes effect when the file is new, and must be set before WAL mode.
+async fn attach_recordings(conn: &mut sqlx::AnyConnection, file: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("ATTACH DATABASE $1 AS recording_data")
+        .bind(file)
+        .execute(&mut *conn)
+        .await?;
+    for pragma in [
+        "PRAGMA recording_data.page_size = 65536",
+        "PRAGMA recording_data.journal_mode = WAL",
+        "PRAGMA recording_data.synchronous = NORMAL",
+    ] {
+        conn.execute(pragma).await?;
+    }
+    Ok(())
+}
+
 /// A SQLite URL made ready for sqlx, and the file it names.
 struct SqliteUrl {
     url: String,
@@ -135,7 +182,48 @@ impl Store {
             tokio::time::sleep(Duration::from_millis(200)).await;
             migrator.run(&store.pool).await?;
         }
+        if store.sqlite_file.is_some() {
+            store.move_chunks().await?;
+        }
         Ok(store)
+    }
+
+    /// SQLite in a file: recording chunks live in the recordings file
+    /// ([`recordings_file`]), created here; chunks still in the main file
+    /// (the migrations create the table there, and databases made before
+    /// migration 0010 kept them there) are moved over, once, in one
+    /// transaction.
+    async fn move_chunks(&self) -> Result<(), StoreError> {
+        let mut c = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await?;
+        let moved = async {
+            sqlx::query(CHUNKS_TABLE).execute(&mut *c).await?;
+            let in_main: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM main.sqlite_master \
+                 WHERE type = 'table' AND name = 'recording_chunks'",
+            )
+            .fetch_one(&mut *c)
+            .await?;
+            if in_main > 0 {
+                sqlx::query(
+                    "INSERT INTO recording_data.recording_chunks \
+                     (recording_id, seq, data, raw_bytes, codec) \
+                     SELECT recording_id, seq, data, raw_bytes, codec FROM main.recording_chunks",
+                )
+                .execute(&mut *c)
+                .await?;
+                sqlx::query("DROP TABLE main.recording_chunks")
+                    .execute(&mut *c)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        let end = if moved.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = sqlx::query(end).execute(&mut *c).await;
+        moved?;
+        ended?;
+        Ok(())
     }
 
     /// Connect without migrating (read-only CLI commands on a live database
@@ -154,6 +242,22 @@ impl Store {
             (Backend::Postgres, url.to_string(), None)
         };
         let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
+        let chunk_file: Option<Arc<str>> = match &sqlite_file {
+            Some(main) => {
+                let file = recordings_file(main);
+                let Some(text) = file.to_str() else {
+                    return Err(StoreError::Folder {
+                        path: file.display().to_string(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "the path is not UTF-8",
+                        ),
+                    });
+                };
+                Some(Arc::from(text))
+            }
+            None => None,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 // One writer at a time anyway; a few readers.
@@ -162,11 +266,15 @@ impl Store {
             })
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _| {
+                let chunk_file = chunk_file.clone();
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        if let Some(file) = chunk_file {
+                            attach_recordings(conn, &file).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -312,6 +420,111 @@ mod tests {
             "the file is where the path said"
         );
         assert!(!dir.path().join("data").exists());
+    }
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn the_recordings_file_is_named_after_the_database() {
+        let f = |p: &str| recordings_file(Path::new(p)).display().to_string();
+        assert_eq!(
+            f("/var/lib/portvakt/portvakt.db"),
+            "/var/lib/portvakt/portvakt-recordings.db"
+        );
+        assert_eq!(f("/x/audit.sqlite3"), "/x/audit-recordings.sqlite3");
+        assert_eq!(f("/x/audit"), "/x/audit-recordings");
+    }
+
+    /// Recording chunks go to a file of their own with 64 KiB pages; the
+    /// main file keeps SQLite's 4 KiB pages and has no chunk table.
+    #[tokio::test]
+    async fn recording_chunks_live_in_a_file_of_their_own_with_large_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("pv.db");
+        let store = Store::open(&format!("sqlite://{}", main.display()))
+            .await
+            .unwrap();
+        assert!(dir.path().join("pv-recordings.db").is_file());
+        assert_eq!(
+            count(&store, "PRAGMA recording_data.page_size").await,
+            65536
+        );
+        assert_eq!(count(&store, "PRAGMA main.page_size").await, 4096);
+        let tables = "sqlite_master WHERE type = 'table' AND name = 'recording_chunks'";
+        assert_eq!(
+            count(&store, &format!("SELECT COUNT(*) FROM main.{tables}")).await,
+            0
+        );
+        assert_eq!(
+            count(
+                &store,
+                &format!("SELECT COUNT(*) FROM recording_data.{tables}")
+            )
+            .await,
+            1
+        );
+        // Every connection of the pool finds it by its plain name.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut c = store.pool().acquire().await.unwrap();
+            sqlx::query("SELECT COUNT(*) FROM recording_chunks")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            held.push(c);
+        }
+        drop(held);
+        store.close().await;
+    }
+
+    /// A database from before keeps its chunks in the main file: opening
+    /// it moves them, in one go, and nothing is lost or left behind.
+    #[tokio::test]
+    async fn chunks_in_the_main_file_are_moved_to_the_recordings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("pv.db");
+        let url = format!("sqlite://{}", main.display());
+        Store::open(&url).await.unwrap().close().await;
+        {
+            let c = rusqlite::Connection::open(&main).unwrap();
+            c.execute_batch(
+                "CREATE TABLE recording_chunks (recording_id BIGINT NOT NULL, seq BIGINT NOT NULL, \
+                 data BLOB NOT NULL, raw_bytes BIGINT NOT NULL, codec TEXT NOT NULL DEFAULT 'lz4', \
+                 PRIMARY KEY (recording_id, seq)); \
+                 INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes) \
+                 VALUES (7, 0, x'0102', 9), (7, 1, x'03', 4);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&url).await.unwrap();
+        let tables = "sqlite_master WHERE type = 'table' AND name = 'recording_chunks'";
+        assert_eq!(
+            count(&store, &format!("SELECT COUNT(*) FROM main.{tables}")).await,
+            0
+        );
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM recording_chunks WHERE recording_id = 7 AND codec = 'lz4' \
+                 AND ((seq = 0 AND data = x'0102' AND raw_bytes = 9) \
+                 OR (seq = 1 AND data = x'03' AND raw_bytes = 4))"
+            )
+            .await,
+            2
+        );
+        store.close().await;
+        // Opened again: nothing more to move, nothing doubled.
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM recording_chunks").await,
+            2
+        );
+        store.close().await;
     }
 
     /// A relative path is taken from the working folder, never as a host.

@@ -171,8 +171,17 @@ pub fn execute(url: &str, sql: String) {
         .build()
         .unwrap();
     rt.block_on(async {
-        if url.starts_with("sqlite") {
+        if let Some(path) = url.strip_prefix("sqlite://") {
             let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            // The recordings' chunks are in a file of their own, which
+            // portvakt attaches to each connection (src/store/mod.rs).
+            let main = std::path::Path::new(path.split('?').next().unwrap_or(path));
+            let chunks = portvakt::store::recordings_file(main);
+            sqlx::query("ATTACH DATABASE ?1 AS recording_data")
+                .bind(chunks.to_str().unwrap())
+                .execute(&mut c)
+                .await
+                .unwrap();
             sqlx::raw_sql(AssertSqlSafe(sql))
                 .execute(&mut c)
                 .await
