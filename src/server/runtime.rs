@@ -262,6 +262,7 @@ impl Background {
         let lockout = state.services.lockout.clone();
         tokio::spawn(lockout.run(move || st.config.load().lockout.clone(), stop.clone()));
         tokio::spawn(gauges(store.clone(), stop.clone()));
+        tokio::spawn(store.clone().checkpoint_recordings(stop.clone()));
         tokio::spawn(store.watch_health(stop.clone()));
         if let Some(keep) = cfg.database.retention {
             let audit = state.audit.clone();
