@@ -62,6 +62,22 @@ pub struct Store {
     sqlite_file: Option<Arc<Path>>,
 }
 
+/// How many `recording_chunks` tables the main file and the recordings
+/// file have (0 or 1 each).
+async fn chunk_tables(c: &mut sqlx::AnyConnection) -> Result<(i64, i64), sqlx::Error> {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT \
+         (SELECT COUNT(*) FROM main.sqlite_master \
+          WHERE type = 'table' AND name = 'recording_chunks') AS in_main, \
+         (SELECT COUNT(*) FROM recording_data.sqlite_master \
+          WHERE type = 'table' AND name = 'recording_chunks') AS in_file",
+    )
+    .fetch_one(&mut *c)
+    .await?;
+    Ok((row.try_get("in_main")?, row.try_get("in_file")?))
+}
+
 /// Recording chunks in the recordings file (the columns of
 /// migrations/sqlite 0007 and 0010; a migration that changes
 /// `recording_chunks` must change this and [`Store::move_chunks`] too).
@@ -193,17 +209,18 @@ impl Store {
     /// (the migrations create the table there, and databases made before
     /// migration 0010 kept them there) are moved over, once, in one
     /// transaction.
+    /// Nothing to do (the usual case) takes no write lock.
     async fn move_chunks(&self) -> Result<(), StoreError> {
         let mut c = self.pool.acquire().await?;
+        let (in_main, in_file) = chunk_tables(&mut c).await?;
+        if in_main == 0 && in_file > 0 {
+            return Ok(());
+        }
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await?;
         let moved = async {
             sqlx::query(CHUNKS_TABLE).execute(&mut *c).await?;
-            let in_main: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM main.sqlite_master \
-                 WHERE type = 'table' AND name = 'recording_chunks'",
-            )
-            .fetch_one(&mut *c)
-            .await?;
+            // Again under the lock: another process may have moved them.
+            let (in_main, _) = chunk_tables(&mut c).await?;
             if in_main > 0 {
                 sqlx::query(
                     "INSERT INTO recording_data.recording_chunks \
@@ -459,6 +476,12 @@ mod tests {
         assert!(!dir.path().join("data").exists());
     }
 
+    /// A new SQLite database `pv.db` in `dir`, and its URL.
+    async fn open_in(dir: &Path) -> (Store, String) {
+        let url = format!("sqlite://{}", dir.join("pv.db").display());
+        (Store::open(&url).await.unwrap(), url)
+    }
+
     async fn count(store: &Store, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
             .fetch_one(store.pool())
@@ -482,10 +505,7 @@ mod tests {
     #[tokio::test]
     async fn recording_chunks_live_in_a_file_of_their_own_with_large_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("pv.db");
-        let store = Store::open(&format!("sqlite://{}", main.display()))
-            .await
-            .unwrap();
+        let (store, _) = open_in(dir.path()).await;
         assert!(dir.path().join("pv-recordings.db").is_file());
         assert_eq!(
             count(&store, "PRAGMA recording_data.page_size").await,
@@ -524,10 +544,7 @@ mod tests {
     #[tokio::test]
     async fn the_recordings_wal_is_checkpointed_beside_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("pv.db");
-        let store = Store::open(&format!("sqlite://{}", main.display()))
-            .await
-            .unwrap();
+        let (store, _) = open_in(dir.path()).await;
         for seq in 0..3 {
             sqlx::query(
                 "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes, codec) \
@@ -550,11 +567,10 @@ mod tests {
     #[tokio::test]
     async fn chunks_in_the_main_file_are_moved_to_the_recordings_file() {
         let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("pv.db");
-        let url = format!("sqlite://{}", main.display());
-        Store::open(&url).await.unwrap().close().await;
+        let (store, url) = open_in(dir.path()).await;
+        store.close().await;
         {
-            let c = rusqlite::Connection::open(&main).unwrap();
+            let c = rusqlite::Connection::open(dir.path().join("pv.db")).unwrap();
             c.execute_batch(
                 "CREATE TABLE recording_chunks (recording_id BIGINT NOT NULL, seq BIGINT NOT NULL, \
                  data BLOB NOT NULL, raw_bytes BIGINT NOT NULL, codec TEXT NOT NULL DEFAULT 'lz4', \
