@@ -1,7 +1,7 @@
 //! Recordings in the database: a `recordings` row per recorded channel and
-//! its asciicast content in `recording_chunks`, each chunk compressed
-//! (LZ4 blocks) unless LZ4 cannot shrink it. A [`Recorder`] writes one recording; `list`, `get` and `content`
-//! read them back for the CLI.
+//! its asciicast content in `recording_chunks`, each chunk compressed (LZ4
+//! blocks) unless LZ4 cannot shrink it. A [`Recorder`] writes one
+//! recording; `list`, `get` and `content` read them back for the CLI.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
