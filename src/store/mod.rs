@@ -482,6 +482,13 @@ mod tests {
         (Store::open(&url).await.unwrap(), url)
     }
 
+    /// The `recording_chunks` tables of the main file and of the
+    /// recordings file.
+    async fn tables(store: &Store) -> (i64, i64) {
+        let mut c = store.pool().acquire().await.unwrap();
+        chunk_tables(&mut c).await.unwrap()
+    }
+
     async fn count(store: &Store, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
             .fetch_one(store.pool())
@@ -512,19 +519,7 @@ mod tests {
             65536
         );
         assert_eq!(count(&store, "PRAGMA main.page_size").await, 4096);
-        let tables = "sqlite_master WHERE type = 'table' AND name = 'recording_chunks'";
-        assert_eq!(
-            count(&store, &format!("SELECT COUNT(*) FROM main.{tables}")).await,
-            0
-        );
-        assert_eq!(
-            count(
-                &store,
-                &format!("SELECT COUNT(*) FROM recording_data.{tables}")
-            )
-            .await,
-            1
-        );
+        assert_eq!(tables(&store).await, (0, 1), "(main file, recordings file)");
         // Every connection of the pool finds it by its plain name.
         let mut held = Vec::new();
         for _ in 0..4 {
@@ -581,11 +576,7 @@ mod tests {
             .unwrap();
         }
         let store = Store::open(&url).await.unwrap();
-        let tables = "sqlite_master WHERE type = 'table' AND name = 'recording_chunks'";
-        assert_eq!(
-            count(&store, &format!("SELECT COUNT(*) FROM main.{tables}")).await,
-            0
-        );
+        assert_eq!(tables(&store).await.0, 0, "none left in the main file");
         assert_eq!(
             count(
                 &store,
