@@ -86,7 +86,7 @@ pub fn start(r: Relay) -> Arc<ChannelWriteHalf<client::Msg>> {
                         }
                         None => {}
                     }
-                    if to_target.data(&data[..]).await.is_err() {
+                    if to_target.data_bytes(data).await.is_err() {
                         break;
                     }
                 }
@@ -213,7 +213,11 @@ impl FromTarget {
                 // sftp and scp: their file operations are the record, not
                 // their bytes. Fed before forwarding (see fileops).
                 let ops = feed(&self.parser, |p| p.server(&data));
-                if self.inner.data(&data[..]).await.is_err() {
+                // The packet's bytes as they are, not copied (`data` would
+                // pass them through an 8 KiB copy buffer: four packets to
+                // the client, each encrypted twice, for each one of the
+                // target's 32 KiB).
+                if self.inner.data_bytes(data.clone()).await.is_err() {
                     return false;
                 }
                 match ops {
@@ -225,7 +229,12 @@ impl FromTarget {
                 }
             }
             Some(ChannelMsg::ExtendedData { data, ext }) => {
-                if self.inner.extended_data(ext, &data[..]).await.is_err() {
+                if self
+                    .inner
+                    .extended_data_bytes(ext, data.clone())
+                    .await
+                    .is_err()
+                {
                     return false;
                 }
                 self.output(&data).await
