@@ -273,9 +273,9 @@ impl Recorder {
 
     /// Hands pending content to a writer as the next chunk (nothing when
     /// empty): compression, hashing and the database write run beside the
-    /// relay, one chunk after the other, up to [`IN_FLIGHT`] queued (a
-    /// database write that stalls, e.g. at a WAL checkpoint, stalls the
-    /// relay only when they are all taken). Keeps a running SHA-256 and
+    /// relay, one chunk after the other, up to [`IN_FLIGHT`] queued (and
+    /// [`IN_FLIGHT_PER_PROCESS`] for all recordings together; a database
+    /// write that stalls stalls the relay only when they are all taken). Keeps a running SHA-256 and
     /// byte count. An error is that of a chunk handed over before (or of
     /// this one, from [`Recorder::settle`] or [`Recorder::finish`]); a chunk
     /// that failed is lost, and the recording is then failed.
@@ -302,6 +302,7 @@ impl Recorder {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Unhealthy)?;
+        let budget = BUDGET.acquire().await.map_err(|_| StoreError::Unhealthy)?;
         let mut raw = std::mem::replace(&mut self.pending, next);
         let before = match self.in_flight.take() {
             Some(h) => Before::Writer(h),
@@ -341,7 +342,7 @@ impl Recorder {
             if spares.len() < 2 {
                 spares.push(raw);
             }
-            drop(slot);
+            drop((slot, budget));
             done
         }));
         Ok(())
@@ -396,8 +397,20 @@ impl Recorder {
     }
 }
 
-/// Chunks handed over but not yet stored, at most (about 1 MiB each).
-const IN_FLIGHT: usize = 4;
+/// Chunks (about 1 MiB each) one recording may have handed over and not yet
+/// stored. A database write can stall for tens of milliseconds (a
+/// checkpoint's fsync holds up the filesystem's journal, and the write that
+/// appends to the WAL waits on it); at 100 MB/s that is several chunks, and
+/// with fewer slots the relay, and the session, would stand still meanwhile.
+const IN_FLIGHT: usize = 16;
+
+/// Chunks all recordings of this process may have in flight together: what
+/// bounds the memory that recordings waiting for the database hold
+/// (64 MiB), however many sessions print at once. A recording waits for a
+/// permit here after one of its own [`IN_FLIGHT`] slots.
+const IN_FLIGHT_PER_PROCESS: usize = 64;
+
+static BUDGET: Semaphore = Semaphore::const_new(IN_FLIGHT_PER_PROCESS);
 
 /// What a chunk's writer hands on: its result (or the first error before
 /// it) and the running hash (`None` if a writer was lost).
