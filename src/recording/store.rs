@@ -3,6 +3,7 @@
 //! blocks) unless LZ4 cannot shrink it. A [`Recorder`] writes one
 //! recording; `list`, `get` and `content` read them back for the CLI.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -275,8 +276,8 @@ impl Recorder {
     /// empty): compression, hashing and the database write run beside the
     /// relay, one chunk after the other, up to [`IN_FLIGHT`] queued (and
     /// [`IN_FLIGHT_PER_PROCESS`] for all recordings together; a database
-    /// write that stalls stalls the relay only when they are all taken). Keeps a running SHA-256 and
-    /// byte count. An error is that of a chunk handed over before (or of
+    /// write that stalls stalls the relay only when they are all taken).
+    /// Keeps a running SHA-256 and byte count. An error is that of a chunk handed over before (or of
     /// this one, from [`Recorder::settle`] or [`Recorder::finish`]); a chunk
     /// that failed is lost, and the recording is then failed.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
@@ -468,7 +469,7 @@ async fn store_chunk(
     )
     .bind(id)
     .bind(seq)
-    .bind(data)
+    .bind(&*data)
     .bind(len)
     .bind(codec.as_str())
     .execute(store.pool())
@@ -518,17 +519,18 @@ const SAMPLE: usize = 64 * 1024;
 /// targets"). Output LZ4 cannot shrink (compressed or random data, base64
 /// of it) is stored as it is, after LZ4 has seen only its first 64 KiB
 /// (as filesystems that compress abort early): compressing it would cost
-/// CPU beside the relay and save nothing.
-fn encode(raw: &[u8]) -> (Codec, Vec<u8>) {
+/// CPU beside the relay and save nothing. Such a chunk is borrowed, not
+/// copied (the database driver copies what it binds).
+fn encode(raw: &[u8]) -> (Codec, Cow<'_, [u8]>) {
     let sample = &raw[..raw.len().min(SAMPLE)];
     if lz4_flex::block::compress(sample).len() * 16 > sample.len() * 15 {
-        return (Codec::None, raw.to_vec());
+        return (Codec::None, Cow::Borrowed(raw));
     }
     let packed = lz4_flex::block::compress(raw);
     if packed.len() >= raw.len() {
-        return (Codec::None, raw.to_vec());
+        return (Codec::None, Cow::Borrowed(raw));
     }
-    (Codec::Lz4, packed)
+    (Codec::Lz4, Cow::Owned(packed))
 }
 
 fn hex(bytes: &[u8]) -> String {
