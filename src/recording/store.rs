@@ -277,9 +277,10 @@ impl Recorder {
     /// relay, one chunk after the other, up to [`IN_FLIGHT`] queued (and
     /// [`IN_FLIGHT_PER_PROCESS`] for all recordings together; a database
     /// write that stalls stalls the relay only when they are all taken).
-    /// Keeps a running SHA-256 and byte count. An error is that of a chunk handed over before (or of
-    /// this one, from [`Recorder::settle`] or [`Recorder::finish`]); a chunk
-    /// that failed is lost, and the recording is then failed.
+    /// Keeps a running SHA-256 and byte count. An error is that of a chunk
+    /// handed over before (or of this one, from [`Recorder::settle`] or
+    /// [`Recorder::finish`]); a chunk that failed is lost, and the recording
+    /// is then failed.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
         if self.failed.load(Ordering::Acquire) {
             self.settle().await?;
