@@ -314,7 +314,9 @@ impl Recorder {
         let (spares, failed) = (self.spares.clone(), self.failed.clone());
         let stored = self.bytes;
         self.chunks += 1;
-        self.in_flight = Some(tokio::spawn(async move {
+        // Off the connection's thread (crate::server::spawn_work): LZ4 and
+        // SHA-256 of a chunk take milliseconds the relay need not wait for.
+        self.in_flight = Some(crate::server::spawn_work(async move {
             let done = match before.wait().await {
                 Stored {
                     result: Ok(()),

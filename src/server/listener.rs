@@ -13,16 +13,19 @@ use super::ServerState;
 use super::conn;
 use super::limits;
 use super::proxy::{self, Prefixed};
+use super::shards::Shards;
 use crate::reasons::ConnRefusal;
 
 /// How long a trusted balancer has to send its PROXY header.
 const PROXY_WAIT: Duration = Duration::from_secs(10);
 
-/// Accept connections on `listener` until the server stops accepting.
-/// `terminate` ends the connections still open when the drain time is over.
+/// Accept connections on `listener` until the server stops accepting, each
+/// served on one of the `shards`. `terminate` ends the connections still
+/// open when the drain time is over.
 pub async fn accept_loop(
     state: Arc<ServerState>,
     listener: TcpListener,
+    shards: Arc<Shards>,
     terminate: CancellationToken,
 ) {
     loop {
@@ -46,13 +49,24 @@ pub async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(admit(
-            state.clone(),
-            stream,
-            peer,
-            conn_permit,
-            terminate.clone(),
-        ));
+        // The socket moves to the shard's runtime (a descriptor, still
+        // non-blocking), registered there by `from_std`.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand an accepted connection on");
+                continue;
+            }
+        };
+        let (state, terminate) = (state.clone(), terminate.clone());
+        shards.spawn(move || async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => admit(state, stream, peer, conn_permit, terminate).await,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot take over an accepted connection");
+                }
+            }
+        });
     }
 }
 

@@ -2,7 +2,8 @@
 //! serve until told to stop, drain), [`listener`] (accept and admit), `conn`
 //! (one connection: driver, handler, forward task, session text), and what
 //! the connections share: reload, live connections and forwards, grant
-//! revocation, refusals before the handshake. See docs/ARCHITECTURE.md.
+//! revocation, refusals before the handshake; [`shards`] (the threads the
+//! connections run on). See docs/ARCHITECTURE.md.
 
 mod conn;
 mod forwards;
@@ -15,6 +16,7 @@ mod proxy;
 mod refusals;
 mod reload;
 mod runtime;
+mod shards;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use forwards::LiveForward;
 pub use runtime::{Control, run};
+pub use shards::spawn_work;
 
 use crate::audit::Audit;
 use crate::auth::Services;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::CLOSE_WAIT;
 use super::grant_watch::GrantWatch;
+use super::shards::Shards;
 use super::{ServerState, hostkey, listener, ssh_config};
 use crate::audit::Audit;
 use crate::auth::Services;
@@ -69,22 +70,39 @@ pub async fn run(cfg: Config, mut control: mpsc::Receiver<Control>) -> anyhow::R
         None => None,
     };
     drop(cfg);
+    let shards = Arc::new(Shards::start()?);
     let background = Background::start(&state, metrics, console);
     let terminate = CancellationToken::new();
+    let mut accepting = Vec::new();
     for l in listeners {
         tracing::info!(addr = %l.local_addr()?, "listening");
-        tokio::spawn(listener::accept_loop(state.clone(), l, terminate.clone()));
+        accepting.push(tokio::spawn(listener::accept_loop(
+            state.clone(),
+            l,
+            shards.clone(),
+            terminate.clone(),
+        )));
     }
     while let Some(Control::Reload) = control.recv().await {
         super::reload::reload(&state).await;
     }
     drain(&state, &terminate).await;
+    for a in accepting {
+        // Returned at the shutdown drain() signalled.
+        let _ = a.await;
+    }
     background.stop().await;
     let store = state.audit.store().clone();
     drop(state);
     // The writer ends once the last Audit clone is gone and its queue is written.
     let _ = tokio::time::timeout(CLOSE_WAIT, writer).await;
     store.close().await;
+    // Last: a database connection opened by a connection is registered with
+    // its shard's runtime. The accept loops have returned, so this is the
+    // only handle left.
+    if let Some(shards) = Arc::into_inner(shards) {
+        shards.stop().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
