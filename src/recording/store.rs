@@ -321,20 +321,24 @@ impl Recorder {
                 Stored {
                     result: Ok(()),
                     hash: Some(mut hash),
+                    lz4,
                 } => {
                     hash.update(&raw);
-                    let result = store_chunk(&store, id, seq, &raw, stored).await;
+                    let result = store_chunk(&store, id, seq, &raw, stored, !lz4).await;
                     Stored {
-                        result,
+                        lz4: matches!(result, Ok(Codec::Lz4)),
+                        result: result.map(|_| ()),
                         hash: Some(hash),
                     }
                 }
                 Stored {
                     result: Ok(()),
                     hash: None,
+                    ..
                 } => Stored {
                     result: Err(StoreError::Unhealthy),
                     hash: None,
+                    lz4: false,
                 },
                 before => before,
             };
@@ -417,10 +421,13 @@ const IN_FLIGHT_PER_PROCESS: usize = 64;
 static BUDGET: Semaphore = Semaphore::const_new(IN_FLIGHT_PER_PROCESS);
 
 /// What a chunk's writer hands on: its result (or the first error before
-/// it) and the running hash (`None` if a writer was lost).
+/// it), the running hash (`None` if a writer was lost) and whether the chunk
+/// was stored compressed (the next one then skips the sample, see
+/// [`encode`]).
 struct Stored {
     result: Result<(), StoreError>,
     hash: Option<digest::Context>,
+    lz4: bool,
 }
 
 /// What a chunk's writer waits for.
@@ -436,10 +443,12 @@ impl Before {
             Before::Hash(hash) => Stored {
                 result: Ok(()),
                 hash,
+                lz4: false,
             },
             Before::Writer(h) => h.await.unwrap_or_else(|e| Stored {
                 result: Err(StoreError::Query(sqlx::Error::Protocol(e.to_string()))),
                 hash: None,
+                lz4: false,
             }),
         }
     }
@@ -449,18 +458,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Compress chunk `seq` of recording `id` (unless it does not shrink) and
-/// store it, with the row's running size (`stored`: content up to its end).
+/// Compress chunk `seq` of recording `id` (unless it does not shrink; with
+/// `sample`, LZ4 tries its start first) and store it, with the row's
+/// running size (`stored`: content up to its end). Returns how it was
+/// stored.
 async fn store_chunk(
     store: &Store,
     id: i64,
     seq: i64,
     raw: &[u8],
     stored: u64,
-) -> Result<(), StoreError> {
+    sample: bool,
+) -> Result<Codec, StoreError> {
     let len = raw.len() as i64;
     // LZ4 takes well under a millisecond per chunk: no thread hand-over.
-    let (codec, data) = encode(raw);
+    let (codec, data) = encode(raw, sample);
     // The chunk first, then the row that counts it, each committed on its
     // own: on SQLite they are in two files (crate::store::recordings_file),
     // whose commits are not atomic together. A crash between them leaves a
@@ -483,7 +495,7 @@ async fn store_chunk(
         .bind(id)
         .execute(store.pool())
         .await?;
-    Ok(())
+    Ok(codec)
 }
 
 /// How a chunk is stored (`recording_chunks.codec`).
@@ -523,10 +535,14 @@ const SAMPLE: usize = 64 * 1024;
 /// of it) is stored as it is, after LZ4 has seen only its first 64 KiB
 /// (as filesystems that compress abort early): compressing it would cost
 /// CPU beside the relay and save nothing. Such a chunk is borrowed, not
-/// copied (the database driver copies what it binds).
-fn encode(raw: &[u8]) -> (Codec, Cow<'_, [u8]>) {
-    let sample = &raw[..raw.len().min(SAMPLE)];
-    if lz4_flex::block::compress(sample).len() * 16 > sample.len() * 15 {
+/// copied (the database driver copies what it binds). Without `sample`
+/// (the recording's last chunk shrank: its output is most likely still
+/// text) LZ4 goes straight to the whole chunk, instead of compressing its
+/// first 64 KiB twice; a chunk that then does not shrink is stored as it
+/// is, and the next one is sampled again.
+fn encode(raw: &[u8], sample: bool) -> (Codec, Cow<'_, [u8]>) {
+    let start = &raw[..raw.len().min(SAMPLE)];
+    if sample && lz4_flex::block::compress(start).len() * 16 > start.len() * 15 {
         return (Codec::None, Cow::Borrowed(raw));
     }
     let packed = lz4_flex::block::compress(raw);

@@ -274,23 +274,29 @@ async fn changed_or_missing_content_is_noticed() {
 fn lz4_compresses_what_shrinks_and_keeps_the_rest_as_it_is() {
     let text =
         b"[0.5, \"o\", \"total 48\\r\\ndrwxr-xr-x 2 root root 4096 .\\r\\n\"]\n".repeat(2000);
-    let (codec, data) = encode(&text);
-    assert_eq!(codec, Codec::Lz4);
-    assert!(
-        data.len() < text.len() / 4,
-        "{} of {}",
-        data.len(),
-        text.len()
-    );
-    let noise = noise(200_000);
-    assert_eq!(encode(&noise), (Codec::None, Cow::Borrowed(&noise[..])));
-    // Shrinkable at the start only: LZ4 is tried on the whole, and kept
-    // only where it saves.
-    let mut mixed = text[..SAMPLE].to_vec();
-    mixed.extend_from_slice(&noise);
-    let (codec, data) = encode(&mixed);
-    assert_eq!(codec, Codec::Lz4);
-    assert!(data.len() < mixed.len());
+    for sample in [true, false] {
+        let (codec, data) = encode(&text, sample);
+        assert_eq!(codec, Codec::Lz4);
+        assert!(
+            data.len() < text.len() / 4,
+            "{} of {}",
+            data.len(),
+            text.len()
+        );
+        // Noise is stored as it is, whether LZ4 saw only its start or all.
+        let noise = noise(200_000);
+        assert_eq!(
+            encode(&noise, sample),
+            (Codec::None, Cow::Borrowed(&noise[..]))
+        );
+        // Shrinkable at the start only: LZ4 is tried on the whole, and
+        // kept only where it saves.
+        let mut mixed = text[..SAMPLE].to_vec();
+        mixed.extend_from_slice(&noise);
+        let (codec, data) = encode(&mixed, sample);
+        assert_eq!(codec, Codec::Lz4);
+        assert!(data.len() < mixed.len());
+    }
     for c in [Codec::Lz4, Codec::None] {
         assert_eq!(Codec::parse(c.as_str()), Some(c));
     }
