@@ -131,17 +131,28 @@ impl Shards {
         });
     }
 
-    /// Stop the threads: tasks still running get [`STOP_WAIT`], then are
-    /// dropped.
-    pub async fn stop(self) {
+    /// Stop the threads and wait for them: tasks still running get
+    /// [`STOP_WAIT`], then are dropped.
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        let threads: Vec<_> = self.shards.into_iter().map(|s| s.thread).collect();
+        let threads: Vec<_> = std::mem::take(&mut self.shards)
+            .into_iter()
+            .map(|s| s.thread)
+            .collect();
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
+    }
+}
+
+impl Drop for Shards {
+    /// Dropped without [`Shards::stop`] (a start that failed after they
+    /// began): the threads still end, without being waited for.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
