@@ -10,8 +10,9 @@
 //! thousands of times a second per busy connection. On a thread of its own
 //! (a current-thread runtime) a connection's hand-overs stay on one CPU,
 //! while the connections together still use every CPU. Measured with the
-//! benchmark, a recorded session then costs about 15 % less CPU per GiB
-//! (docs/BENCHMARKS.md, "Recorded targets").
+//! benchmark, a recorded session then costs 15 % less CPU per GiB (25 %
+//! with its chunk writers on the main runtime, below), a pass-through
+//! forward about a fifth less (docs/BENCHMARKS.md, "Recorded targets").
 //!
 //! A new connection goes to the thread with the fewest connections. What
 //! the connections share (the database pool, the audit writer, the config,
