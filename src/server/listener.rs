@@ -59,7 +59,7 @@ pub async fn accept_loop(
             }
         };
         let (state, terminate) = (state.clone(), terminate.clone());
-        shards.spawn(move || async move {
+        shards.spawn(async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => admit(state, stream, peer, conn_permit, terminate).await,
                 Err(e) => {

@@ -84,15 +84,19 @@ impl Shards {
     /// Must be called on the main runtime.
     fn with_threads(n: usize) -> anyhow::Result<Shards> {
         let main = Handle::current();
-        let stop = CancellationToken::new();
-        let mut shards = Vec::with_capacity(n);
+        // Built up in place: a thread that fails to start drops the ones
+        // before it, which Drop then ends.
+        let mut shards = Shards {
+            shards: Vec::with_capacity(n),
+            stop: CancellationToken::new(),
+        };
         for i in 0..n.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start a connection thread's runtime")?;
             let handle = rt.handle().clone();
-            let (stopped, main) = (stop.clone(), main.clone());
+            let (stopped, main) = (shards.stop.clone(), main.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("portvakt-conn-{i}"))
                 .spawn(move || {
@@ -101,23 +105,22 @@ impl Shards {
                     rt.shutdown_timeout(STOP_WAIT);
                 })
                 .context("cannot start a connection thread")?;
-            shards.push(Shard {
+            shards.shards.push(Shard {
                 handle,
                 load: Arc::default(),
                 thread,
             });
         }
-        Ok(Shards { shards, stop })
+        Ok(shards)
     }
 
-    /// Run `f()`'s future on the thread with the fewest connections; it
-    /// counts as a connection there until it ends. `f` runs on that thread
-    /// (so what it creates, a socket taken over with `from_std` say, is
-    /// registered with that thread's runtime).
-    pub fn spawn<F, Fut>(&self, f: F)
+    /// Run `fut` on the thread with the fewest connections; it counts as a
+    /// connection there until it ends. It is first polled there, so what
+    /// it creates (a socket taken over with `from_std`, say) is registered
+    /// with that thread's runtime.
+    pub fn spawn<F>(&self, fut: F)
     where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
     {
         let shard = self
             .shards
@@ -128,7 +131,7 @@ impl Shards {
         let counted = Counted(shard.load.clone());
         shard.handle.spawn(async move {
             let _counted = counted;
-            f().await;
+            fut.await;
         });
     }
 
@@ -171,7 +174,7 @@ mod tests {
         let (hold, held) = tokio::sync::watch::channel(false);
         for _ in 0..2 {
             let (tx, mut held) = (tx.clone(), held.clone());
-            shards.spawn(move || async move {
+            shards.spawn(async move {
                 let me = std::thread::current().name().map(str::to_string);
                 let inner = tokio::spawn(async {
                     tokio::task::yield_now().await;
@@ -179,15 +182,16 @@ mod tests {
                 });
                 let spawned = inner.await.unwrap();
                 let work = spawn_work(async { std::thread::current().name().map(str::to_string) });
-                assert_ne!(work.await.unwrap(), me, "spawn_work ran on the shard");
-                tx.send((me, spawned)).unwrap();
+                let worked = work.await.unwrap();
+                tx.send((me, spawned, worked)).unwrap();
                 let _ = held.wait_for(|h| *h).await;
             });
         }
         let mut names = Vec::new();
         for _ in 0..2 {
-            let (me, spawned) = rx.recv().await.unwrap();
+            let (me, spawned, worked) = rx.recv().await.unwrap();
             assert_eq!(me, spawned, "a spawned task left its connection's thread");
+            assert_ne!(worked, me, "spawn_work ran on the shard");
             names.push(me.unwrap());
         }
         names.sort();
