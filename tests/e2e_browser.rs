@@ -36,12 +36,9 @@ impl World {
                 .redirect_uri(&console.redirect_uri()),
         );
         let config = tweak(Config::new().oidc(idp.oidc()).console(console.clone()));
-        let pv = env.portvakt(&config);
-        assert!(
-            port_accepts(console.port),
-            "console port not open; log:\n{}",
-            pv.log()
-        );
+        let mut pv = env.portvakt(&config);
+        // Bound before the SSH port; polled all the same (a loaded machine).
+        pv.wait_for_port(console.port);
         let driver = WebDriver::start(env.path());
         World {
             driver,

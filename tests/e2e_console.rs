@@ -29,13 +29,9 @@ impl World {
                 .redirect_uri(&console.redirect_uri()),
         );
         let config = tweak(Config::new().oidc(idp.oidc()).console(console.clone()));
-        let pv = env.portvakt(&config);
-        // The console's port is bound together with the SSH port.
-        assert!(
-            port_accepts(console.port),
-            "console port not open; log:\n{}",
-            pv.log()
-        );
+        let mut pv = env.portvakt(&config);
+        // Bound before the SSH port; polled all the same (a loaded machine).
+        pv.wait_for_port(console.port);
         World {
             pv,
             idp,
@@ -861,7 +857,7 @@ fn the_audit_page_shows_the_chain_status_and_a_tampered_chain_in_red() {
 
     // And at start, after a restart.
     w.pv.restart();
-    assert!(port_accepts(w.console.port), "console not back");
+    w.pv.wait_for_port(w.console.port);
     let (b, _) = w.logged_in("rita", "rita-pw");
     poll_until(
         "a tampered chain on /audit after a restart",

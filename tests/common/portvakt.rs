@@ -269,6 +269,13 @@ impl Portvakt {
         self.process = process;
     }
 
+    /// Waits until another of this server's ports (the console's, the
+    /// metrics') accepts TCP, failing with the log if it does not in time
+    /// or the server exits.
+    pub fn wait_for_port(&mut self, port: u16) {
+        self.process.wait_for_port(port);
+    }
+
     /// Runs `portvakt ARGS --config FILE` against this instance.
     pub fn cli(&self, args: &[&str]) -> RunOutput {
         run(
