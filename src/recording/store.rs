@@ -324,7 +324,8 @@ impl Recorder {
                     lz4,
                 } => {
                     hash.update(&raw);
-                    let result = store_chunk(&store, id, seq, &raw, stored, !lz4).await;
+                    let (result, spare) = store_chunk(&store, id, seq, raw, stored, !lz4).await;
+                    raw = spare.unwrap_or_default();
                     Stored {
                         lz4: matches!(result, Ok(Codec::Lz4)),
                         result: result.map(|_| ()),
@@ -347,7 +348,8 @@ impl Recorder {
             }
             raw.clear();
             let mut spares = lock(&spares);
-            if spares.len() < 2 {
+            // A buffer moved to the driver left an empty one behind.
+            if spares.len() < 2 && raw.capacity() > 0 {
                 spares.push(raw);
             }
             drop((slot, budget));
@@ -461,41 +463,88 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Compress chunk `seq` of recording `id` (unless it does not shrink; with
 /// `sample`, LZ4 tries its start first) and store it, with the row's
 /// running size (`stored`: content up to its end). Returns how it was
-/// stored.
+/// stored, and `raw` back for reuse unless it was stored as it is (then it
+/// is moved to the database driver, not copied).
 async fn store_chunk(
     store: &Store,
     id: i64,
     seq: i64,
-    raw: &[u8],
+    raw: Vec<u8>,
     stored: u64,
     sample: bool,
-) -> Result<Codec, StoreError> {
+) -> (Result<Codec, StoreError>, Option<Vec<u8>>) {
     let len = raw.len() as i64;
     // LZ4 takes well under a millisecond per chunk: no thread hand-over.
-    let (codec, data) = encode(raw, sample);
-    // The chunk first, then the row that counts it, each committed on its
-    // own: on SQLite they are in two files (crate::store::recordings_file),
-    // whose commits are not atomic together. A crash between them leaves a
-    // chunk the row does not count yet (read as usual), never a row that
-    // counts a chunk that is not there.
-    sqlx::query(
-        "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes, codec) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(id)
-    .bind(seq)
-    .bind(&*data)
-    .bind(len)
-    .bind(codec.as_str())
-    .execute(store.pool())
-    .await?;
-    sqlx::query("UPDATE recordings SET bytes = $1, chunks = $2 WHERE id = $3")
-        .bind(i64::try_from(stored).unwrap_or(i64::MAX))
-        .bind(seq + 1)
-        .bind(id)
-        .execute(store.pool())
-        .await?;
-    Ok(codec)
+    let (codec, packed) = encode(&raw, sample);
+    let packed = match packed {
+        Cow::Owned(packed) => Some(packed),
+        Cow::Borrowed(_) => None,
+    };
+    let (data, spare) = match packed {
+        Some(packed) => (packed, Some(raw)),
+        None => (raw, None),
+    };
+    let result = async {
+        // The chunk first, then the row that counts it, each committed on
+        // its own: on SQLite they are in two files
+        // (crate::store::recordings_file), whose commits are not atomic
+        // together. A crash between them leaves a chunk the row does not
+        // count yet (read as usual), never a row that counts a chunk that
+        // is not there.
+        let chunk = Chunk {
+            id,
+            seq,
+            data,
+            raw_bytes: len,
+            codec,
+        };
+        match store.chunk_pool() {
+            Some(chunks) => {
+                chunk.insert().execute(chunks).await?;
+            }
+            None => {
+                chunk.insert().execute(store.pool()).await?;
+            }
+        }
+        sqlx::query("UPDATE recordings SET bytes = $1, chunks = $2 WHERE id = $3")
+            .bind(i64::try_from(stored).unwrap_or(i64::MAX))
+            .bind(seq + 1)
+            .bind(id)
+            .execute(store.pool())
+            .await?;
+        Ok(codec)
+    }
+    .await;
+    (result, spare)
+}
+
+/// A `recording_chunks` row to insert.
+struct Chunk {
+    id: i64,
+    seq: i64,
+    data: Vec<u8>,
+    raw_bytes: i64,
+    codec: Codec,
+}
+
+impl Chunk {
+    /// The INSERT for either pool ([`Store::chunk_pool`] or the `Any` one).
+    fn insert<DB: sqlx::Database>(self) -> sqlx::query::Query<'static, DB, DB::Arguments>
+    where
+        i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+        Vec<u8>: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+        &'static str: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    {
+        sqlx::query(
+            "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes, codec) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(self.id)
+        .bind(self.seq)
+        .bind(self.data)
+        .bind(self.raw_bytes)
+        .bind(self.codec.as_str())
+    }
 }
 
 /// How a chunk is stored (`recording_chunks.codec`).
@@ -535,11 +584,11 @@ const SAMPLE: usize = 64 * 1024;
 /// of it) is stored as it is, after LZ4 has seen only its first 64 KiB
 /// (as filesystems that compress abort early): compressing it would cost
 /// CPU beside the relay and save nothing. Such a chunk is borrowed, not
-/// copied (the database driver copies what it binds). Without `sample`
-/// (the recording's last chunk shrank: its output is most likely still
-/// text) LZ4 goes straight to the whole chunk, instead of compressing its
-/// first 64 KiB twice; a chunk that then does not shrink is stored as it
-/// is, and the next one is sampled again.
+/// copied (and then moved to the database driver, see [`store_chunk`]).
+/// Without `sample` (the recording's last chunk shrank: its output is most
+/// likely still text) LZ4 goes straight to the whole chunk, instead of
+/// compressing its first 64 KiB twice; a chunk that then does not shrink is
+/// stored as it is, and the next one is sampled again.
 fn encode(raw: &[u8], sample: bool) -> (Codec, Cow<'_, [u8]>) {
     let start = &raw[..raw.len().min(SAMPLE)];
     if sample && lz4_flex::block::compress(start).len() * 16 > start.len() * 15 {

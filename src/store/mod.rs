@@ -13,6 +13,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{AnyPool, Executor};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -60,6 +63,9 @@ pub struct Store {
     /// on PostgreSQL, or for a SQLite URL with `mode=memory`): readers
     /// that go to SQLite directly, outside the pool, open this.
     sqlite_file: Option<Arc<Path>>,
+    /// SQLite in a file: one connection straight to the recordings file,
+    /// for the chunk writes ([`Store::chunk_pool`]).
+    chunks: Option<SqlitePool>,
 }
 
 /// How many `recording_chunks` tables the main file and the recordings
@@ -299,16 +305,44 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(connect_err)?;
+        // Opened at the first chunk, after the pool above has made the file
+        // (its first connection attaches it) and `open` the table.
+        let chunks = sqlite_file.as_deref().map(|main| {
+            let options = SqliteConnectOptions::new()
+                .filename(recordings_file(main))
+                .create_if_missing(false)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            SqlitePoolOptions::new()
+                // Chunk writes take the file's one write lock in turn anyway:
+                // waiting here is in order, at the lock it is SQLite's
+                // back-off sleeps.
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(options)
+        });
         Ok(Store {
             pool,
             backend,
             healthy: Arc::new(AtomicBool::new(true)),
             sqlite_file,
+            chunks,
         })
     }
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// SQLite in a file: a connection to the recordings file alone
+    /// ([`recordings_file`]), typed, for writing recording chunks. Through
+    /// `sqlx::Any` a chunk bound to a query is copied twice before SQLite
+    /// copies it (`Any` owns a copy, and converts it to the driver's own);
+    /// here the chunk's buffer is moved in. `None` on PostgreSQL and in
+    /// memory (the pool then does the writes).
+    pub fn chunk_pool(&self) -> Option<&SqlitePool> {
+        self.chunks.as_ref()
     }
 
     pub fn backend(&self) -> Backend {
@@ -421,6 +455,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(chunks) = &self.chunks {
+            chunks.close().await;
+        }
         self.pool.close().await;
     }
 }
