@@ -568,6 +568,21 @@ mod tests {
             held.push(c);
         }
         drop(held);
+        // The chunk writers' own connection (Store::chunk_pool) writes the
+        // table the pool reads.
+        let chunks = store.chunk_pool().expect("SQLite in a file");
+        sqlx::query(
+            "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes, codec) \
+             VALUES (1, 0, $1, 3, 'none')",
+        )
+        .bind(b"abc".to_vec())
+        .execute(chunks)
+        .await
+        .unwrap();
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM recording_chunks").await,
+            1
+        );
         store.close().await;
     }
 
