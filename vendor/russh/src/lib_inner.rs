@@ -530,6 +530,10 @@ pub(crate) struct ChannelParams {
     pub confirmed: bool,
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     wants_reply: bool,
+    /// Answers to channel requests that the server's handler took over
+    /// (`server::Session::defer_channel_reply`) and has not sent yet.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    deferred_replies: u32,
     /// (buffer, extended stream #, data offset in buffer)
     pending_data: std::collections::VecDeque<(bytes::Bytes, Option<u32>, usize)>,
     pending_eof: bool,

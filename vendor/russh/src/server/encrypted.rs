@@ -2773,6 +2773,7 @@ impl Session {
             sender_maximum_packet_size: self.common.config.maximum_packet_size,
             confirmed: true,
             wants_reply: false,
+            deferred_replies: 0,
             pending_data: std::collections::VecDeque::new(),
             pending_eof: false,
             pending_close: false,

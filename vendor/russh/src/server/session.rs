@@ -517,10 +517,10 @@ impl Session {
                 self.close(id)?;
             }
             Msg::Channel(id, ChannelMsg::Success) => {
-                self.channel_success(id)?;
+                self.handle_channel_reply(id, true)?;
             }
             Msg::Channel(id, ChannelMsg::Failure) => {
-                self.channel_failure(id)?;
+                self.handle_channel_reply(id, false)?;
             }
             Msg::Channel(id, ChannelMsg::XonXoff { client_can_do }) => {
                 self.xon_xoff_request(id, client_can_do)?;
@@ -1084,6 +1084,58 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Takes over the answer to the channel request being handled, to be
+    /// sent later through [`Handle::channel_success`] or
+    /// [`Handle::channel_failure`], for instance once another server has
+    /// answered the same request. Returns whether the client asked for an
+    /// answer; if it did not, none must be sent.
+    ///
+    /// The client pairs answers with its requests in order. A handler that
+    /// takes over one answer on a channel must take over the answers to
+    /// every later request on that channel until it has sent them, and send
+    /// them in the order of the requests. The answer that
+    /// [`Session::channel_success`], [`Session::channel_failure`] or the
+    /// result of a `bool` callback would give to a request taken over is
+    /// not sent.
+    pub fn defer_channel_reply(&mut self, channel: ChannelId) -> bool {
+        if let Some(ref mut enc) = self.common.encrypted
+            && let Some(channel) = enc.channels.get_mut(&channel)
+            && channel.wants_reply
+        {
+            channel.wants_reply = false;
+            channel.deferred_replies = channel.deferred_replies.saturating_add(1);
+            return true;
+        }
+        false
+    }
+
+    /// An answer from a [`Handle`]: the oldest answer taken over with
+    /// [`Session::defer_channel_reply`] if there is one, else as
+    /// [`Session::channel_success`] or [`Session::channel_failure`].
+    fn handle_channel_reply(&mut self, channel: ChannelId, success: bool) -> Result<(), Error> {
+        if let Some(ref mut enc) = self.common.encrypted
+            && let Some(params) = enc.channels.get_mut(&channel)
+            && params.deferred_replies > 0
+        {
+            params.deferred_replies -= 1;
+            debug!("deferred channel reply {channel:?}: {success}");
+            push_packet!(enc.write, {
+                enc.write.push(if success {
+                    msg::CHANNEL_SUCCESS
+                } else {
+                    msg::CHANNEL_FAILURE
+                });
+                params.recipient_channel.encode(&mut enc.write)?;
+            });
+            return Ok(());
+        }
+        if success {
+            self.channel_success(channel)
+        } else {
+            self.channel_failure(channel)
+        }
     }
 
     /// Send a "failure" reply to a global request.
@@ -1700,6 +1752,125 @@ mod tests {
             open_global_requests: VecDeque::new(),
             kex: SessionKexState::Idle,
         }
+    }
+
+    /// The packets queued for the client: (message number, the rest).
+    fn written_packets(session: &Session) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut w = &session.common.encrypted.as_ref().unwrap().write[..];
+        while w.len() >= 5 {
+            let len = u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize;
+            out.push((w[4], w[5..4 + len].to_vec()));
+            w = &w[4 + len..];
+        }
+        out
+    }
+
+    /// A client-opened session channel, confirmed, whose next request asks
+    /// for an answer if `wants_reply`.
+    fn open_channel(session: &mut Session, id: ChannelId, recipient: u32) {
+        let enc = session.common.encrypted.as_mut().unwrap();
+        enc.channels.insert(
+            id,
+            crate::ChannelParams {
+                recipient_channel: recipient,
+                sender_channel: id,
+                recipient_window_size: 1024,
+                sender_window_size: 1024,
+                recipient_maximum_packet_size: 1024,
+                sender_maximum_packet_size: 1024,
+                confirmed: true,
+                wants_reply: false,
+                deferred_replies: 0,
+                pending_data: VecDeque::new(),
+                pending_eof: false,
+                pending_close: false,
+            },
+        );
+    }
+
+    fn request(session: &mut Session, id: ChannelId, wants_reply: bool) {
+        let enc = session.common.encrypted.as_mut().unwrap();
+        enc.channels.get_mut(&id).unwrap().wants_reply = wants_reply;
+    }
+
+    #[test]
+    fn deferred_channel_replies_go_out_in_order_when_the_handle_answers() {
+        let mut session = authenticated_session();
+        let id = ChannelId(3);
+        open_channel(&mut session, id, 42);
+
+        // A request that asks for no answer cannot be taken over.
+        request(&mut session, id, false);
+        assert!(!session.defer_channel_reply(id));
+        // Two that ask, taken over in turn (say pty-req, then shell). What
+        // the handler or a `bool` callback would answer now is not sent.
+        request(&mut session, id, true);
+        assert!(session.defer_channel_reply(id));
+        session.channel_success(id).unwrap();
+        request(&mut session, id, true);
+        assert!(session.defer_channel_reply(id));
+        session.channel_failure(id).unwrap();
+        assert!(written_packets(&session).is_empty());
+
+        // The handle's answers go out in the order it sends them.
+        session
+            .dispatch_msg(Msg::Channel(id, ChannelMsg::Failure))
+            .unwrap();
+        session
+            .dispatch_msg(Msg::Channel(id, ChannelMsg::Success))
+            .unwrap();
+        // None is owed any more: a further answer is sent only if a request
+        // asks for it, as without deferral.
+        session
+            .dispatch_msg(Msg::Channel(id, ChannelMsg::Success))
+            .unwrap();
+        request(&mut session, id, true);
+        session
+            .dispatch_msg(Msg::Channel(id, ChannelMsg::Success))
+            .unwrap();
+        let recipient = 42u32.to_be_bytes().to_vec();
+        assert_eq!(
+            written_packets(&session),
+            vec![
+                (crate::msg::CHANNEL_FAILURE, recipient.clone()),
+                (crate::msg::CHANNEL_SUCCESS, recipient.clone()),
+                (crate::msg::CHANNEL_SUCCESS, recipient),
+            ]
+        );
+    }
+
+    #[test]
+    fn deferred_replies_are_counted_per_channel() {
+        let mut session = authenticated_session();
+        let (a, b) = (ChannelId(3), ChannelId(4));
+        open_channel(&mut session, a, 10);
+        open_channel(&mut session, b, 11);
+        request(&mut session, a, true);
+        assert!(session.defer_channel_reply(a));
+        // b answers at once, as a handler that does not defer does.
+        request(&mut session, b, true);
+        session.channel_success(b).unwrap();
+        // A handle's answer on b owes nothing there and sends nothing; a's
+        // answer goes to a.
+        session
+            .dispatch_msg(Msg::Channel(b, ChannelMsg::Failure))
+            .unwrap();
+        session
+            .dispatch_msg(Msg::Channel(a, ChannelMsg::Success))
+            .unwrap();
+        // A channel that is gone owes nothing.
+        assert!(!session.defer_channel_reply(ChannelId(9)));
+        session
+            .dispatch_msg(Msg::Channel(ChannelId(9), ChannelMsg::Success))
+            .unwrap();
+        assert_eq!(
+            written_packets(&session),
+            vec![
+                (crate::msg::CHANNEL_SUCCESS, 11u32.to_be_bytes().to_vec()),
+                (crate::msg::CHANNEL_SUCCESS, 10u32.to_be_bytes().to_vec()),
+            ]
+        );
     }
 
     fn compressed_debug_payload(payload_len: usize) -> Vec<u8> {
