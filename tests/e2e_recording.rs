@@ -923,3 +923,81 @@ fn keystrokes_are_recorded_only_when_input_is_on() {
         .collect();
     assert!(typed.contains("echo typed-$((2*21))"), "{events:?}");
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `pids`.
+fn signal_all(signal: &str, pids: &[u32]) {
+    let mut cmd = std::process::Command::new("kill");
+    cmd.arg(signal).args(pids.iter().map(|p| p.to_string()));
+    proc::run_ok(&mut cmd);
+}
+
+/// While the target is slow to answer (its sshd stopped), the inner
+/// connection's loop is not waiting for it: the client's keepalives are
+/// still answered, so the client does not give up on portvakt, and the
+/// session runs once the target answers. (Before the answers to channel
+/// opens and requests were awaited beside the loop, vendor/russh patch 10,
+/// the loop waited up to 20 s for the target and the client, which here
+/// gives up after two unanswered keepalives, dropped the connection.)
+#[test]
+fn a_target_slow_to_answer_does_not_stall_the_engineers_connection() {
+    let r = Recorded::start();
+    let client = r.client().log_level("DEBUG3");
+    let mux = r.env.path().join("mux");
+    let control_path = format!("ControlPath={}", mux.display());
+    // A master connection, logged in to portvakt's inner server and,
+    // through it, to the target; no session yet.
+    let mut master = client.spawn(&[
+        "-N",
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        &control_path,
+        "-o",
+        "ServerAliveInterval=1",
+        "-o",
+        "ServerAliveCountMax=2",
+        "db-1",
+    ]);
+    proc::poll_until(
+        "the master connection",
+        std::time::Duration::from_secs(20),
+        || {
+            master.assert_running();
+            client
+                .run(&["-o", &control_path, "-O", "check", "db-1"])
+                .code()
+                .eq(&0)
+                .then_some(())
+        },
+    );
+    let stopped = r.sshd.connection_pids();
+    assert!(!stopped.is_empty(), "the target serves the master");
+    signal_all("-STOP", &stopped);
+    // The keepalives answered so far.
+    let answered = |log: &str| log.matches("receive packet: type 82").count();
+    let before = answered(&master.full_log());
+    let mut session = client.spawn(&["-o", &control_path, "db-1", "echo through-the-stall"]);
+    // The session's channel open waits for the target, and three more
+    // keepalives are answered meanwhile (two unanswered end the master).
+    proc::poll_until(
+        "keepalives answered while the target is stopped",
+        std::time::Duration::from_secs(15),
+        || {
+            master.assert_running();
+            (answered(&master.full_log()) >= before + 3).then_some(())
+        },
+    );
+    assert!(
+        session.try_wait().is_none(),
+        "the session waits for the target"
+    );
+    signal_all("-CONT", &stopped);
+    let status = session.wait_exit(std::time::Duration::from_secs(20));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut session.take_stdout(), &mut out).unwrap();
+    assert!(status.success(), "{status:?}: {}", session.log_text());
+    assert_eq!(out.trim(), "through-the-stall");
+    let rec = r.wait_recording("exec");
+    assert_eq!(rec["command"], "echo through-the-stall");
+    master.assert_running();
+}

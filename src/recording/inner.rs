@@ -28,12 +28,75 @@ const REPLY_WAIT: Duration = Duration::from_secs(20);
 /// One session channel of the inner connection, as its requests see it.
 struct SessionCtl {
     up: Arc<russh::ChannelWriteHalf<client::Msg>>,
-    /// The target's answers to requests sent with want_reply, in order.
-    replies: mpsc::UnboundedReceiver<bool>,
+    /// What the client is owed for each request, in order ([`answer`]).
+    asks: mpsc::UnboundedSender<Ask>,
     control: mpsc::UnboundedSender<Control>,
     parser: relay::SharedParser,
     pty: Option<(String, u32, u32)>,
     started: bool,
+}
+
+/// The answer owed for one channel request. The inner connection's loop
+/// never waits for the target: each answer is taken over
+/// (`Session::defer_channel_reply`, vendor/russh patch 10) and given by the
+/// channel's [`answer`] task, in the order of the requests.
+struct Ask {
+    what: Owed,
+    /// Did the client ask for an answer at all?
+    wanted: bool,
+}
+
+enum Owed {
+    /// The target's answer: the request went to it with want_reply.
+    Target,
+    /// The target's answer to agent forwarding; if yes, the agent is lent
+    /// to the target (as `login`) before the client hears it.
+    Agent(String),
+    /// Decided by portvakt.
+    Now(bool),
+}
+
+/// Gives the client the answers its requests on `channel` are owed, in
+/// order; the target's answers come on `replies` in the order it was asked.
+/// A target that does not answer within [`REPLY_WAIT`], or whose channel is
+/// gone, is not waited for again on this channel (a late answer would be
+/// paired with the wrong request): the requests after it are refused.
+async fn answer(
+    job: Arc<RecordJob>,
+    handle: russh::server::Handle,
+    channel: ChannelId,
+    mut asks: mpsc::UnboundedReceiver<Ask>,
+    mut replies: mpsc::UnboundedReceiver<bool>,
+) {
+    let mut target_lost = false;
+    while let Some(ask) = asks.recv().await {
+        let ok = match &ask.what {
+            Owed::Now(ok) => *ok,
+            Owed::Target | Owed::Agent(_) if target_lost => false,
+            Owed::Target | Owed::Agent(_) => {
+                match tokio::time::timeout(REPLY_WAIT, replies.recv()).await {
+                    Ok(Some(ok)) => ok,
+                    Ok(None) | Err(_) => {
+                        target_lost = true;
+                        false
+                    }
+                }
+            }
+        };
+        if let (true, Owed::Agent(login)) = (ok, &ask.what) {
+            job.lend_agent(handle.clone(), login);
+        }
+        if ask.wanted {
+            let sent = if ok {
+                handle.channel_success(channel).await
+            } else {
+                handle.channel_failure(channel).await
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The inner connection's handler.
@@ -45,10 +108,15 @@ pub struct Inner {
     failure: Option<String>,
     login: Option<String>,
     channels: HashMap<ChannelId, SessionCtl>,
+    /// Session channels the target has opened, from the tasks that opened
+    /// them ([`Inner::adopt`]).
+    opened: mpsc::UnboundedReceiver<(ChannelId, SessionCtl)>,
+    opened_tx: mpsc::UnboundedSender<(ChannelId, SessionCtl)>,
 }
 
 impl Inner {
     pub fn new(job: Arc<RecordJob>, tcp: TcpStream) -> Inner {
+        let (opened_tx, opened) = mpsc::unbounded_channel();
         Inner {
             job,
             tcp: Some(tcp),
@@ -56,7 +124,42 @@ impl Inner {
             failure: None,
             login: None,
             channels: HashMap::new(),
+            opened,
+            opened_tx,
         }
+    }
+
+    /// Takes in the session channels opened since the last request. A
+    /// channel is queued before the client hears it is open, so it is here
+    /// by the time the client's first request on it is.
+    fn adopt(&mut self) {
+        while let Ok((id, ctl)) = self.opened.try_recv() {
+            self.channels.insert(id, ctl);
+        }
+    }
+
+    /// The session channel `channel`, if it is one of the target's.
+    fn ctl(&mut self, channel: ChannelId) -> Option<&mut SessionCtl> {
+        self.adopt();
+        self.channels.get_mut(&channel)
+    }
+
+    /// Owe the client `what` for the request being handled on `channel`,
+    /// answered in order by the channel's [`answer`] task. A channel that
+    /// is not one of the target's sessions is refused at once (nothing on
+    /// it was ever deferred).
+    fn owe(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        what: Owed,
+    ) -> Result<(), russh::Error> {
+        let Some(ctl) = self.ctl(channel) else {
+            return session.channel_failure(channel);
+        };
+        let wanted = session.defer_channel_reply(channel);
+        let _ = ctl.asks.send(Ask { what, wanted });
+        Ok(())
     }
 
     /// Does the config in force (not the one the forward was decided
@@ -116,26 +219,19 @@ impl Inner {
         Auth::reject()
     }
 
-    /// Send a request to the target and answer the client as the target did.
-    async fn ask(
+    /// The client is owed the target's answer to a request, if it was
+    /// sent to the target.
+    fn ask(
         &mut self,
         channel: ChannelId,
         session: &mut Session,
         sent: Result<(), russh::Error>,
-    ) -> Result<bool, russh::Error> {
-        let ok = match (sent, self.channels.get_mut(&channel)) {
-            (Ok(()), Some(ctl)) => matches!(
-                tokio::time::timeout(REPLY_WAIT, ctl.replies.recv()).await,
-                Ok(Some(true))
-            ),
-            _ => false,
+    ) -> Result<(), russh::Error> {
+        let what = match sent {
+            Ok(()) => Owed::Target,
+            Err(_) => Owed::Now(false),
         };
-        if ok {
-            session.channel_success(channel)?;
-        } else {
-            session.channel_failure(channel)?;
-        }
-        Ok(ok)
+        self.owe(channel, session, what)
     }
 
     /// A shell, exec or subsystem: start the recording, then ask the target.
@@ -146,11 +242,11 @@ impl Inner {
         command: Option<String>,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(ctl) = self.channels.get_mut(&channel) else {
+        let Some(ctl) = self.ctl(channel) else {
             return session.channel_failure(channel);
         };
         if ctl.started {
-            return session.channel_failure(channel);
+            return self.owe(channel, session, Owed::Now(false));
         }
         ctl.started = true;
         *ctl.parser.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -170,7 +266,7 @@ impl Inner {
             (_, Some(c)) => up.exec(true, c.as_bytes()).await,
             (_, None) => up.request_shell(true).await,
         };
-        self.ask(channel, session, sent).await.map(|_| ())
+        self.ask(channel, session, sent)
     }
 }
 
@@ -249,45 +345,55 @@ impl Handler for Inner {
             relay::refuse(channel, session.handle(), why);
             return Ok(());
         };
-        let up_channel = match tokio::time::timeout(REPLY_WAIT, up.channel_open_session()).await {
-            Ok(Ok(c)) => c,
-            _ => {
-                reply
-                    .reject(russh::ChannelOpenFailure::Other {
-                        code: 2,
-                        reason: format!("portvakt: {} did not open a session", self.job.target),
-                    })
-                    .await;
-                return Ok(());
-            }
-        };
-        reply.accept().await;
-        let id = channel.id();
-        let (replies_tx, replies) = mpsc::unbounded_channel();
-        let (control, control_rx) = mpsc::unbounded_channel();
-        let parser = relay::SharedParser::default();
-        let up_write = relay::start(relay::Relay {
-            job: self.job.clone(),
-            login,
-            inner: channel,
-            inner_handle: session.handle(),
-            upstream: up_channel,
-            replies: replies_tx,
-            control: control_rx,
-            control_tx: control.clone(),
-            parser: parser.clone(),
-        });
-        self.channels.insert(
-            id,
-            SessionCtl {
+        // The target's answer is awaited beside the connection's loop, not
+        // in it; the client hears that the channel is open once the target
+        // has opened its own.
+        let job = self.job.clone();
+        let handle = session.handle();
+        let opened = self.opened_tx.clone();
+        tokio::spawn(async move {
+            let up_channel = match tokio::time::timeout(REPLY_WAIT, up.channel_open_session()).await
+            {
+                Ok(Ok(c)) => c,
+                _ => {
+                    reply
+                        .reject(russh::ChannelOpenFailure::Other {
+                            code: 2,
+                            reason: format!("portvakt: {} did not open a session", job.target),
+                        })
+                        .await;
+                    return;
+                }
+            };
+            let id = channel.id();
+            let (replies_tx, replies) = mpsc::unbounded_channel();
+            let (asks, asks_rx) = mpsc::unbounded_channel();
+            let (control, control_rx) = mpsc::unbounded_channel();
+            let parser = relay::SharedParser::default();
+            let up_write = relay::start(relay::Relay {
+                job: job.clone(),
+                login,
+                inner: channel,
+                inner_handle: handle.clone(),
+                upstream: up_channel,
+                replies: replies_tx,
+                control: control_rx,
+                control_tx: control.clone(),
+                parser: parser.clone(),
+            });
+            tokio::spawn(answer(job, handle, id, asks_rx, replies));
+            let ctl = SessionCtl {
                 up: up_write,
-                replies,
+                asks,
                 control,
                 parser,
                 pty: None,
                 started: false,
-            },
-        );
+            };
+            if opened.send((id, ctl)).is_ok() {
+                reply.accept().await;
+            }
+        });
         Ok(())
     }
 
@@ -302,7 +408,7 @@ impl Handler for Inner {
         modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(ctl) = self.channels.get_mut(&channel) else {
+        let Some(ctl) = self.ctl(channel) else {
             return session.channel_failure(channel);
         };
         ctl.pty = Some((term.to_string(), col_width, row_height));
@@ -312,7 +418,7 @@ impl Handler for Inner {
                 true, term, col_width, row_height, pix_width, pix_height, modes,
             )
             .await;
-        self.ask(channel, session, sent).await.map(|_| ())
+        self.ask(channel, session, sent)
     }
 
     async fn env_request(
@@ -328,12 +434,12 @@ impl Handler for Inner {
         // (OpenSSH sends env without want_reply).
         if !accepted_env(name) {
             self.job.refused(ChannelRefusal::Env, Some(name));
-            return session.channel_failure(channel);
+            return self.owe(channel, session, Owed::Now(false));
         }
-        if let Some(ctl) = self.channels.get(&channel) {
+        if let Some(ctl) = self.ctl(channel) {
             let _ = ctl.up.set_env(false, name, value).await;
         }
-        session.channel_success(channel)
+        self.owe(channel, session, Owed::Now(true))
     }
 
     async fn shell_request(
@@ -367,7 +473,7 @@ impl Handler for Inner {
     ) -> Result<(), Self::Error> {
         if name != "sftp" {
             self.job.refused(ChannelRefusal::Subsystem, Some(name));
-            return session.channel_failure(channel);
+            return self.owe(channel, session, Owed::Now(false));
         }
         self.start(channel, Kind::Sftp, Some("sftp".into()), session)
             .await
@@ -382,7 +488,7 @@ impl Handler for Inner {
         pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(ctl) = self.channels.get(&channel) {
+        if let Some(ctl) = self.ctl(channel) {
             let _ = ctl.control.send(Control::Resize(col_width, row_height));
             let _ = ctl
                 .up
@@ -398,7 +504,7 @@ impl Handler for Inner {
         signal: Sig,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(ctl) = self.channels.get(&channel) {
+        if let Some(ctl) = self.ctl(channel) {
             let _ = ctl.up.signal(signal).await;
         }
         Ok(())
@@ -411,24 +517,26 @@ impl Handler for Inner {
     ) -> Result<bool, Self::Error> {
         // Lent only to a target that allows it (the config in force), and
         // only as far as the target accepts it.
-        let (Some(ctl), Some(login), true) = (
-            self.channels.get_mut(&channel),
-            self.login.clone(),
-            self.job.agent_allowed(),
-        ) else {
+        // The answer is owed through the channel's answer task like every
+        // other (so in order); what this returns is then not sent.
+        let login = self.login.clone();
+        let allowed = self.job.agent_allowed();
+        let Some(ctl) = self.ctl(channel) else {
             self.job.refused(ChannelRefusal::AgentForward, None);
             return Ok(false);
         };
-        let sent = ctl.up.agent_forward(true).await;
-        let ok = sent.is_ok()
-            && matches!(
-                tokio::time::timeout(REPLY_WAIT, ctl.replies.recv()).await,
-                Ok(Some(true))
-            );
-        if ok {
-            self.job.lend_agent(session.handle(), &login);
-        }
-        Ok(ok)
+        let what = match (login, allowed) {
+            (Some(login), true) => match ctl.up.agent_forward(true).await {
+                Ok(()) => Owed::Agent(login),
+                Err(_) => Owed::Now(false),
+            },
+            _ => {
+                self.job.refused(ChannelRefusal::AgentForward, None);
+                Owed::Now(false)
+            }
+        };
+        self.owe(channel, session, what)?;
+        Ok(false)
     }
 
     async fn x11_request(
@@ -441,7 +549,7 @@ impl Handler for Inner {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.job.refused(ChannelRefusal::X11, None);
-        session.channel_failure(channel)
+        self.owe(channel, session, Owed::Now(false))
     }
 
     async fn channel_open_direct_tcpip(
@@ -542,6 +650,7 @@ impl Handler for Inner {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.adopt();
         self.channels.remove(&channel);
         Ok(())
     }

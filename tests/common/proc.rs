@@ -186,6 +186,15 @@ impl ChildGuard {
         }
     }
 
+    /// The child's whole log (empty when it has none).
+    pub fn full_log(&self) -> String {
+        self.log
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
     /// The tail of the child's log (empty when it has none).
     pub fn log_text(&self) -> String {
         self.log

@@ -125,4 +125,40 @@ impl Sshd {
     pub fn log(&self) -> String {
         self.process.log_text()
     }
+
+    /// The processes sshd runs for its connections (every descendant of
+    /// the listener), for tests that stop and resume them.
+    pub fn connection_pids(&self) -> Vec<u32> {
+        let mut parents: Vec<(u32, u32)> = Vec::new();
+        for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, so after the last ')'.
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+        let mut found = vec![self.process.pid()];
+        let mut i = 0;
+        while i < found.len() {
+            let parent = found[i];
+            found.extend(
+                parents
+                    .iter()
+                    .filter(|(_, pp)| *pp == parent)
+                    .map(|(p, _)| *p),
+            );
+            i += 1;
+        }
+        found.remove(0);
+        found
+    }
 }
