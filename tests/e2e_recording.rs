@@ -1001,3 +1001,44 @@ fn a_target_slow_to_answer_does_not_stall_the_engineers_connection() {
     assert_eq!(rec["command"], "echo through-the-stall");
     master.assert_running();
 }
+
+/// The same while portvakt logs in to the target: the engineer is logged
+/// in to the inner server at once, the session waits for the target (its
+/// sshd stopped before it greets portvakt) while the client's keepalives
+/// are answered, and runs once the target is resumed.
+#[test]
+fn a_target_slow_to_log_in_to_does_not_stall_the_engineers_connection() {
+    let r = Recorded::start();
+    let client = r.client().log_level("DEBUG3");
+    let listener = [r.sshd.listener_pid()];
+    signal_all("-STOP", &listener);
+    let mut session = client.spawn(&[
+        "-o",
+        "ServerAliveInterval=1",
+        "-o",
+        "ServerAliveCountMax=2",
+        "db-1",
+        "echo after-the-login",
+    ]);
+    let answered = |log: &str| log.matches("receive packet: type 82").count();
+    proc::poll_until(
+        "keepalives answered while the target is stopped",
+        std::time::Duration::from_secs(20),
+        || {
+            session.assert_running();
+            (answered(&session.full_log()) >= 3).then_some(())
+        },
+    );
+    assert!(
+        r.recordings().is_empty(),
+        "no session has reached the target yet"
+    );
+    signal_all("-CONT", &listener);
+    let status = session.wait_exit(std::time::Duration::from_secs(20));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut session.take_stdout(), &mut out).unwrap();
+    assert!(status.success(), "{status:?}: {}", session.log_text());
+    assert_eq!(out.trim(), "after-the-login");
+    let rec = r.wait_recording("exec");
+    assert_eq!(rec["command"], "echo after-the-login");
+}

@@ -14,7 +14,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, Sig, client};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::RecordJob;
 use super::relay::{self, Control, SessionStart};
@@ -99,13 +99,35 @@ async fn answer(
     }
 }
 
+/// The login to the target: `None` while it is under way, then the
+/// connection or why there is none (told when a session opens).
+type Upstreamed = Option<Result<Arc<client::Handle<Upstream>>, String>>;
+
+/// The connection to the target once the login to it is done (awaited in a
+/// task, never in the inner connection's loop).
+async fn upstream_of(
+    mut upstream: watch::Receiver<Upstreamed>,
+) -> Result<Arc<client::Handle<Upstream>>, String> {
+    match upstream.wait_for(Option::is_some).await {
+        Ok(done) => match &*done {
+            Some(result) => result.clone(),
+            None => Err(NOT_LOGGED_IN.into()),
+        },
+        Err(_) => Err(NOT_LOGGED_IN.into()),
+    }
+}
+
+const NOT_LOGGED_IN: &str = "portvakt: not logged in to the target";
+
 /// The inner connection's handler.
 pub struct Inner {
     job: Arc<RecordJob>,
     tcp: Option<TcpStream>,
-    upstream: Option<Arc<client::Handle<Upstream>>>,
-    /// Why there is no upstream (told when a session opens).
-    failure: Option<String>,
+    upstream: watch::Receiver<Upstreamed>,
+    /// Taken by the login to the target, which sends its outcome.
+    upstream_tx: Option<watch::Sender<Upstreamed>>,
+    /// That login, stopped if the inner connection ends first.
+    connecting: Option<tokio::task::AbortHandle>,
     login: Option<String>,
     channels: HashMap<ChannelId, SessionCtl>,
     /// Session channels the target has opened, from the tasks that opened
@@ -117,11 +139,13 @@ pub struct Inner {
 impl Inner {
     pub fn new(job: Arc<RecordJob>, tcp: TcpStream) -> Inner {
         let (opened_tx, opened) = mpsc::unbounded_channel();
+        let (upstream_tx, upstream) = watch::channel(None);
         Inner {
             job,
             tcp: Some(tcp),
-            upstream: None,
-            failure: None,
+            upstream,
+            upstream_tx: Some(upstream_tx),
+            connecting: None,
             login: None,
             channels: HashMap::new(),
             opened,
@@ -171,46 +195,53 @@ impl Inner {
             .is_some_and(|r| r.allows_login(self.job.identity.user(), login))
     }
 
-    /// The login is allowed: log in to the target as `login` now, so that
-    /// a failure is known before a session opens.
-    async fn accept(&mut self, login: &str) -> Auth {
+    /// The login is allowed: log in to the target as `login` now (in a
+    /// task: the client is told it is logged in at once, and a session it
+    /// opens waits for the target), so that a failure is known before a
+    /// session opens.
+    fn accept(&mut self, login: &str) -> Auth {
         if self.login.is_some() {
             return Auth::Accept;
         }
         self.login = Some(login.to_string());
         self.job.live.set_recorded_login(&self.job.target, login);
-        let Some(tcp) = self.tcp.take() else {
+        let (Some(tcp), Some(done)) = (self.tcp.take(), self.upstream_tx.take()) else {
             return Auth::reject();
         };
-        let job = &self.job;
-        let l = upstream::Login {
-            job: Arc::downgrade(job),
-            cas: &job.cas,
-            recorded: &job.recorded,
-            names: &job.names,
-            login,
-            key_id: format!("portvakt:{}:{}", job.identity.user(), job.connection_id),
-            validity: job.config.recording.certificate_validity,
-            timeout: job.config.sessions.connect_timeout + Duration::from_secs(10),
-            kex: job.kex,
-        };
-        match upstream::connect(tcp, l).await {
-            Ok(h) => {
-                let h = Arc::new(h);
-                self.upstream = Some(h.clone());
-                job.upstream_ok(login, h);
-            }
-            Err(e) => {
-                job.upstream_failed(login, &e);
-                self.failure = Some(match e {
-                    UpstreamError::HostKey(_) => format!(
-                        "portvakt: {} presented a host key the config does not trust; not logged in",
-                        job.target
-                    ),
-                    e => format!("portvakt: cannot log in to {} as {login}: {e}", job.target),
-                });
-            }
-        }
+        let job = self.job.clone();
+        let login = login.to_string();
+        let task = tokio::spawn(async move {
+            let l = upstream::Login {
+                job: Arc::downgrade(&job),
+                cas: &job.cas,
+                recorded: &job.recorded,
+                names: &job.names,
+                login: &login,
+                key_id: format!("portvakt:{}:{}", job.identity.user(), job.connection_id),
+                validity: job.config.recording.certificate_validity,
+                timeout: job.config.sessions.connect_timeout + Duration::from_secs(10),
+                kex: job.kex,
+            };
+            let outcome = match upstream::connect(tcp, l).await {
+                Ok(h) => {
+                    let h = Arc::new(h);
+                    job.upstream_ok(&login, h.clone());
+                    Ok(h)
+                }
+                Err(e) => {
+                    job.upstream_failed(&login, &e);
+                    Err(match e {
+                        UpstreamError::HostKey(_) => format!(
+                            "portvakt: {} presented a host key the config does not trust; not logged in",
+                            job.target
+                        ),
+                        e => format!("portvakt: cannot log in to {} as {login}: {e}", job.target),
+                    })
+                }
+            };
+            let _ = done.send(Some(outcome));
+        });
+        self.connecting = Some(task.abort_handle());
         Auth::Accept
     }
 
@@ -284,7 +315,7 @@ impl Handler for Inner {
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         if self.allowed(user) {
-            return Ok(self.accept(user).await);
+            return Ok(self.accept(user));
         }
         Ok(self.refuse_login(user))
     }
@@ -311,7 +342,7 @@ impl Handler for Inner {
         let same = key.public_key.fingerprint(HashAlg::Sha256).to_string()
             == self.job.identity.key_fingerprint();
         if same && self.allowed(user) {
-            return Ok(self.accept(user).await);
+            return Ok(self.accept(user));
         }
         Ok(self.refuse_login(user))
     }
@@ -324,7 +355,7 @@ impl Handler for Inner {
         let same = cert.public_key().fingerprint(HashAlg::Sha256).to_string()
             == self.job.identity.key_fingerprint();
         if same && self.allowed(user) {
-            return Ok(self.accept(user).await);
+            return Ok(self.accept(user));
         }
         Ok(self.refuse_login(user))
     }
@@ -335,23 +366,25 @@ impl Handler for Inner {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (Some(up), Some(login)) = (self.upstream.clone(), self.login.clone()) else {
-            // No target behind: say why on the session, then end it.
-            reply.accept().await;
-            let why = self
-                .failure
-                .clone()
-                .unwrap_or_else(|| "portvakt: not logged in to the target".into());
-            relay::refuse(channel, session.handle(), why);
-            return Ok(());
-        };
-        // The target's answer is awaited beside the connection's loop, not
-        // in it; the client hears that the channel is open once the target
-        // has opened its own.
+        let login = self.login.clone();
+        let upstream = self.upstream.clone();
+        // The target is awaited beside the connection's loop, not in it;
+        // the client hears that the channel is open once the target has
+        // opened its own.
         let job = self.job.clone();
         let handle = session.handle();
         let opened = self.opened_tx.clone();
         tokio::spawn(async move {
+            let (up, login) = match (upstream_of(upstream).await, login) {
+                (Ok(up), Some(login)) => (up, login),
+                (outcome, _) => {
+                    // No target behind: say why on the session, then end it.
+                    reply.accept().await;
+                    let why = outcome.err().unwrap_or_else(|| NOT_LOGGED_IN.into());
+                    relay::refuse(channel, handle, why);
+                    return;
+                }
+            };
             let up_channel = match tokio::time::timeout(REPLY_WAIT, up.channel_open_session()).await
             {
                 Ok(Ok(c)) => c,
@@ -562,17 +595,13 @@ impl Handler for Inner {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        match self.upstream.clone() {
-            Some(up) => super::inner_forward::spawn(
-                self.job.clone(),
-                up,
-                channel,
-                host.to_string(),
-                port,
-                reply,
-            ),
-            None => drop(reply),
-        }
+        let (job, upstream, host) = (self.job.clone(), self.upstream.clone(), host.to_string());
+        tokio::spawn(async move {
+            match upstream_of(upstream).await {
+                Ok(up) => super::inner_forward::spawn(job, up, channel, host, port, reply),
+                Err(_) => drop(reply),
+            }
+        });
         Ok(())
     }
 
@@ -583,12 +612,15 @@ impl Handler for Inner {
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
         // Relayed only to a target that allows port forwarding (the config
-        // in force), and only as far as the target accepts it.
-        let (Some(up), Some(login), true) = (
-            self.upstream.clone(),
-            self.login.clone(),
-            self.job.port_forwarding_allowed(),
-        ) else {
+        // in force), and only as far as the target accepts it. Unlike the
+        // answers on channels, this one is awaited in the loop: answers to
+        // global requests must keep their order with those russh gives
+        // itself (to the client's keepalives), which it cannot defer.
+        let up = match (self.login.is_some(), self.job.port_forwarding_allowed()) {
+            (true, true) => upstream_of(self.upstream.clone()).await.ok(),
+            _ => None,
+        };
+        let (Some(up), Some(login)) = (up, self.login.clone()) else {
             let request = format!("{address}:{port}");
             self.job
                 .refused(ChannelRefusal::RemoteForward, Some(&request));
@@ -614,7 +646,7 @@ impl Handler for Inner {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         self.job.unlisten_remote(address, port);
-        let Some(up) = self.upstream.clone() else {
+        let Ok(up) = upstream_of(self.upstream.clone()).await else {
             return Ok(false);
         };
         Ok(matches!(
@@ -653,6 +685,16 @@ impl Handler for Inner {
         self.adopt();
         self.channels.remove(&channel);
         Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The inner connection is over: a login to the target still under
+        // way is not finished for nobody.
+        if let Some(task) = &self.connecting {
+            task.abort();
+        }
     }
 }
 

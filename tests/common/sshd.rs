@@ -126,6 +126,11 @@ impl Sshd {
         self.process.log_text()
     }
 
+    /// The listening sshd's process.
+    pub fn listener_pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// The processes sshd runs for its connections (every descendant of
     /// the listener), for tests that stop and resume them.
     pub fn connection_pids(&self) -> Vec<u32> {
