@@ -612,47 +612,79 @@ impl Handler for Inner {
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
         // Relayed only to a target that allows port forwarding (the config
-        // in force), and only as far as the target accepts it. Unlike the
-        // answers on channels, this one is awaited in the loop: answers to
-        // global requests must keep their order with those russh gives
-        // itself (to the client's keepalives), which it cannot defer.
-        let up = match (self.login.is_some(), self.job.port_forwarding_allowed()) {
-            (true, true) => upstream_of(self.upstream.clone()).await.ok(),
-            _ => None,
-        };
-        let (Some(up), Some(login)) = (up, self.login.clone()) else {
-            let request = format!("{address}:{port}");
-            self.job
-                .refused(ChannelRefusal::RemoteForward, Some(&request));
-            return Ok(false);
-        };
-        match tokio::time::timeout(REPLY_WAIT, up.tcpip_forward(address, *port)).await {
-            Ok(Ok(bound)) => {
-                if *port == 0 {
-                    *port = bound;
-                }
+        // in force), and only as far as the target accepts it.
+        let request = format!("{address}:{port}");
+        let login = match (self.login.clone(), self.job.port_forwarding_allowed()) {
+            (Some(login), true) => login,
+            _ => {
                 self.job
-                    .listen_remote(session.handle(), &login, address, *port);
-                Ok(true)
+                    .refused(ChannelRefusal::RemoteForward, Some(&request));
+                return Ok(false);
             }
-            _ => Ok(false),
-        }
+        };
+        // The target's answer is awaited beside the loop; russh holds back
+        // the answers to the client's later global requests (its
+        // keepalives) until this one is given (vendor/russh patch 11).
+        // What this returns is then not sent.
+        let wanted = session.defer_request_reply();
+        let (job, upstream, handle) = (self.job.clone(), self.upstream.clone(), session.handle());
+        let (address, asked) = (address.to_string(), *port);
+        tokio::spawn(async move {
+            let bound = match upstream_of(upstream).await {
+                Ok(up) => {
+                    match tokio::time::timeout(REPLY_WAIT, up.tcpip_forward(&*address, asked)).await
+                    {
+                        Ok(Ok(bound)) => Some(if asked == 0 { bound } else { asked }),
+                        _ => None,
+                    }
+                }
+                Err(_) => {
+                    job.refused(ChannelRefusal::RemoteForward, Some(&request));
+                    None
+                }
+            };
+            if let Some(port) = bound {
+                job.listen_remote(handle.clone(), &login, &address, port);
+            }
+            if wanted {
+                let _ = match bound {
+                    Some(port) => handle.request_success((asked == 0).then_some(port)).await,
+                    None => handle.request_failure().await,
+                };
+            }
+        });
+        Ok(false)
     }
 
     async fn cancel_tcpip_forward(
         &mut self,
         address: &str,
         port: u32,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
         self.job.unlisten_remote(address, port);
-        let Ok(up) = upstream_of(self.upstream.clone()).await else {
-            return Ok(false);
-        };
-        Ok(matches!(
-            tokio::time::timeout(REPLY_WAIT, up.cancel_tcpip_forward(address, port)).await,
-            Ok(Ok(()))
-        ))
+        // As for tcpip-forward: answered beside the loop, in order.
+        let wanted = session.defer_request_reply();
+        let (upstream, handle, address) =
+            (self.upstream.clone(), session.handle(), address.to_string());
+        tokio::spawn(async move {
+            let ok = match upstream_of(upstream).await {
+                Ok(up) => matches!(
+                    tokio::time::timeout(REPLY_WAIT, up.cancel_tcpip_forward(&*address, port))
+                        .await,
+                    Ok(Ok(()))
+                ),
+                Err(_) => false,
+            };
+            if wanted {
+                let _ = if ok {
+                    handle.request_success(None).await
+                } else {
+                    handle.request_failure().await
+                };
+            }
+        });
+        Ok(false)
     }
 
     async fn streamlocal_forward(

@@ -1339,6 +1339,140 @@ mod tests {
         }
     }
 
+    /// Takes over the answer to every `tcpip-forward`, says it bound
+    /// `bound` (which russh must not send for it).
+    struct DeferringForwards;
+
+    impl Handler for DeferringForwards {
+        type Error = Error;
+
+        async fn tcpip_forward(
+            &mut self,
+            _address: &str,
+            port: &mut u32,
+            session: &mut Session,
+        ) -> Result<bool, Self::Error> {
+            assert!(session.defer_request_reply());
+            *port = 9999;
+            Ok(true)
+        }
+    }
+
+    fn global_request(name: &str, want_reply: bool, extra: &[u8]) -> Vec<u8> {
+        let mut packet = vec![msg::GLOBAL_REQUEST];
+        name.encode(&mut packet).unwrap();
+        packet.push(u8::from(want_reply));
+        packet.extend_from_slice(extra);
+        packet
+    }
+
+    /// The packets queued for the client: (message number, the rest).
+    fn queued_packets(session: &Session) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut w = &session.common.encrypted.as_ref().unwrap().write[..];
+        while w.len() >= 5 {
+            let len = u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize;
+            out.push((w[4], w[5..4 + len].to_vec()));
+            w = &w[4 + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_deferred_global_answer_keeps_its_place_before_the_keepalives_after_it() {
+        let mut session = test_authenticated_session();
+        let mut handler = DeferringForwards;
+        let mut forward = Vec::new();
+        "127.0.0.1".encode(&mut forward).unwrap();
+        0u32.encode(&mut forward).unwrap();
+        session
+            .process_packet(&mut handler, &global_request("tcpip-forward", true, &forward))
+            .await
+            .unwrap();
+        // A keepalive after it: russh's own answer waits its turn.
+        session
+            .process_packet(
+                &mut handler,
+                &global_request("keepalive@openssh.com", true, &[]),
+            )
+            .await
+            .unwrap();
+        assert!(queued_packets(&session).is_empty());
+
+        // The handle's answer (the other server bound 4242) goes out, then
+        // the keepalive's.
+        session
+            .dispatch_msg(super::super::session::Msg::GlobalReply {
+                success: true,
+                port: Some(4242),
+            })
+            .unwrap();
+        assert_eq!(
+            queued_packets(&session),
+            vec![
+                (msg::REQUEST_SUCCESS, 4242u32.to_be_bytes().to_vec()),
+                (msg::REQUEST_FAILURE, vec![]),
+            ]
+        );
+        // Nothing is owed now: a keepalive is answered at once, and an
+        // answer from the handle that nobody deferred is dropped.
+        session
+            .dispatch_msg(super::super::session::Msg::GlobalReply {
+                success: true,
+                port: None,
+            })
+            .unwrap();
+        session
+            .process_packet(
+                &mut handler,
+                &global_request("keepalive@openssh.com", true, &[]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(queued_packets(&session).len(), 3);
+        assert_eq!(queued_packets(&session)[2], (msg::REQUEST_FAILURE, vec![]));
+    }
+
+    #[tokio::test]
+    async fn deferred_global_answers_go_to_their_requests_in_order() {
+        let mut session = test_authenticated_session();
+        // A request that asks for no answer cannot be taken over.
+        session.common.wants_reply = false;
+        assert!(!session.defer_request_reply());
+        // Two taken over, a third answered at once behind them.
+        session.common.wants_reply = true;
+        assert!(session.defer_request_reply());
+        session.request_success();
+        session.common.wants_reply = true;
+        assert!(session.defer_request_reply());
+        session.common.wants_reply = true;
+        session.request_success();
+        assert!(queued_packets(&session).is_empty());
+        // The first handle answer is the first request's: the third still
+        // waits for the second.
+        session
+            .dispatch_msg(super::super::session::Msg::GlobalReply {
+                success: false,
+                port: None,
+            })
+            .unwrap();
+        assert_eq!(queued_packets(&session), vec![(msg::REQUEST_FAILURE, vec![])]);
+        session
+            .dispatch_msg(super::super::session::Msg::GlobalReply {
+                success: true,
+                port: None,
+            })
+            .unwrap();
+        assert_eq!(
+            queued_packets(&session),
+            vec![
+                (msg::REQUEST_FAILURE, vec![]),
+                (msg::REQUEST_SUCCESS, vec![]),
+                (msg::REQUEST_SUCCESS, vec![]),
+            ]
+        );
+    }
+
     fn test_authenticated_session() -> Session {
         let mut session = test_auth_session();
         if let Some(enc) = session.common.encrypted.as_mut() {
@@ -1469,6 +1603,7 @@ mod tests {
             pending_len: 0,
             channels: std::collections::HashMap::new(),
             open_global_requests: std::collections::VecDeque::new(),
+            queued_global_replies: std::collections::VecDeque::new(),
             kex: SessionKexState::Idle,
         }
     }
@@ -2587,17 +2722,9 @@ impl Session {
                             .tcpip_forward(&address, &mut returned_port, self)
                             .await?;
                         if result {
-                            if self.common.wants_reply
-                                && let Some(ref mut enc) = self.common.encrypted
-                            {
-                                self.common.wants_reply = false;
-                                push_packet!(enc.write, {
-                                    enc.write.push(msg::REQUEST_SUCCESS);
-                                    if port == 0 && returned_port != 0 {
-                                        map_err!(returned_port.encode(&mut enc.write))?;
-                                    }
-                                })
-                            }
+                            self.answer_request(super::session::GlobalReply::bound(
+                                (port == 0 && returned_port != 0).then_some(returned_port),
+                            ));
                         } else {
                             self.request_failure();
                         }

@@ -1217,6 +1217,7 @@ where
         pending_len: 0,
         channels: HashMap::new(),
         open_global_requests: VecDeque::new(),
+        queued_global_replies: std::collections::VecDeque::new(),
         kex: SessionKexState::Idle,
     };
 

@@ -29,6 +29,29 @@ pub struct Session {
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
     pub(crate) kex: SessionKexState<ServerKex>,
+    /// Answers to the client's global requests that cannot be sent yet, in
+    /// the order of the requests: `None` for one the handler took over
+    /// ([`Session::defer_request_reply`]) and has not given, `Some` for one
+    /// given after it (sent once every answer before it is).
+    pub(crate) queued_global_replies: VecDeque<Option<GlobalReply>>,
+}
+
+/// An answer to a global request of the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GlobalReply {
+    success: bool,
+    /// The port bound, for a `tcpip-forward` that asked for port 0.
+    port: Option<u32>,
+}
+
+impl GlobalReply {
+    /// Success, with the port bound if the client asked for port 0.
+    pub(crate) fn bound(port: Option<u32>) -> GlobalReply {
+        GlobalReply {
+            success: true,
+            port,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -88,6 +111,10 @@ pub enum Msg {
     /// (portvakt patch 3).
     #[doc(hidden)]
     RefillWindow { channel: ChannelId },
+    /// The answer to the oldest global request taken over with
+    /// `Session::defer_request_reply` (portvakt patch 11).
+    #[doc(hidden)]
+    GlobalReply { success: bool, port: Option<u32> },
     ChannelOpenReply {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
@@ -173,6 +200,31 @@ impl Handle {
     pub async fn channel_failure(&self, id: ChannelId) -> Result<(), ()> {
         self.sender
             .send(Msg::Channel(id, ChannelMsg::Failure))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Answer "success" to the oldest global request whose answer the
+    /// handler took over ([`Session::defer_request_reply`]); `port` is the
+    /// port bound for a `tcpip-forward` that asked for port 0.
+    pub async fn request_success(&self, port: Option<u32>) -> Result<(), ()> {
+        self.sender
+            .send(Msg::GlobalReply {
+                success: true,
+                port,
+            })
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Answer "failure" to the oldest global request whose answer the
+    /// handler took over ([`Session::defer_request_reply`]).
+    pub async fn request_failure(&self) -> Result<(), ()> {
+        self.sender
+            .send(Msg::GlobalReply {
+                success: false,
+                port: None,
+            })
             .await
             .map_err(|_| ())
     }
@@ -627,6 +679,9 @@ impl Session {
             Msg::ChannelOpenReply { pending, result } => {
                 self.finalize_channel_open_reply(pending, result)?;
             }
+            Msg::GlobalReply { success, port } => {
+                self.give_deferred_request_reply(GlobalReply { success, port });
+            }
             Msg::RefillWindow { channel } => {
                 self.refill_window(channel)?;
             }
@@ -1047,22 +1102,86 @@ impl Session {
     /// cancelling). Always call this function if the request was
     /// successful (it checks whether the client expects an answer).
     pub fn request_success(&mut self) {
-        if self.common.wants_reply
-            && let Some(ref mut enc) = self.common.encrypted
-        {
-            self.common.wants_reply = false;
-            push_packet!(enc.write, enc.write.push(msg::REQUEST_SUCCESS))
-        }
+        self.answer_request(GlobalReply {
+            success: true,
+            port: None,
+        });
     }
 
     /// Send a "failure" reply to a global request (it checks whether the
     /// client expects an answer).
     pub fn request_failure(&mut self) {
-        if self.common.wants_reply
-            && let Some(ref mut enc) = self.common.encrypted
-        {
+        self.answer_request(GlobalReply {
+            success: false,
+            port: None,
+        });
+    }
+
+    /// Answers the global request being handled, if the client asked for
+    /// an answer and none was given or taken over yet.
+    pub(crate) fn answer_request(&mut self, reply: GlobalReply) {
+        if self.common.wants_reply {
             self.common.wants_reply = false;
-            push_packet!(enc.write, enc.write.push(msg::REQUEST_FAILURE))
+            self.send_request_reply(reply);
+        }
+    }
+
+    /// Takes over the answer to the global request being handled, to be
+    /// given later through [`Handle::request_success`] or
+    /// [`Handle::request_failure`] (for instance once another server has
+    /// answered the same request). Returns whether the client asked for an
+    /// answer; if it did not, none must be given.
+    ///
+    /// The client pairs answers with its global requests in order, so the
+    /// answers to the requests after it (among them the client's
+    /// keepalives, which russh answers itself) wait until it is given, and
+    /// the handle's answers go to the requests taken over in the order they
+    /// were taken over. What the handler or its `bool` result would answer
+    /// to a request taken over is not sent.
+    pub fn defer_request_reply(&mut self) -> bool {
+        if !self.common.wants_reply {
+            return false;
+        }
+        self.common.wants_reply = false;
+        self.queued_global_replies.push_back(None);
+        true
+    }
+
+    /// An answer from a [`Handle`] to the oldest request taken over, then
+    /// every answer queued behind it that is now free to go.
+    fn give_deferred_request_reply(&mut self, reply: GlobalReply) {
+        let Some(slot) = self.queued_global_replies.iter_mut().find(|r| r.is_none()) else {
+            warn!("an answer to a global request that nobody deferred: dropped");
+            return;
+        };
+        *slot = Some(reply);
+        while let Some(Some(reply)) = self.queued_global_replies.front().copied() {
+            self.queued_global_replies.pop_front();
+            self.write_request_reply(reply);
+        }
+    }
+
+    /// Sends `reply` now, or queues it behind answers not given yet.
+    fn send_request_reply(&mut self, reply: GlobalReply) {
+        if self.queued_global_replies.is_empty() {
+            self.write_request_reply(reply);
+        } else {
+            self.queued_global_replies.push_back(Some(reply));
+        }
+    }
+
+    fn write_request_reply(&mut self, reply: GlobalReply) {
+        if let Some(ref mut enc) = self.common.encrypted {
+            push_packet!(enc.write, {
+                if reply.success {
+                    enc.write.push(msg::REQUEST_SUCCESS);
+                    if let Some(port) = reply.port {
+                        let _ = port.encode(&mut enc.write);
+                    }
+                } else {
+                    enc.write.push(msg::REQUEST_FAILURE);
+                }
+            })
         }
     }
 
@@ -1750,6 +1869,7 @@ mod tests {
             pending_len: 0,
             channels: HashMap::new(),
             open_global_requests: VecDeque::new(),
+            queued_global_replies: std::collections::VecDeque::new(),
             kex: SessionKexState::Idle,
         }
     }
