@@ -25,11 +25,16 @@ use crate::reasons::ChannelRefusal;
 /// How long the target may take to answer a channel request.
 const REPLY_WAIT: Duration = Duration::from_secs(20);
 
+/// How many answers one session channel may owe at once: a client that
+/// keeps asking while the target does not answer is disconnected rather
+/// than queued for without end (OpenSSH asks a handful per session).
+const MAX_OWED: usize = 256;
+
 /// One session channel of the inner connection, as its requests see it.
 struct SessionCtl {
     up: Arc<russh::ChannelWriteHalf<client::Msg>>,
     /// What the client is owed for each request, in order ([`answer`]).
-    asks: mpsc::UnboundedSender<Ask>,
+    asks: mpsc::Sender<Ask>,
     control: mpsc::UnboundedSender<Control>,
     parser: relay::SharedParser,
     pty: Option<(String, u32, u32)>,
@@ -65,7 +70,7 @@ async fn answer(
     job: Arc<RecordJob>,
     handle: russh::server::Handle,
     channel: ChannelId,
-    mut asks: mpsc::UnboundedReceiver<Ask>,
+    mut asks: mpsc::Receiver<Ask>,
     mut replies: mpsc::UnboundedReceiver<bool>,
 ) {
     let mut target_lost = false;
@@ -182,8 +187,13 @@ impl Inner {
             return session.channel_failure(channel);
         };
         let wanted = session.defer_channel_reply(channel);
-        let _ = ctl.asks.send(Ask { what, wanted });
-        Ok(())
+        ctl.asks.try_send(Ask { what, wanted }).map_err(|_| {
+            tracing::warn!(
+                connection_id = %self.job.connection_id,
+                "recorded session: too many requests waiting for the target; disconnecting"
+            );
+            russh::Error::Inconsistent
+        })
     }
 
     /// Does the config in force (not the one the forward was decided
@@ -400,7 +410,7 @@ impl Handler for Inner {
             };
             let id = channel.id();
             let (replies_tx, replies) = mpsc::unbounded_channel();
-            let (asks, asks_rx) = mpsc::unbounded_channel();
+            let (asks, asks_rx) = mpsc::channel(MAX_OWED);
             let (control, control_rx) = mpsc::unbounded_channel();
             let parser = relay::SharedParser::default();
             let up_write = relay::start(relay::Relay {

@@ -1434,6 +1434,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_floods_global_requests_behind_a_deferred_answer_is_disconnected() {
+        let mut session = test_authenticated_session();
+        let mut handler = DeferringForwards;
+        let mut forward = Vec::new();
+        "127.0.0.1".encode(&mut forward).unwrap();
+        0u32.encode(&mut forward).unwrap();
+        session
+            .process_packet(&mut handler, &global_request("tcpip-forward", true, &forward))
+            .await
+            .unwrap();
+        let keepalive = global_request("keepalive@openssh.com", true, &[]);
+        // The deferred answer and the keepalives behind it fill the queue.
+        for _ in 1..super::super::session::MAX_QUEUED_GLOBAL_REPLIES {
+            session.process_packet(&mut handler, &keepalive).await.unwrap();
+        }
+        assert!(session.process_packet(&mut handler, &keepalive).await.is_err());
+        assert!(queued_packets(&session).is_empty());
+    }
+
+    #[tokio::test]
     async fn deferred_global_answers_go_to_their_requests_in_order() {
         let mut session = test_authenticated_session();
         // A request that asks for no answer cannot be taken over.
@@ -2709,6 +2729,14 @@ impl Session {
                 }
             }
             msg::GLOBAL_REQUEST => {
+                if self.queued_global_replies.len()
+                    >= super::session::MAX_QUEUED_GLOBAL_REPLIES
+                {
+                    // A client that keeps asking while an answer is held
+                    // back would make the queue grow without end.
+                    error!("too many global requests waiting for an answer");
+                    return Err(Error::Inconsistent.into());
+                }
                 let req_type = map_err!(String::decode(r))?;
                 self.common.wants_reply = map_err!(u8::decode(r))? != 0;
                 match req_type.as_str() {

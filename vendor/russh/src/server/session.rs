@@ -36,6 +36,11 @@ pub struct Session {
     pub(crate) queued_global_replies: VecDeque<Option<GlobalReply>>,
 }
 
+/// How many answers to global requests may wait behind one taken over
+/// ([`Session::defer_request_reply`]); a client that sends more global
+/// requests meanwhile is disconnected.
+pub(crate) const MAX_QUEUED_GLOBAL_REPLIES: usize = 1024;
+
 /// An answer to a global request of the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GlobalReply {
