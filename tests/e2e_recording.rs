@@ -1042,3 +1042,38 @@ fn a_target_slow_to_log_in_to_does_not_stall_the_engineers_connection() {
     let rec = r.wait_recording("exec");
     assert_eq!(rec["command"], "echo after-the-login");
 }
+
+/// A client that keeps sending requests on a session while the target
+/// does not answer them (its sshd stopped) is disconnected once 256
+/// answers are owed, instead of portvakt queueing them without end.
+#[test]
+fn a_client_piling_up_requests_behind_a_silent_target_is_disconnected() {
+    let r = Recorded::start();
+    let flood = raw_client::FloodRecorded {
+        port: r.pv.port,
+        host_key: &r.pv.host_key,
+        user: "alice",
+        key: &r.alice,
+        cert: &r.alice.cert_path(),
+        target: "db-1",
+        target_port: r.sshd.port,
+        login: &r.login,
+    };
+    let mut stopped = Vec::new();
+    let ended = flood.run(400, || {
+        stopped = r.sshd.connection_pids();
+        assert!(!stopped.is_empty(), "the target serves the session");
+        signal_all("-STOP", &stopped);
+    });
+    signal_all("-CONT", &stopped);
+    assert!(ended, "portvakt kept the flooding connection open");
+    proc::poll_until(
+        "the warning in portvakt's log",
+        std::time::Duration::from_secs(10),
+        || {
+            r.pv.log()
+                .contains("too many requests waiting for the target")
+                .then_some(())
+        },
+    );
+}

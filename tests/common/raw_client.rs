@@ -1,17 +1,22 @@
-//! The russh client library, for the one case the OpenSSH client cannot
-//! produce: an `ssh-rsa` (SHA-1) public-key attempt against a server that
-//! does not list `ssh-rsa` in `server-sig-algs`. It is the same patched
-//! vendor/russh the server is built on, so it proves nothing about
+//! The russh client library, for what the OpenSSH client cannot produce:
+//! an `ssh-rsa` (SHA-1) public-key attempt against a server that does not
+//! list `ssh-rsa` in `server-sig-algs`, and a client that keeps sending
+//! channel requests without waiting for their answers. It is the same
+//! patched vendor/russh the server is built on, so it proves nothing about
 //! interoperability; the hand-written client of this harness is
 //! `attack::RawSsh`.
-//! OpenSSH 9.2 then gives up on the client side ("no mutual signature
-//! algorithm") and never sends the attempt; a bastion must still refuse a
-//! client that ignores the hint, and audit why.
+//! For the first: OpenSSH 9.2 gives up on the client side ("no mutual
+//! signature algorithm") and never sends the attempt; a bastion must still
+//! refuse a client that ignores the hint, and audit why.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use russh::client;
-use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate, load_secret_key};
+use russh::keys::{
+    Certificate, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate, load_secret_key,
+};
 
 use super::keys::UserKey;
 use super::proc::local;
@@ -73,4 +78,107 @@ pub fn ssh_rsa_sha1_login(port: u16, host_key: &str, user: &str, key: &UserKey) 
             .await
             .expect("the ssh-rsa login attempt did not finish in time")
     })
+}
+
+/// Trusts whatever the server presents: for portvakt's inner server, whose
+/// trust through the `@cert-authority` line other tests check.
+struct AnyHost;
+
+impl client::Handler for AnyHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A recorded target reached the way `ssh -J` reaches it, by a client
+/// that does not wait for answers.
+pub struct FloodRecorded<'a> {
+    /// portvakt's port and host key line.
+    pub port: u16,
+    pub host_key: &'a str,
+    /// The engineer, their key and its certificate.
+    pub user: &'a str,
+    pub key: &'a UserKey,
+    pub cert: &'a Path,
+    /// The target as the client dials it, and the login on it.
+    pub target: &'a str,
+    pub target_port: u16,
+    pub login: &'a str,
+}
+
+impl FloodRecorded<'_> {
+    /// Logs in to portvakt, opens a `direct-tcpip` channel to the target,
+    /// logs in to portvakt's inner server inside it with "none", opens a
+    /// session, runs `stall` (which may stop the target), then asks for a
+    /// pty and sends `env_requests` `LANG` requests, each wanting an
+    /// answer, without waiting for any. Returns whether the inner
+    /// connection was ended by the other side within 20 s.
+    pub fn run(&self, env_requests: usize, stall: impl FnOnce()) -> bool {
+        let host_key = PublicKey::from_openssh(self.host_key).expect("parse the bastion host key");
+        let private = Arc::new(load_secret_key(&self.key.path, None).expect("load the key"));
+        let cert = Certificate::read_file(self.cert).expect("read the certificate");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(async {
+            let config = Arc::new(client::Config::default());
+            let mut outer = client::connect(config, local(self.port), KnownHost { host_key })
+                .await
+                .expect("SSH handshake with the bastion");
+            let auth = outer
+                .authenticate_openssh_cert(self.user, private, cert)
+                .await
+                .expect("certificate login");
+            assert!(auth.success(), "the bastion refused the certificate");
+            let tunnel = outer
+                .channel_open_direct_tcpip(self.target, u32::from(self.target_port), "127.0.0.1", 0)
+                .await
+                .expect("the forward to the recorded target");
+            let inner_config = Arc::new(client::Config {
+                preferred: russh::Preferred {
+                    host_key_certificates: std::borrow::Cow::Borrowed(&[
+                        russh::keys::Algorithm::Ed25519,
+                    ]),
+                    ..russh::Preferred::default()
+                },
+                ..client::Config::default()
+            });
+            let mut inner = client::connect_stream(inner_config, tunnel.into_stream(), AnyHost)
+                .await
+                .expect("SSH handshake with the inner server");
+            let auth = inner
+                .authenticate_none(self.login)
+                .await
+                .expect("inner login");
+            assert!(
+                auth.success(),
+                "the inner server refused login {}",
+                self.login
+            );
+            let mut session = inner
+                .channel_open_session()
+                .await
+                .expect("a session on the target");
+            stall();
+            // Sends fail once the connection is gone; that is the point.
+            let _ = session.request_pty(true, "xterm", 80, 24, 0, 0, &[]).await;
+            for _ in 0..env_requests {
+                if session.set_env(true, "LANG", "C.UTF-8").await.is_err() {
+                    break;
+                }
+            }
+            let ended = async {
+                while session.wait().await.is_some() {}
+                while !inner.is_closed() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), ended)
+                .await
+                .is_ok()
+        })
+    }
 }
