@@ -931,6 +931,25 @@ fn signal_all(signal: &str, pids: &[u32]) {
     proc::run_ok(&mut cmd);
 }
 
+/// The client's keepalives that the server answered, in an OpenSSH
+/// client's DEBUG3 log (portvakt's inner server answers them with
+/// SSH_MSG_REQUEST_FAILURE, type 82).
+fn keepalives_answered(log: &str) -> usize {
+    log.matches("receive packet: type 82").count()
+}
+
+/// `session` (running `echo <word>` on db-1) ends well, prints `word`,
+/// and its exec recording names the command.
+fn assert_echoed(r: &Recorded, session: &mut ChildGuard, word: &str) {
+    let status = session.wait_exit(std::time::Duration::from_secs(20));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut session.take_stdout(), &mut out).unwrap();
+    assert!(status.success(), "{status:?}: {}", session.log_text());
+    assert_eq!(out.trim(), word);
+    let rec = r.wait_recording("exec");
+    assert_eq!(rec["command"], format!("echo {word}"));
+}
+
 /// While the target is slow to answer (its sshd stopped), the inner
 /// connection's loop is not waiting for it: the client's keepalives are
 /// still answered, so the client does not give up on portvakt, and the
@@ -974,8 +993,7 @@ fn a_target_slow_to_answer_does_not_stall_the_engineers_connection() {
     assert!(!stopped.is_empty(), "the target serves the master");
     signal_all("-STOP", &stopped);
     // The keepalives answered so far.
-    let answered = |log: &str| log.matches("receive packet: type 82").count();
-    let before = answered(&master.full_log());
+    let before = keepalives_answered(&master.full_log());
     let mut session = client.spawn(&["-o", &control_path, "db-1", "echo through-the-stall"]);
     // The session's channel open waits for the target, and three more
     // keepalives are answered meanwhile (two unanswered end the master).
@@ -984,7 +1002,7 @@ fn a_target_slow_to_answer_does_not_stall_the_engineers_connection() {
         std::time::Duration::from_secs(15),
         || {
             master.assert_running();
-            (answered(&master.full_log()) >= before + 3).then_some(())
+            (keepalives_answered(&master.full_log()) >= before + 3).then_some(())
         },
     );
     assert!(
@@ -992,13 +1010,7 @@ fn a_target_slow_to_answer_does_not_stall_the_engineers_connection() {
         "the session waits for the target"
     );
     signal_all("-CONT", &stopped);
-    let status = session.wait_exit(std::time::Duration::from_secs(20));
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut session.take_stdout(), &mut out).unwrap();
-    assert!(status.success(), "{status:?}: {}", session.log_text());
-    assert_eq!(out.trim(), "through-the-stall");
-    let rec = r.wait_recording("exec");
-    assert_eq!(rec["command"], "echo through-the-stall");
+    assert_echoed(&r, &mut session, "through-the-stall");
     master.assert_running();
 }
 
@@ -1020,13 +1032,12 @@ fn a_target_slow_to_log_in_to_does_not_stall_the_engineers_connection() {
         "db-1",
         "echo after-the-login",
     ]);
-    let answered = |log: &str| log.matches("receive packet: type 82").count();
     proc::poll_until(
         "keepalives answered while the target is stopped",
         std::time::Duration::from_secs(20),
         || {
             session.assert_running();
-            (answered(&session.full_log()) >= 3).then_some(())
+            (keepalives_answered(&session.full_log()) >= 3).then_some(())
         },
     );
     assert!(
@@ -1034,13 +1045,7 @@ fn a_target_slow_to_log_in_to_does_not_stall_the_engineers_connection() {
         "no session has reached the target yet"
     );
     signal_all("-CONT", &listener);
-    let status = session.wait_exit(std::time::Duration::from_secs(20));
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut session.take_stdout(), &mut out).unwrap();
-    assert!(status.success(), "{status:?}: {}", session.log_text());
-    assert_eq!(out.trim(), "after-the-login");
-    let rec = r.wait_recording("exec");
-    assert_eq!(rec["command"], "echo after-the-login");
+    assert_echoed(&r, &mut session, "after-the-login");
 }
 
 /// A client that keeps sending requests on a session while the target
@@ -1049,12 +1054,9 @@ fn a_target_slow_to_log_in_to_does_not_stall_the_engineers_connection() {
 #[test]
 fn a_client_piling_up_requests_behind_a_silent_target_is_disconnected() {
     let r = Recorded::start();
+    let ssh_config = r.client().write_config();
     let flood = raw_client::FloodRecorded {
-        port: r.pv.port,
-        host_key: &r.pv.host_key,
-        user: "alice",
-        key: &r.alice,
-        cert: &r.alice.cert_path(),
+        ssh_config: &ssh_config,
         target: "db-1",
         target_port: r.sshd.port,
         login: &r.login,

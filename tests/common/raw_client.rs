@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::client;
-use russh::keys::{
-    Certificate, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate, load_secret_key,
-};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate, load_secret_key};
 
 use super::keys::UserKey;
 use super::proc::local;
@@ -92,16 +90,12 @@ impl client::Handler for AnyHost {
     }
 }
 
-/// A recorded target reached the way `ssh -J` reaches it, by a client
+/// A recorded target reached the way `ssh -J` reaches it (the stock
+/// OpenSSH client as the jump's `ssh -W`), with russh inside as a client
 /// that does not wait for answers.
 pub struct FloodRecorded<'a> {
-    /// portvakt's port and host key line.
-    pub port: u16,
-    pub host_key: &'a str,
-    /// The engineer, their key and its certificate.
-    pub user: &'a str,
-    pub key: &'a UserKey,
-    pub cert: &'a Path,
+    /// The `-F` file of an OpenSSH client that logs in to the bastion.
+    pub ssh_config: &'a Path,
     /// The target as the client dials it, and the login on it.
     pub target: &'a str,
     pub target_port: u16,
@@ -109,34 +103,34 @@ pub struct FloodRecorded<'a> {
 }
 
 impl FloodRecorded<'_> {
-    /// Logs in to portvakt, opens a `direct-tcpip` channel to the target,
-    /// logs in to portvakt's inner server inside it with "none", opens a
-    /// session, runs `stall` (which may stop the target), then asks for a
-    /// pty and sends `env_requests` `LANG` requests, each wanting an
-    /// answer, without waiting for any. Returns whether the inner
-    /// connection was ended by the other side within 20 s.
+    /// Runs `ssh -W target:port bastion`, logs in to portvakt's inner
+    /// server over it with "none", opens a session, runs `stall` (which
+    /// may stop the target), then asks for a pty and sends `env_requests`
+    /// `LANG` requests, each wanting an answer, without waiting for any.
+    /// Returns whether the inner connection was ended by the other side
+    /// within 20 s.
     pub fn run(&self, env_requests: usize, stall: impl FnOnce()) -> bool {
-        let host_key = PublicKey::from_openssh(self.host_key).expect("parse the bastion host key");
-        let private = Arc::new(load_secret_key(&self.key.path, None).expect("load the key"));
-        let cert = Certificate::read_file(self.cert).expect("read the certificate");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("tokio runtime");
         runtime.block_on(async {
-            let config = Arc::new(client::Config::default());
-            let mut outer = client::connect(config, local(self.port), KnownHost { host_key })
-                .await
-                .expect("SSH handshake with the bastion");
-            let auth = outer
-                .authenticate_openssh_cert(self.user, private, cert)
-                .await
-                .expect("certificate login");
-            assert!(auth.success(), "the bastion refused the certificate");
-            let tunnel = outer
-                .channel_open_direct_tcpip(self.target, u32::from(self.target_port), "127.0.0.1", 0)
-                .await
-                .expect("the forward to the recorded target");
+            let mut jump = tokio::process::Command::new("/usr/bin/ssh")
+                .arg("-F")
+                .arg(self.ssh_config)
+                .arg("-W")
+                .arg(format!("{}:{}", self.target, self.target_port))
+                .arg(super::client::BASTION)
+                .env_remove("SSH_AUTH_SOCK")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start ssh -W");
+            let tunnel = tokio::io::join(
+                jump.stdout.take().expect("ssh stdout"),
+                jump.stdin.take().expect("ssh stdin"),
+            );
             let inner_config = Arc::new(client::Config {
                 preferred: russh::Preferred {
                     host_key_certificates: std::borrow::Cow::Borrowed(&[
@@ -146,7 +140,7 @@ impl FloodRecorded<'_> {
                 },
                 ..client::Config::default()
             });
-            let mut inner = client::connect_stream(inner_config, tunnel.into_stream(), AnyHost)
+            let mut inner = client::connect_stream(inner_config, tunnel, AnyHost)
                 .await
                 .expect("SSH handshake with the inner server");
             let auth = inner
