@@ -733,7 +733,7 @@ impl Handler for Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // The inner connection is over: a login to the target still under
-        // way is not finished for nobody.
+        // way is abandoned, not finished for a client that is gone.
         if let Some(task) = &self.connecting {
             task.abort();
         }

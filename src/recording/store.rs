@@ -476,13 +476,9 @@ async fn store_chunk(
     let len = raw.len() as i64;
     // LZ4 takes well under a millisecond per chunk: no thread hand-over.
     let (codec, packed) = encode(&raw, sample);
-    let packed = match packed {
-        Cow::Owned(packed) => Some(packed),
-        Cow::Borrowed(_) => None,
-    };
     let (data, spare) = match packed {
-        Some(packed) => (packed, Some(raw)),
-        None => (raw, None),
+        Cow::Owned(packed) => (packed, Some(raw)),
+        Cow::Borrowed(_) => (raw, None),
     };
     let result = async {
         // The chunk first, then the row that counts it, each committed on

@@ -1358,24 +1358,14 @@ mod tests {
         }
     }
 
+    use super::super::session::queued_packets;
+
     fn global_request(name: &str, want_reply: bool, extra: &[u8]) -> Vec<u8> {
         let mut packet = vec![msg::GLOBAL_REQUEST];
         name.encode(&mut packet).unwrap();
         packet.push(u8::from(want_reply));
         packet.extend_from_slice(extra);
         packet
-    }
-
-    /// The packets queued for the client: (message number, the rest).
-    fn queued_packets(session: &Session) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut w = &session.common.encrypted.as_ref().unwrap().write[..];
-        while w.len() >= 5 {
-            let len = u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize;
-            out.push((w[4], w[5..4 + len].to_vec()));
-            w = &w[4 + len..];
-        }
-        out
     }
 
     #[tokio::test]

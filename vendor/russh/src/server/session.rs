@@ -1779,6 +1779,21 @@ impl Session {
     }
 }
 
+/// The packets queued for the client, unencrypted: (message number, the
+/// rest). For tests of what the session answers.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)] // a test's helper
+pub(crate) fn queued_packets(session: &Session) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut w = &session.common.encrypted.as_ref().unwrap().write[..];
+    while w.len() >= 5 {
+        let len = u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize;
+        out.push((w[4], w[5..4 + len].to_vec()));
+        w = &w[4 + len..];
+    }
+    out
+}
+
 #[cfg(all(test, feature = "flate2"))]
 mod tests {
     use std::collections::{HashMap, VecDeque};
@@ -1879,18 +1894,6 @@ mod tests {
         }
     }
 
-    /// The packets queued for the client: (message number, the rest).
-    fn written_packets(session: &Session) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut w = &session.common.encrypted.as_ref().unwrap().write[..];
-        while w.len() >= 5 {
-            let len = u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize;
-            out.push((w[4], w[5..4 + len].to_vec()));
-            w = &w[4 + len..];
-        }
-        out
-    }
-
     /// A client-opened session channel, confirmed, whose next request asks
     /// for an answer if `wants_reply`.
     fn open_channel(session: &mut Session, id: ChannelId, recipient: u32) {
@@ -1936,7 +1939,7 @@ mod tests {
         request(&mut session, id, true);
         assert!(session.defer_channel_reply(id));
         session.channel_failure(id).unwrap();
-        assert!(written_packets(&session).is_empty());
+        assert!(super::queued_packets(&session).is_empty());
 
         // The handle's answers go out in the order it sends them.
         session
@@ -1956,7 +1959,7 @@ mod tests {
             .unwrap();
         let recipient = 42u32.to_be_bytes().to_vec();
         assert_eq!(
-            written_packets(&session),
+            super::queued_packets(&session),
             vec![
                 (crate::msg::CHANNEL_FAILURE, recipient.clone()),
                 (crate::msg::CHANNEL_SUCCESS, recipient.clone()),
@@ -1990,7 +1993,7 @@ mod tests {
             .dispatch_msg(Msg::Channel(ChannelId(9), ChannelMsg::Success))
             .unwrap();
         assert_eq!(
-            written_packets(&session),
+            super::queued_packets(&session),
             vec![
                 (crate::msg::CHANNEL_SUCCESS, 11u32.to_be_bytes().to_vec()),
                 (crate::msg::CHANNEL_SUCCESS, 10u32.to_be_bytes().to_vec()),
