@@ -855,13 +855,25 @@ Cog3JMeTrb3LiPHgN6gU2P30MRp6L1j1J/MtlOAr5rux
             .stderr(Stdio::null())
             .spawn()?;
 
-        // Wait for the socket to be created
-        while agent_path.canonicalize().is_err() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        // Wait until the agent listens: its socket file appears at bind(2),
+        // before listen(2), and a connect in between is refused.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let stream = loop {
+            match tokio::net::UnixStream::connect(&agent_path).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    if let Some(status) = agent.try_wait()? {
+                        return Err(format!("ssh-agent exited ({status})").into());
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(format!("ssh-agent did not listen: {e}").into());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        };
 
         let public = key.public_key();
-        let stream = tokio::net::UnixStream::connect(&agent_path).await?;
         let mut client = agent::client::AgentClient::connect(stream);
         client.add_identity(&key, &[]).await?;
         client.request_identities().await?;
