@@ -2,6 +2,7 @@
 //! OpenSSH tools (`ssh-keygen`, `ssh-agent`, `ssh-add`).
 
 use std::fs;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -214,7 +215,9 @@ pub struct SshAgent {
 }
 
 impl SshAgent {
-    /// Starts `ssh-agent -D -a dir/agent.sock` and waits for the socket.
+    /// Starts `ssh-agent -D -a dir/agent.sock` and waits until it listens
+    /// (its socket file appears at bind(2), a moment before it listens, and
+    /// a connect in between is refused).
     pub fn start(dir: &Path) -> SshAgent {
         let socket = dir.join("agent.sock");
         let log = dir.join("ssh-agent.log");
@@ -227,9 +230,9 @@ impl SshAgent {
             socket,
             _process: process,
         };
-        poll_until("the ssh-agent socket", READY_TIMEOUT, || {
+        poll_until("the ssh-agent socket to accept", READY_TIMEOUT, || {
             agent._process.assert_running();
-            agent.socket.exists().then_some(())
+            UnixStream::connect(&agent.socket).ok().map(drop)
         });
         agent
     }
