@@ -19,6 +19,11 @@
 // RustCrypto `chacha20` (legacy 64-bit nonce) and `poly1305` crates, whose
 // AVX2 code paths are chosen at run time. aws-lc's openssh variant was half
 // the speed here: its Poly1305 runs scalar code and took as long as ChaCha20.
+//
+// portvakt patch 13: with the `openssl-chacha20-poly1305` feature, the
+// payload's ChaCha20 and the Poly1305 tag come from the system's OpenSSL 3
+// libcrypto (see `libcrypto` below), about twice as fast again; the crates
+// stay for the packet length and as the fallback.
 
 use chacha20::ChaCha20Legacy;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
@@ -27,7 +32,12 @@ use poly1305::universal_hash::KeyInit;
 use subtle::ConstantTimeEq;
 
 use super::super::Error;
+#[cfg(feature = "openssl-chacha20-poly1305")]
+use super::PACKET_LENGTH_LEN;
 use crate::mac::MacAlgorithm;
+
+#[cfg(feature = "openssl-chacha20-poly1305")]
+mod libcrypto;
 
 const KEY_LEN: usize = 64;
 const TAG_LEN: usize = 16;
@@ -76,6 +86,14 @@ impl Keys {
     }
 }
 
+/// See [`super::chacha20_poly1305_uses_libcrypto`].
+pub(crate) fn uses_libcrypto() -> bool {
+    #[cfg(feature = "openssl-chacha20-poly1305")]
+    return libcrypto::Payload::new(&[0; 32]).is_some();
+    #[cfg(not(feature = "openssl-chacha20-poly1305"))]
+    false
+}
+
 pub struct SshChacha20Poly1305Cipher {}
 
 impl super::Cipher for SshChacha20Poly1305Cipher {
@@ -90,7 +108,7 @@ impl super::Cipher for SshChacha20Poly1305Cipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::OpeningKey + Send> {
-        Box::new(OpeningKey(Keys::new(k)))
+        Box::new(OpeningKey::new(k))
     }
 
     fn make_sealing_key(
@@ -100,13 +118,63 @@ impl super::Cipher for SshChacha20Poly1305Cipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::SealingKey + Send> {
-        Box::new(SealingKey(Keys::new(k)))
+        Box::new(SealingKey::new(k))
     }
 }
 
-pub struct OpeningKey(Keys);
+pub struct OpeningKey {
+    keys: Keys,
+    #[cfg(feature = "openssl-chacha20-poly1305")]
+    libcrypto: Option<libcrypto::Payload>,
+}
 
-pub struct SealingKey(Keys);
+pub struct SealingKey {
+    keys: Keys,
+    #[cfg(feature = "openssl-chacha20-poly1305")]
+    libcrypto: Option<libcrypto::Payload>,
+}
+
+impl OpeningKey {
+    fn new(k: &[u8]) -> Self {
+        let keys = Keys::new(k);
+        OpeningKey {
+            #[cfg(feature = "openssl-chacha20-poly1305")]
+            libcrypto: libcrypto::Payload::new(&keys.main),
+            keys,
+        }
+    }
+
+    /// Opens with the RustCrypto crates only (what the `libcrypto` path is
+    /// checked against).
+    #[cfg(test)]
+    fn rustcrypto(k: &[u8]) -> Self {
+        OpeningKey {
+            keys: Keys::new(k),
+            #[cfg(feature = "openssl-chacha20-poly1305")]
+            libcrypto: None,
+        }
+    }
+}
+
+impl SealingKey {
+    fn new(k: &[u8]) -> Self {
+        let keys = Keys::new(k);
+        SealingKey {
+            #[cfg(feature = "openssl-chacha20-poly1305")]
+            libcrypto: libcrypto::Payload::new(&keys.main),
+            keys,
+        }
+    }
+
+    #[cfg(test)]
+    fn rustcrypto(k: &[u8]) -> Self {
+        SealingKey {
+            keys: Keys::new(k),
+            #[cfg(feature = "openssl-chacha20-poly1305")]
+            libcrypto: None,
+        }
+    }
+}
 
 impl super::OpeningKey for OpeningKey {
     fn decrypt_packet_length(
@@ -116,7 +184,7 @@ impl super::OpeningKey for OpeningKey {
     ) -> [u8; 4] {
         let mut length = [0u8; 4];
         length.copy_from_slice(encrypted_packet_length.get(..4).unwrap_or(&[0; 4]));
-        self.0.crypt_length(sequence_number, &mut length);
+        self.keys.crypt_length(sequence_number, &mut length);
         length
     }
 
@@ -135,7 +203,23 @@ impl super::OpeningKey for OpeningKey {
             .filter(|l| *l >= super::PACKET_LENGTH_LEN)
             .ok_or(Error::DecryptionError)?;
         let (packet, tag) = ciphertext_and_tag.split_at_mut(ciphertext_len);
-        let (mut cipher, poly_key) = self.0.main_cipher(sequence_number);
+        #[cfg(feature = "openssl-chacha20-poly1305")]
+        if let Some(libcrypto) = self.libcrypto.as_mut() {
+            match libcrypto.open(sequence_number, packet, tag) {
+                Ok(()) => {
+                    #[allow(clippy::indexing_slicing)] // at least PACKET_LENGTH_LEN, checked above
+                    return Ok(&packet[super::PACKET_LENGTH_LEN..]);
+                }
+                Err(libcrypto::Failed::Refused) => return Err(Error::DecryptionError),
+                // Nothing was decrypted yet: the crates below open it.
+                Err(libcrypto::Failed::Untouched) => self.libcrypto = None,
+                Err(libcrypto::Failed::Touched) => {
+                    self.libcrypto = None;
+                    return Err(Error::DecryptionError);
+                }
+            }
+        }
+        let (mut cipher, poly_key) = self.keys.main_cipher(sequence_number);
         let expected = Poly1305::new(&poly_key.into()).compute_unpadded(packet);
         if !bool::from(expected.as_slice().ct_eq(tag)) {
             return Err(Error::DecryptionError);
@@ -183,12 +267,33 @@ impl super::SealingKey for SealingKey {
         plaintext_in_ciphertext_out: &mut [u8],
         tag: &mut [u8],
     ) {
-        let (length, payload) = plaintext_in_ciphertext_out
-            .split_at_mut(super::PACKET_LENGTH_LEN.min(plaintext_in_ciphertext_out.len()));
-        self.0.crypt_length(sequence_number, length);
-        let (mut cipher, poly_key) = self.0.main_cipher(sequence_number);
-        cipher.apply_keystream(payload);
-        let t = Poly1305::new(&poly_key.into()).compute_unpadded(plaintext_in_ciphertext_out);
+        let packet = plaintext_in_ciphertext_out;
+        let length_len = super::PACKET_LENGTH_LEN.min(packet.len());
+        #[allow(clippy::indexing_slicing)] // length_len <= packet.len()
+        self.keys.crypt_length(sequence_number, &mut packet[..length_len]);
+        #[cfg(feature = "openssl-chacha20-poly1305")]
+        if let Some(libcrypto) = self.libcrypto.as_mut() {
+            match libcrypto.seal(sequence_number, packet, tag) {
+                Ok(()) => return,
+                // Part of the payload may still be plaintext: send a packet
+                // that holds none of it and that no peer accepts (its tag
+                // cannot match), which ends the connection.
+                Err(libcrypto::Failed::Touched) => {
+                    self.libcrypto = None;
+                    packet.fill(0);
+                    tag.fill(0);
+                    return;
+                }
+                // Nothing was encrypted yet: the crates below seal it.
+                Err(libcrypto::Failed::Untouched | libcrypto::Failed::Refused) => {
+                    self.libcrypto = None;
+                }
+            }
+        }
+        let (mut cipher, poly_key) = self.keys.main_cipher(sequence_number);
+        #[allow(clippy::indexing_slicing)] // length_len <= packet.len()
+        cipher.apply_keystream(&mut packet[length_len..]);
+        let t = Poly1305::new(&poly_key.into()).compute_unpadded(packet);
         if let Some(out) = tag.get_mut(..TAG_LEN) {
             out.copy_from_slice(&t);
         }
@@ -199,30 +304,45 @@ impl super::SealingKey for SealingKey {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::super::{OpeningKey as _, PACKET_LENGTH_LEN, SealingKey as _};
-    use super::{Keys, OpeningKey, SealingKey, TAG_LEN};
+    use super::{OpeningKey, SealingKey, TAG_LEN};
     use crate::Error;
 
     /// Seals `packet` (`packet_length || rest`, as russh hands it over)
-    /// with our implementation; returns the ciphertext and the tag.
+    /// with our implementation (libcrypto's when built with it); returns
+    /// the ciphertext and the tag.
     fn seal(key: &[u8; 64], sequence_number: u32, packet: &[u8]) -> (Vec<u8>, [u8; TAG_LEN]) {
+        seal_with(SealingKey::new(key), sequence_number, packet)
+    }
+
+    fn seal_with(
+        mut key: SealingKey,
+        sequence_number: u32,
+        packet: &[u8],
+    ) -> (Vec<u8>, [u8; TAG_LEN]) {
         let mut out = packet.to_vec();
         let mut tag = [0u8; TAG_LEN];
-        SealingKey(Keys::new(key)).seal(sequence_number, &mut out, &mut tag);
+        key.seal(sequence_number, &mut out, &mut tag);
         (out, tag)
     }
 
     /// Opens `ciphertext || tag` with our implementation; the payload.
     fn open(key: &[u8; 64], sequence_number: u32, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        open_with(OpeningKey::new(key), sequence_number, sealed)
+    }
+
+    fn open_with(
+        mut key: OpeningKey,
+        sequence_number: u32,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         let mut buf = sealed.to_vec();
-        OpeningKey(Keys::new(key))
-            .open(sequence_number, &mut buf)
-            .map(|p| p.to_vec())
+        key.open(sequence_number, &mut buf).map(|p| p.to_vec())
     }
 
     /// A packet as russh builds it: `packet_length || padding_length ||
     /// payload || padding`, padded the way this cipher's sealing key says.
     fn packet(payload: &[u8]) -> Vec<u8> {
-        let key = SealingKey(Keys::new(&[0; 64]));
+        let key = SealingKey::new(&[0; 64]);
         let padding = key.padding_length(payload);
         let length = (1 + payload.len() + padding) as u32;
         let mut p = length.to_be_bytes().to_vec();
@@ -300,20 +420,91 @@ mod tests {
                 tag: hex_literal::hex!("ba0b1023e4e253fa70386c16a309e9e6"),
             },
         ];
+        // Both implementations when built with libcrypto's.
         for (i, v) in vectors.iter().enumerate() {
             let (ciphertext, tag) = seal(&v.key, v.sequence_number, v.plaintext);
             assert_eq!(ciphertext, v.ciphertext, "vector {i}: ciphertext");
             assert_eq!(tag, v.tag, "vector {i}: tag");
+            let (ciphertext, tag) =
+                seal_with(SealingKey::rustcrypto(&v.key), v.sequence_number, v.plaintext);
+            assert_eq!(ciphertext, v.ciphertext, "vector {i}: ciphertext (crates)");
+            assert_eq!(tag, v.tag, "vector {i}: tag (crates)");
 
-            let opening = OpeningKey(Keys::new(&v.key));
+            let opening = OpeningKey::new(&v.key);
             let length = opening.decrypt_packet_length(v.sequence_number, &v.ciphertext[..4]);
             assert_eq!(length, v.plaintext[..4], "vector {i}: length");
-            let payload = open(&v.key, v.sequence_number, &concat(v.ciphertext, &v.tag)).unwrap();
+            let sealed = concat(v.ciphertext, &v.tag);
+            let payload = open(&v.key, v.sequence_number, &sealed).unwrap();
             assert_eq!(
                 payload,
                 v.plaintext[PACKET_LENGTH_LEN..],
                 "vector {i}: opened"
             );
+            let payload =
+                open_with(OpeningKey::rustcrypto(&v.key), v.sequence_number, &sealed).unwrap();
+            assert_eq!(
+                payload,
+                v.plaintext[PACKET_LENGTH_LEN..],
+                "vector {i}: opened (crates)"
+            );
+        }
+    }
+
+    /// Built with the feature, every key uses libcrypto (so the tests here
+    /// test it, and a libcrypto that silently fell back would fail them).
+    #[cfg(feature = "openssl-chacha20-poly1305")]
+    #[test]
+    fn libcrypto_is_used_when_built_with_it() {
+        assert!(SealingKey::new(&[7; 64]).libcrypto.is_some());
+        assert!(OpeningKey::new(&[7; 64]).libcrypto.is_some());
+        assert!(SealingKey::rustcrypto(&[7; 64]).libcrypto.is_none());
+        assert!(super::super::chacha20_poly1305_uses_libcrypto());
+    }
+
+    /// libcrypto's ChaCha20 and Poly1305 and the crates' seal to the same
+    /// bytes, and each opens what the other sealed, for payloads from empty
+    /// to past 32 KiB and at the edges of the sequence number space; a key
+    /// that falls back to the crates half way keeps the stream intact.
+    #[cfg(feature = "openssl-chacha20-poly1305")]
+    #[test]
+    fn libcrypto_and_the_crates_make_the_same_packets() {
+        let mut key = [0u8; 64];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(91).wrapping_add(5);
+        }
+        let payload_lengths = [0, 1, 15, 16, 63, 64, 65, 127, 200, 1000, 4096, 32768, 70000];
+        let sequence_numbers = [0, 1, 2, 0x7fff_ffff, u32::MAX - 1, u32::MAX];
+        for &len in &payload_lengths {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+            let packet = packet(&payload);
+            for &seq in &sequence_numbers {
+                let ours = seal_with(SealingKey::new(&key), seq, &packet);
+                let crates = seal_with(SealingKey::rustcrypto(&key), seq, &packet);
+                assert_eq!(ours, crates, "payload {len}, sequence number {seq}");
+                let sealed = concat(&ours.0, &ours.1);
+                for opening in [OpeningKey::new(&key), OpeningKey::rustcrypto(&key)] {
+                    assert_eq!(
+                        open_with(opening, seq, &sealed).unwrap(),
+                        packet[PACKET_LENGTH_LEN..]
+                    );
+                }
+            }
+        }
+
+        // One key for a stream of packets, as a connection uses it, which
+        // drops libcrypto after the second packet (what a failed call does).
+        let mut sealing = SealingKey::new(&key);
+        let mut opening = OpeningKey::new(&key);
+        for seq in 0..5u32 {
+            if seq == 2 {
+                sealing.libcrypto = None;
+            }
+            let packet = packet(&vec![seq as u8; 100 + seq as usize]);
+            let mut buf = packet.clone();
+            let mut tag = [0u8; TAG_LEN];
+            sealing.seal(seq, &mut buf, &mut tag);
+            buf.extend_from_slice(&tag);
+            assert_eq!(opening.open(seq, &mut buf).unwrap(), &packet[PACKET_LENGTH_LEN..]);
         }
     }
 
@@ -354,7 +545,7 @@ mod tests {
                 let mut length = [0u8; 4];
                 length.copy_from_slice(&ours[..4]);
                 assert_eq!(
-                    OpeningKey(Keys::new(&key)).decrypt_packet_length(seq, &length),
+                    OpeningKey::new(&key).decrypt_packet_length(seq, &length),
                     aws_opening.decrypt_packet_length(seq, length),
                 );
                 // Each opens what the other sealed.
@@ -372,6 +563,12 @@ mod tests {
     /// length and a tag, is refused.
     #[test]
     fn tampered_packets_are_refused() {
+        tampered_packets_are_refused_by(OpeningKey::new);
+        tampered_packets_are_refused_by(OpeningKey::rustcrypto);
+    }
+
+    fn tampered_packets_are_refused_by(opening: fn(&[u8]) -> OpeningKey) {
+        let open = |key: &[u8; 64], seq: u32, sealed: &[u8]| open_with(opening(key), seq, sealed);
         let key = [0x5au8; 64];
         let packet = packet(b"SSH_MSG_CHANNEL_DATA, more or less");
         let (ciphertext, tag) = seal(&key, 42, &packet);

@@ -101,6 +101,15 @@ pub const CHACHA20_POLY1305: Name = Name("chacha20-poly1305@openssh.com");
 /// `none`
 pub const NONE: Name = Name("none");
 
+/// Whether `chacha20-poly1305@openssh.com` computes its payload cipher and
+/// tag with the system's OpenSSL libcrypto (feature
+/// `openssl-chacha20-poly1305`, and a libcrypto that provides ChaCha20 and
+/// POLY1305); otherwise the RustCrypto crates compute them. For a server to
+/// say at start-up which one it runs.
+pub fn chacha20_poly1305_uses_libcrypto() -> bool {
+    chacha20poly1305::uses_libcrypto()
+}
+
 pub(crate) static _CLEAR: Clear = Clear {};
 #[cfg(feature = "des")]
 static _3DES_CBC: SshBlockCipher<CbcWrapper<des::TdesEde3>> = SshBlockCipher(PhantomData);
