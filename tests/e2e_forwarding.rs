@@ -64,6 +64,46 @@ fn twenty_mib_through_ssh_w_arrive_byte_exact_and_are_counted() {
     assert_eq!(row.close_reason.as_deref(), Some("closed"), "{row:?}");
 }
 
+/// OpenSSH's first cipher, chacha20-poly1305, is what the client and
+/// portvakt agree on, and portvakt computes it with libcrypto's ChaCha20
+/// and Poly1305 (russh patch 13; it says so at start-up): 4 MiB both ways
+/// through it arrive intact.
+#[test]
+fn chacha20_poly1305_is_negotiated_and_runs_on_libcrypto() {
+    let env = TestEnv::new();
+    let echo = EchoServer::start();
+    let (pv, alice) = bastion(
+        &env,
+        Config::new().target(Target::host("echo", "127.0.0.1", echo.port).allow_users(&["alice"])),
+    );
+    let data = random_bytes(4 * MIB);
+    let out = forward_stdio(
+        &env.client(&pv, "alice")
+            .identity(&alice)
+            .log_level("DEBUG")
+            .timeout(Duration::from_secs(120)),
+        "echo",
+        echo.port,
+        &data,
+    );
+    assert_eq!(out.code(), 0, "ssh -W failed: {}", out.stderr);
+    assert!(
+        out.stdout == data,
+        "echo mismatch: {}",
+        diff(&out.stdout, &data)
+    );
+    for direction in ["server->client", "client->server"] {
+        let line = format!("kex: {direction} cipher: chacha20-poly1305@openssh.com");
+        assert!(out.stderr.contains(&line), "no {line:?} in: {}", out.stderr);
+    }
+    let log = pv.log();
+    assert!(
+        log.contains("chacha20-poly1305 with ChaCha20 and Poly1305 of OpenSSL's libcrypto"),
+        "{log}"
+    );
+    assert!(!log.contains("with the RustCrypto crates"), "{log}");
+}
+
 #[test]
 fn bytes_are_counted_in_their_own_direction() {
     let env = TestEnv::new();

@@ -73,6 +73,15 @@ pub async fn run(cfg: Config, mut control: mpsc::Receiver<Control>) -> anyhow::R
     let shards = Arc::new(Shards::start()?);
     let background = Background::start(&state, metrics, console);
     let terminate = CancellationToken::new();
+    if russh::cipher::chacha20_poly1305_uses_libcrypto() {
+        tracing::info!("chacha20-poly1305 with ChaCha20 and Poly1305 of OpenSSL's libcrypto");
+    } else {
+        tracing::warn!(
+            "chacha20-poly1305 with the RustCrypto crates: libcrypto offers no ChaCha20 or \
+             POLY1305 (an OpenSSL configuration without its default provider?); correct, \
+             but slower"
+        );
+    }
     let mut accepting = Vec::new();
     for l in listeners {
         tracing::info!(addr = %l.local_addr()?, "listening");
