@@ -250,14 +250,40 @@ async fn write_chained(
     tail: Option<chain::Tail>,
 ) -> Result<chain::Tail, sqlx::Error> {
     let mut tx = store.pool().begin().await?;
+    match insert_batch(&mut tx, node, batch, tail).await {
+        Ok(tail) => {
+            tx.commit().await?;
+            Ok(tail)
+        }
+        Err(e) => {
+            // Rolled back now, not when sqlx gets the connection back (it
+            // does that in a task of its own): until then the transaction
+            // holds SQLite's write lock, and the next write, which the
+            // pool may give another connection, found the database locked
+            // and lost its record.
+            if let Err(r) = tx.rollback().await {
+                tracing::debug!(error = %r, "rollback of a failed audit write");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The statements of [`write_chained`], inside its transaction.
+async fn insert_batch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    node: &str,
+    batch: &[Record],
+    tail: Option<chain::Tail>,
+) -> Result<chain::Tail, sqlx::Error> {
     let mut tail = match tail {
         Some(t) => t,
-        None => chain::read_tail(&mut *tx, node).await?,
+        None => chain::read_tail(&mut **tx, node).await?,
     };
     for r in batch {
         match r {
             Record::Event(ev, _) => {
-                tail = insert_event(&mut tx, node, &tail, ev).await?;
+                tail = insert_event(tx, node, &tail, ev).await?;
             }
             Record::ConnectionOpen { id, source, at } => {
                 sqlx::query(
@@ -267,7 +293,7 @@ async fn write_chained(
                 .bind(node)
                 .bind(source)
                 .bind(*at)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
             Record::ConnectionAuthenticated {
@@ -283,7 +309,7 @@ async fn write_chained(
                 .bind(method)
                 .bind(*at)
                 .bind(id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
             // Turned into events (or refused) before a batch is written.
@@ -299,12 +325,11 @@ async fn write_chained(
                     .bind(reason)
                     .bind(client_version.as_deref())
                     .bind(id)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
             }
         }
     }
-    tx.commit().await?;
     Ok(tail)
 }
 
