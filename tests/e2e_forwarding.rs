@@ -31,31 +31,38 @@ fn diff(got: &[u8], want: &[u8]) -> String {
     )
 }
 
-#[test]
-fn twenty_mib_through_ssh_w_arrive_byte_exact_and_are_counted() {
+/// alice sends `mib` MiB of random bytes to an echo target with `ssh -W`
+/// through a fresh bastion (client log level `log_level`) and gets them
+/// back byte for byte; the bastion and the client's output.
+fn echo_through_ssh_w(mib: usize, log_level: &str) -> (TestEnv, Portvakt, RunOutput) {
     let env = TestEnv::new();
     let echo = EchoServer::start();
     let (pv, alice) = bastion(
         &env,
         Config::new().target(Target::host("echo", "127.0.0.1", echo.port).allow_users(&["alice"])),
     );
-    let data = random_bytes(20 * MIB);
-
+    let data = random_bytes(mib * MIB);
     let out = forward_stdio(
         &env.client(&pv, "alice")
             .identity(&alice)
+            .log_level(log_level)
             .timeout(Duration::from_secs(300)),
         "echo",
         echo.port,
         &data,
     );
-
     assert_eq!(out.code(), 0, "ssh -W failed: {}", out.stderr);
     assert!(
         out.stdout == data,
         "echo mismatch: {}",
         diff(&out.stdout, &data)
     );
+    (env, pv, out)
+}
+
+#[test]
+fn twenty_mib_through_ssh_w_arrive_byte_exact_and_are_counted() {
+    let (_env, pv, _) = echo_through_ssh_w(20, "ERROR");
     let row = pv.wait_for_session("the echo forward closed", |r| {
         r.target.as_deref() == Some("echo") && r.ended_at.is_some()
     });
@@ -70,28 +77,7 @@ fn twenty_mib_through_ssh_w_arrive_byte_exact_and_are_counted() {
 /// through it arrive intact.
 #[test]
 fn chacha20_poly1305_is_negotiated_and_runs_on_libcrypto() {
-    let env = TestEnv::new();
-    let echo = EchoServer::start();
-    let (pv, alice) = bastion(
-        &env,
-        Config::new().target(Target::host("echo", "127.0.0.1", echo.port).allow_users(&["alice"])),
-    );
-    let data = random_bytes(4 * MIB);
-    let out = forward_stdio(
-        &env.client(&pv, "alice")
-            .identity(&alice)
-            .log_level("DEBUG")
-            .timeout(Duration::from_secs(120)),
-        "echo",
-        echo.port,
-        &data,
-    );
-    assert_eq!(out.code(), 0, "ssh -W failed: {}", out.stderr);
-    assert!(
-        out.stdout == data,
-        "echo mismatch: {}",
-        diff(&out.stdout, &data)
-    );
+    let (_env, pv, out) = echo_through_ssh_w(4, "DEBUG");
     for direction in ["server->client", "client->server"] {
         let line = format!("kex: {direction} cipher: chacha20-poly1305@openssh.com");
         assert!(out.stderr.contains(&line), "no {line:?} in: {}", out.stderr);
