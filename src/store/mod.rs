@@ -445,13 +445,24 @@ impl Store {
     }
 
     /// One passive checkpoint of the recordings file: the frames in its WAL
-    /// and how many of them are now in the file.
+    /// and how many of them are now in the file. Then the file's pages
+    /// leave the page cache ([`drop_cached`]).
     pub async fn checkpoint_recordings_once(&self) -> Result<(i64, i64), sqlx::Error> {
         use sqlx::Row;
         let row = sqlx::query("PRAGMA recording_data.wal_checkpoint(PASSIVE)")
             .fetch_one(&self.pool)
             .await?;
-        Ok((row.try_get(1)?, row.try_get(2)?))
+        let (log, done): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
+        if let Some(main) = &self.sqlite_file
+            && done > 0
+        {
+            let file = recordings_file(main);
+            let dropped = tokio::task::spawn_blocking(move || drop_cached(&file)).await;
+            if let Ok(Err(e)) = dropped {
+                tracing::debug!(error = %e, "dropping the recordings file from the page cache");
+            }
+        }
+        Ok((log, done))
     }
 
     pub async fn close(&self) {
@@ -465,6 +476,24 @@ impl Store {
 /// How often the recordings file's WAL is checkpointed
 /// ([`Store::checkpoint_recordings`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Drop behind: ask the kernel to let go of the cached pages of `file` (the
+/// recordings file, after a checkpoint has written and synced its pages).
+/// Recorded output is written once and read rarely, and every page kept
+/// cached would be a fresh one: on this project's benchmark machines (VMs)
+/// a write into new page-cache pages cost about four times one into pages
+/// just freed, and storing a recorded session's output took a fifth of
+/// the machine's CPU (docs/BENCHMARKS.md, "Recorded targets"). Freed at
+/// once, the same pages serve the next chunks, and gigabytes of recordings
+/// do not push out what the page cache holds for everything else. Pages
+/// still dirty (a checkpoint that has not synced yet) are only queued for
+/// writeback by the kernel and dropped at a later call; SQLite's own cache
+/// and the WAL's pages are not touched.
+pub fn drop_cached(file: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(file)?;
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
+    Ok(())
+}
 
 /// A database URL without its password, for messages.
 pub fn redact(url: &str) -> String {
@@ -606,6 +635,66 @@ mod tests {
         let (log, done) = store.checkpoint_recordings_once().await.unwrap();
         // 3 MiB in 64 KiB pages: at least 48 frames, all copied.
         assert!(log >= 48 && done == log, "{log} {done}");
+        store.close().await;
+    }
+
+    /// Bytes of `file` in the page cache, as util-linux's `fincore` reads
+    /// them (scripts/test installs it).
+    fn cached_bytes(file: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(file)
+            .output()
+            .expect("fincore (util-linux-extra) runs");
+        assert!(out.status.success(), "fincore: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("fincore printed {out:?}: {e}"))
+    }
+
+    /// Drop behind: once a checkpoint has written chunks into the
+    /// recordings file, its pages leave the page cache. In a folder under
+    /// target/, on the disk's filesystem: a tmpfs /tmp keeps every page.
+    #[tokio::test]
+    async fn checkpointed_chunks_leave_the_page_cache() {
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let (store, _) = open_in(dir.path()).await;
+        let file = recordings_file(&dir.path().join("pv.db"));
+        let chunks = store.chunk_pool().expect("SQLite in a file");
+        for seq in 0..8 {
+            sqlx::query(
+                "INSERT INTO recording_chunks (recording_id, seq, data, raw_bytes, codec) \
+                 VALUES (1, $1, $2, 1048576, 'none')",
+            )
+            .bind(seq)
+            .bind(vec![u8::try_from(seq).unwrap(); 1 << 20])
+            .execute(chunks)
+            .await
+            .unwrap();
+        }
+        let size = std::fs::metadata(&file).unwrap().len();
+        let (log, done) = store.checkpoint_recordings_once().await.unwrap();
+        assert!(log >= 128 && done == log, "{log} {done}");
+        let size_after = std::fs::metadata(&file).unwrap().len();
+        assert!(size_after >= size + (8 << 20), "{size} -> {size_after}");
+        let cached = cached_bytes(&file);
+        assert!(cached < 1 << 20, "{cached} of {size_after} bytes still cached");
+        // Read back in full, the pages are cached again (the check above
+        // can see them), and the chunks are intact.
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM recording_chunks WHERE length(data) = 1048576 \
+                 AND substr(data, 1048576, 1) = substr(data, 1, 1)"
+            )
+            .await,
+            8
+        );
+        std::fs::read(&file).unwrap();
+        assert!(cached_bytes(&file) >= size_after / 2);
+        drop_cached(&file).unwrap();
+        assert!(cached_bytes(&file) < 1 << 20);
         store.close().await;
     }
 
