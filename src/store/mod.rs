@@ -679,7 +679,10 @@ mod tests {
         let size_after = std::fs::metadata(&file).unwrap().len();
         assert!(size_after >= size + (8 << 20), "{size} -> {size_after}");
         let cached = cached_bytes(&file);
-        assert!(cached < 1 << 20, "{cached} of {size_after} bytes still cached");
+        assert!(
+            cached < 1 << 20,
+            "{cached} of {size_after} bytes still cached"
+        );
         // Read back in full, the pages are cached again (the check above
         // can see them), and the chunks are intact.
         assert_eq!(
