@@ -643,16 +643,32 @@ pub async fn prune(store: &Store, before: i64) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
     for id in candidates.into_iter().filter(|id| !named.contains(id)) {
         let mut tx = store.pool().begin().await?;
-        sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        deleted += sqlx::query("DELETE FROM recordings WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
+        let gone = async {
+            sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM recordings WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+        }
+        .await;
+        match gone {
+            Ok(gone) => {
+                tx.commit().await?;
+                deleted += gone.rows_affected();
+            }
+            Err(e) => {
+                // Rolled back now, not later in a task of sqlx's own: until
+                // then the transaction would hold SQLite's write lock, and
+                // audit writes would wait on it (as in audit::writer).
+                if let Err(r) = tx.rollback().await {
+                    tracing::debug!(error = %r, "rollback of a failed recording prune");
+                }
+                return Err(e);
+            }
+        }
     }
     Ok(deleted)
 }

@@ -600,3 +600,70 @@ async fn retention_deletes_old_recordings_but_not_those_the_audit_trail_still_na
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_prune_that_fails_keeps_everything_and_frees_the_write_lock() {
+    on_each_store(|store| async move {
+        let mut r = Recorder::start(store.clone(), meta("alice", "db-1", 1), SETTINGS)
+            .await
+            .unwrap();
+        r.output(b"hello\r\n");
+        let id = r.id();
+        r.finish(Some(0)).await.unwrap();
+        sql(
+            &store,
+            &format!("UPDATE recordings SET started_at = 1000, ended_at = 2000 WHERE id = {id}"),
+        )
+        .await;
+        // The row's DELETE fails after its chunks' DELETE ran.
+        match store.backend() {
+            crate::store::Backend::Sqlite => {
+                sql(
+                    &store,
+                    "CREATE TRIGGER keep_recordings BEFORE DELETE ON recordings \
+                     BEGIN SELECT RAISE(ABORT, 'kept'); END",
+                )
+                .await;
+            }
+            crate::store::Backend::Postgres => {
+                sql(
+                    &store,
+                    "CREATE FUNCTION keep_recordings() RETURNS trigger AS \
+                     $$ BEGIN RAISE EXCEPTION 'kept'; END $$ LANGUAGE plpgsql",
+                )
+                .await;
+                sql(
+                    &store,
+                    "CREATE TRIGGER keep_recordings BEFORE DELETE ON recordings \
+                     FOR EACH ROW EXECUTE FUNCTION keep_recordings()",
+                )
+                .await;
+            }
+        }
+        let err = prune(&store, 1_000_000).await.unwrap_err();
+        assert!(err.to_string().contains("kept"), "{err}");
+        if store.backend() == crate::store::Backend::Sqlite {
+            // The failed transaction no longer holds the write lock: a
+            // writer that does not wait gets it at once.
+            let mut c = store.pool().acquire().await.unwrap();
+            sqlx::query("PRAGMA busy_timeout = 0")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *c).await.unwrap();
+            sqlx::query("PRAGMA busy_timeout = 5000")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+        }
+        // Nothing was lost: the chunks' DELETE was rolled back with it.
+        let content = content(&store, id).await.unwrap();
+        assert_eq!(content.sha256_ok, Some(true));
+        assert_eq!(events(&content)[0].data, "hello\r\n");
+    })
+    .await;
+}

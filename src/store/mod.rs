@@ -244,6 +244,10 @@ impl Store {
         .await;
         let end = if moved.is_ok() { "COMMIT" } else { "ROLLBACK" };
         let ended = sqlx::query(end).execute(&mut *c).await;
+        if ended.is_err() {
+            // Maybe still in the transaction: not back to the pool.
+            c.close_on_drop();
+        }
         moved?;
         ended?;
         Ok(())
@@ -382,14 +386,22 @@ impl Store {
                     .execute(&mut *c)
                     .await?;
                 let locked = sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await;
+                let locked_ok = locked.is_ok();
                 let rolled_back = match locked {
                     Ok(_) => sqlx::query("ROLLBACK").execute(&mut *c).await.map(drop),
                     Err(e) => Err(e),
                 };
-                sqlx::query("PRAGMA busy_timeout = 5000")
+                let restored = sqlx::query("PRAGMA busy_timeout = 5000")
                     .execute(&mut *c)
-                    .await?;
-                rolled_back
+                    .await
+                    .map(drop);
+                if (locked_ok && rolled_back.is_err()) || restored.is_err() {
+                    // Maybe still in the transaction (holding the write
+                    // lock), or with the short timeout: this connection
+                    // does not go back to the pool.
+                    c.close_on_drop();
+                }
+                rolled_back.and(restored)
             }
         }
     }
