@@ -256,14 +256,9 @@ async fn write_chained(
             Ok(tail)
         }
         Err(e) => {
-            // Rolled back now, not when sqlx gets the connection back (it
-            // does that in a task of its own): until then the transaction
-            // holds SQLite's write lock, and the next write, which the
-            // pool may give another connection, found the database locked
-            // and lost its record.
-            if let Err(r) = tx.rollback().await {
-                tracing::debug!(error = %r, "rollback of a failed audit write");
-            }
+            // Else the next write could find the database locked and lose
+            // its record.
+            crate::store::roll_back(tx, "audit write").await;
             Err(e)
         }
     }

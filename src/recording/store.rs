@@ -660,12 +660,7 @@ pub async fn prune(store: &Store, before: i64) -> Result<u64, sqlx::Error> {
                 deleted += gone.rows_affected();
             }
             Err(e) => {
-                // Rolled back now, not later in a task of sqlx's own: until
-                // then the transaction would hold SQLite's write lock, and
-                // audit writes would wait on it (as in audit::writer).
-                if let Err(r) = tx.rollback().await {
-                    tracing::debug!(error = %r, "rollback of a failed recording prune");
-                }
+                crate::store::roll_back(tx, "recording prune").await;
                 return Err(e);
             }
         }

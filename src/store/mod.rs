@@ -507,6 +507,17 @@ pub fn drop_cached(file: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Roll a failed transaction back now, not when sqlx gets its connection
+/// back (it does that in a task of its own): until then the transaction
+/// holds SQLite's write lock, and the next write, which the pool may give
+/// another connection, finds the database locked. `what` names the write
+/// in the debug line a failed rollback leaves.
+pub async fn roll_back(tx: sqlx::Transaction<'_, sqlx::Any>, what: &str) {
+    if let Err(e) = tx.rollback().await {
+        tracing::debug!(error = %e, "rollback of a failed {what}");
+    }
+}
+
 /// A database URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
