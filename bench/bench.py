@@ -20,8 +20,8 @@ import record
 import report
 from procs import (BenchError, LineReader, Proc, mem_available_mib, run, settle_memory,
                    stop_all)
-from servers import (Keys, OpensshJump, PortvaktJump, PortvaktNodes, Sink, Target, cli_config,
-                     client_config, ensure_bench_user, known_hosts)
+from servers import (Keys, OpensshJump, PortvaktJump, PortvaktNodes, PostgresDatabase, Sink,
+                     Target, cli_config, client_config, ensure_bench_user, known_hosts)
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
@@ -88,6 +88,9 @@ def parse_args(argv):
     p.add_argument("--record-sessions",
                    help="record: idle recorded sessions per memory run; the largest is the "
                         "concurrency test [100,1000; quick 5]")
+    p.add_argument("--record-database", choices=["sqlite", "postgres"], default="sqlite",
+                   help="record: where the recorded jump keeps its recordings: SQLite (a file "
+                        "beside it) or a database of its own on --postgres [sqlite]")
     p.add_argument("--record-cipher", default=CIPHERS[0],
                    help=f"record: the cipher on every hop [{CIPHERS[0]}]")
     p.add_argument("--console-sessions", type=int,
@@ -156,32 +159,6 @@ def parse_args(argv):
     args.unchained_bin = os.path.abspath(args.unchained_bin or os.path.join(
         REPO, "target", "bench-unchained", "release", "portvakt"))
     return args
-
-
-class PostgresDatabase:
-    """A database of the benchmark's own on a PostgreSQL server (psql must be
-    on PATH); dropped again on exit. Yields the URL for portvakt."""
-
-    def __init__(self, admin_url):
-        self.admin = admin_url
-        self.name = f"portvakt_bench_{os.getpid()}"
-
-    def psql(self, sql):
-        out = subprocess.run(["psql", self.admin, "-v", "ON_ERROR_STOP=1", "-qc", sql],
-                             capture_output=True, text=True, timeout=60)
-        if out.returncode != 0:
-            raise BenchError(f"psql {self.admin} failed ({sql}): {out.stderr.strip()}; "
-                             "give --postgres URL, or --scale-nodes 0 to skip the nodes run")
-
-    def __enter__(self):
-        self.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        self.psql(f"CREATE DATABASE {self.name}")
-        base, _, _ = self.admin.rpartition("/")
-        return f"{base}/{self.name}"
-
-    def __exit__(self, *exc):
-        self.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
-        return False
 
 
 class Bench:
@@ -632,7 +609,8 @@ def main(argv):
         signal.signal(sig, on_signal)
     ensure_bench_user()
     if ("scale" in args.only and "portvakt" in args.jumps and args.scale_nodes > 1
-            or "console" in args.only):
+            or "console" in args.only
+            or "record" in args.only and args.record_database == "postgres"):
         try:  # fail now, not after the rest of the run
             PostgresDatabase(args.postgres).psql("SELECT 1")
         except BenchError as exc:
@@ -695,7 +673,7 @@ def main(argv):
                          report.AUDIT_BEGIN, report.AUDIT_END)
         if "record" in bench.results:
             report.write(args.out, record.markdown(bench.results["record"], meta, args),
-                         record.BEGIN, record.END)
+                         *record.markers(args))
         if "console" in bench.results:
             report.write(args.out, console.markdown(bench.results["console"], meta, args),
                          console.BEGIN, console.END)

@@ -13,7 +13,9 @@ portvakt's recording target CA):
   portvakt-rec  portvakt with the target as the recorded target "rec"
                 (mode = "record"): the client's SSH ends at portvakt, which
                 logs in to the target with a certificate from its target CA,
-                relays the session and stores it as asciicast in SQLite
+                relays the session and stores it as asciicast in SQLite (or,
+                with --record-database postgres, in a PostgreSQL database of
+                its own on --postgres, as several nodes would)
 """
 
 import json
@@ -25,14 +27,18 @@ import time
 
 import report
 from procs import BenchError, run
-from servers import (USER, OpensshJump, PortvaktJump, Target, client_config, keygen,
-                     known_hosts, recorded_target)
+from servers import (USER, OpensshJump, PortvaktJump, PostgresDatabase, Target, client_config,
+                     keygen, known_hosts, recorded_target)
 
 RECORDED = "portvakt-rec"
 NAME = "rec"  # the recorded target, as the client dials it
 JUMPS = ["openssh", "portvakt", RECORDED]
 BEGIN = "<!-- bench/run record: begin (generated; edits between these markers are replaced) -->"
 END = "<!-- bench/run record: end -->"
+# With --record-database postgres the report is a part of its own: the run
+# of record on SQLite stays.
+PG_BEGIN = "<!-- bench/run record on PostgreSQL: begin (generated; edits between these markers are replaced) -->"
+PG_END = "<!-- bench/run record on PostgreSQL: end -->"
 PAYLOAD_MIB = 16
 MIB = 1 << 20
 
@@ -103,9 +109,29 @@ class Record:
             return PortvaktJump(d, self.args.bin, self.keys, ports, self.limit)
         extra = recorded_target(NAME, self.target, self.keys, [USER], self.max_bytes,
                                 self.host_ca, self.target_ca)
+        database, url = None, None
+        if self.args.record_database == "postgres":
+            database = PostgresDatabase(self.args.postgres, f"_record_{self.instances}")
+            url = database.__enter__()
         # Its CIDR target reaches only the sink: the target is "rec".
-        return PortvaktJump(d, self.args.bin, self.keys, [self.bench.sink.port], self.limit,
-                            name=RECORDED, extra=extra)
+        try:
+            jump = PortvaktJump(d, self.args.bin, self.keys, [self.bench.sink.port], self.limit,
+                                database=url, name=RECORDED, extra=extra)
+        except BaseException:
+            if database:
+                database.__exit__(None, None, None)
+            raise
+        jump.postgres = database
+        return jump
+
+    def stop(self, jump):
+        """Stops `jump`, then drops its PostgreSQL database if it has one."""
+        try:
+            jump.stop()
+        finally:
+            database = getattr(jump, "postgres", None)
+            if database:
+                database.__exit__(None, None, None)
 
     def make_text_payload(self):
         """Terminal output as it usually is: source text (the machine's C
@@ -150,7 +176,7 @@ class Record:
             self.results["log_excerpt"] = report.log_excerpt(rec.log_lines())
         finally:
             for j in jumps:
-                j.stop()
+                self.stop(j)
         self.memory()
         return self.results
 
@@ -186,36 +212,43 @@ class Record:
 
     # --- the recordings a run made -------------------------------------------------
 
-    def db(self, jump):
-        return os.path.join(os.path.dirname(jump.config), "portvakt.db")
+    def query(self, jump, sql):
+        """Rows of `sql` (no parameters: the callers format integers only) in
+        the recorded jump's database. From PostgreSQL every value is text,
+        NULL is None."""
+        if getattr(jump, "postgres", None) is None:
+            con = sqlite3.connect(os.path.join(os.path.dirname(jump.config), "portvakt.db"))
+            try:
+                return con.execute(sql).fetchall()
+            finally:
+                con.close()
+        url = jump.postgres.admin.rpartition("/")[0] + "/" + jump.postgres.name
+        out = run(["psql", url, "-v", "ON_ERROR_STOP=1", "-AtF", "\t", "-P", "null=\\N",
+                   "-c", sql])
+        if out.returncode != 0:
+            raise BenchError(f"psql {url} failed ({sql}): {out.stderr.strip()}")
+        return [tuple(None if v == "\\N" else v for v in line.split("\t"))
+                for line in out.stdout.splitlines()]
 
     def last_recording(self, jump):
         if jump.name != RECORDED:
             return None
-        con = sqlite3.connect(self.db(jump))
-        try:
-            return con.execute("SELECT coalesce(max(id), 0) FROM recordings").fetchone()[0]
-        finally:
-            con.close()
+        return int(self.query(jump, "SELECT coalesce(max(id), 0) FROM recordings")[0][0])
 
     def recording_after(self, jump, last, at_least):
         """The one recording made since `last`, once it has ended: it must
         hold at least `at_least` bytes of content and not be truncated."""
-        con = sqlite3.connect(self.db(jump))
         deadline = time.monotonic() + 60
-        try:
-            while True:
-                rows = con.execute(
-                    "SELECT id, kind, bytes, chunks, truncated, ended_at FROM recordings "
-                    "WHERE id > ? ORDER BY id", (last,)).fetchall()
-                if len(rows) == 1 and rows[0][5] is not None:
-                    break
-                if time.monotonic() > deadline:
-                    raise BenchError(f"no ended recording after {last}: {rows}")
-                time.sleep(0.02)
-        finally:
-            con.close()
-        rid, kind, size, chunks, truncated, _ = rows[0]
+        while True:
+            rows = self.query(jump, "SELECT id, kind, bytes, chunks, truncated, ended_at "
+                                    f"FROM recordings WHERE id > {int(last)} ORDER BY id")
+            if len(rows) == 1 and rows[0][5] is not None:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"no ended recording after {last}: {rows}")
+            time.sleep(0.02)
+        rid, kind, size, chunks, truncated = rows[0][:5]
+        rid, size, chunks, truncated = int(rid), int(size), int(chunks), int(truncated)
         if kind != "exec" or truncated or size < at_least:
             raise BenchError(f"recording {rid}: kind {kind}, {size} bytes (want at least "
                              f"{at_least}), truncated {truncated}")
@@ -324,11 +357,10 @@ class Record:
                                           extra=["--recorded", NAME, "--command", "cat"])
                     run["log_lines"] = len(jump.log_lines())
                     run["log_excerpt"] = report.log_excerpt(jump.log_lines())
-                    con = sqlite3.connect(self.db(jump))
-                    run["recordings"] = con.execute("SELECT count(*) FROM recordings").fetchone()[0]
-                    con.close()
+                    run["recordings"] = int(
+                        self.query(jump, "SELECT count(*) FROM recordings")[0][0])
                 finally:
-                    jump.stop()
+                    self.stop(jump)
                 runs.append(run)
                 say(f"record memory {size} round {r + 1}: {run['open']} open, {run['failed']} "
                     f"failed, {run['lost_after_open']} dropped, {run['per_forward_rss_kib']} KiB "
@@ -521,6 +553,10 @@ How it measures (bench/run --only record; bench/record.py):
 """
 
 
+def markers(args):
+    return (PG_BEGIN, PG_END) if args.record_database == "postgres" else (BEGIN, END)
+
+
 def markdown(res, meta, args):
     m = meta
     method = METHOD.format(
@@ -530,12 +566,17 @@ def markdown(res, meta, args):
         size=(f"{args.record_bytes / (1 << 30):g} GiB" if args.record_bytes >= 1 << 30
               else f"{args.record_bytes >> 20} MiB"),
         rounds=args.rounds, opening=args.open_concurrency)
-    return f"""{BEGIN}
-## Recorded targets
+    begin, end = markers(args)
+    where = ""
+    if args.record_database == "postgres":
+        where = (" Here the recorded jump keeps its recordings on PostgreSQL (a database of its "
+                 "own on the server of `--postgres`, as several nodes would), not in SQLite.")
+    return f"""{begin}
+## Recorded targets{" (recordings on PostgreSQL)" if where else ""}
 
 Issue 12: through a recorded target, throughput at least 0.75x and `ssh -J ... true`
 latency at most 1.0x of OpenSSH sshd as a pass-through jump host; at most 256 KiB per
-idle recorded session; 1,000 concurrent recorded sessions without failure. Run on
+idle recorded session; 1,000 concurrent recorded sessions without failure.{where} Run on
 {m['date']}, took {m['duration']}:
 
     {m['command']}
@@ -559,5 +600,5 @@ Every run:
 {details(res)}
 
 {method}
-{END}
+{end}
 """

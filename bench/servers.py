@@ -369,3 +369,28 @@ def ensure_bench_user():
             subprocess.run(["usermod", "-p", "*", USER], check=True)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
 
+
+class PostgresDatabase:
+    """A database of the benchmark's own on a PostgreSQL server (psql must be
+    on PATH); dropped again on exit. Yields the URL for portvakt."""
+
+    def __init__(self, admin_url, suffix=""):
+        self.admin = admin_url
+        self.name = f"portvakt_bench_{os.getpid()}{suffix}"
+
+    def psql(self, sql):
+        out = subprocess.run(["psql", self.admin, "-v", "ON_ERROR_STOP=1", "-qc", sql],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise BenchError(f"psql {self.admin} failed ({sql}): {out.stderr.strip()}; "
+                             "give --postgres URL, or --scale-nodes 0 to skip the nodes run")
+
+    def __enter__(self):
+        self.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        self.psql(f"CREATE DATABASE {self.name}")
+        base, _, _ = self.admin.rpartition("/")
+        return f"{base}/{self.name}"
+
+    def __exit__(self, *exc):
+        self.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        return False
