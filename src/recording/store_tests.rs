@@ -667,3 +667,52 @@ async fn a_prune_that_fails_keeps_everything_and_frees_the_write_lock() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn postgres_does_not_compress_chunks_again() {
+    on_each_store(|store| async move {
+        let r = Recorder::start(store.clone(), meta("alice", "db-1", 1), SETTINGS)
+            .await
+            .unwrap();
+        let id = r.id();
+        // A chunk stored as it is, though pglz could shrink it (portvakt
+        // stores as it is only what LZ4 cannot shrink; this is the
+        // database's side alone).
+        let raw = b"build step ok\r\n".repeat(20_000);
+        let (result, _) = store_chunk(&store, id, 0, (raw.clone(), None, Codec::None), 0).await;
+        result.unwrap();
+        match store.backend() {
+            crate::store::Backend::Postgres => {
+                // NULL: stored as given (EXTERNAL), not compressed by
+                // PostgreSQL (it would say 'pglz').
+                let row = sqlx::query(
+                    "SELECT CAST(pg_column_compression(data) AS TEXT) AS how, \
+                     CAST(pg_column_size(data) AS BIGINT) AS size \
+                     FROM recording_chunks WHERE recording_id = $1 AND seq = 0",
+                )
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+                let how: Option<String> = row.try_get("how").unwrap();
+                let size: i64 = row.try_get("size").unwrap();
+                assert_eq!(how, None);
+                assert!(size >= raw.len() as i64, "{size}");
+            }
+            // SQLite never compresses a BLOB.
+            crate::store::Backend::Sqlite => {}
+        }
+        // And it reads back as it was stored.
+        let stored: Vec<u8> =
+            sqlx::query("SELECT data FROM recording_chunks WHERE recording_id = $1 AND seq = 0")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+                .try_get("data")
+                .unwrap();
+        assert!(stored == raw);
+        drop(r);
+    })
+    .await;
+}
