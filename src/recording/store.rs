@@ -126,6 +126,9 @@ pub struct Recorder {
     slots: Arc<Semaphore>,
     /// Set by a writer whose chunk failed (the next flush reports it).
     failed: Arc<AtomicBool>,
+    /// Whether the chunk LZ4 saw last shrank (its output is most likely
+    /// still text): the next one then skips the sample, see [`encode`].
+    shrank: Arc<AtomicBool>,
     /// Chunks handed to the writer, and the seq of the next.
     chunks: i64,
     truncated: bool,
@@ -190,6 +193,7 @@ impl Recorder {
             spares: Arc::default(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             failed: Arc::default(),
+            shrank: Arc::default(),
             chunks: 0,
             truncated: false,
             in_flight: None,
@@ -312,34 +316,42 @@ impl Recorder {
         };
         let (store, id, seq) = (self.store.clone(), self.id, self.chunks);
         let (spares, failed) = (self.spares.clone(), self.failed.clone());
+        let shrank = self.shrank.clone();
         let stored = self.bytes;
         self.chunks += 1;
         // Off the connection's thread (crate::server::spawn_work): LZ4 and
         // SHA-256 of a chunk take milliseconds the relay need not wait for.
         self.in_flight = Some(crate::server::spawn_work(async move {
+            // LZ4 before the wait for the chunk before: a recording's chunks
+            // are hashed and stored in turn, but compressed side by side,
+            // so the compression of one overlaps the database write of the
+            // one before it instead of adding to it.
+            let (codec, packed) = encode(&raw, !shrank.load(Ordering::Acquire));
+            shrank.store(codec == Codec::Lz4, Ordering::Release);
+            let packed = match packed {
+                Cow::Owned(packed) => Some(packed),
+                Cow::Borrowed(_) => None,
+            };
             let done = match before.wait().await {
                 Stored {
                     result: Ok(()),
                     hash: Some(mut hash),
-                    lz4,
                 } => {
                     hash.update(&raw);
-                    let (result, spare) = store_chunk(&store, id, seq, raw, stored, !lz4).await;
+                    let (result, spare) =
+                        store_chunk(&store, id, seq, (raw, packed, codec), stored).await;
                     raw = spare.unwrap_or_default();
                     Stored {
-                        lz4: matches!(result, Ok(Codec::Lz4)),
-                        result: result.map(|_| ()),
+                        result,
                         hash: Some(hash),
                     }
                 }
                 Stored {
                     result: Ok(()),
                     hash: None,
-                    ..
                 } => Stored {
                     result: Err(StoreError::Unhealthy),
                     hash: None,
-                    lz4: false,
                 },
                 before => before,
             };
@@ -423,13 +435,10 @@ const IN_FLIGHT_PER_PROCESS: usize = 64;
 static BUDGET: Semaphore = Semaphore::const_new(IN_FLIGHT_PER_PROCESS);
 
 /// What a chunk's writer hands on: its result (or the first error before
-/// it), the running hash (`None` if a writer was lost) and whether the chunk
-/// was stored compressed (the next one then skips the sample, see
-/// [`encode`]).
+/// it) and the running hash (`None` if a writer was lost).
 struct Stored {
     result: Result<(), StoreError>,
     hash: Option<digest::Context>,
-    lz4: bool,
 }
 
 /// What a chunk's writer waits for.
@@ -445,12 +454,10 @@ impl Before {
             Before::Hash(hash) => Stored {
                 result: Ok(()),
                 hash,
-                lz4: false,
             },
             Before::Writer(h) => h.await.unwrap_or_else(|e| Stored {
                 result: Err(StoreError::Query(sqlx::Error::Protocol(e.to_string()))),
                 hash: None,
-                lz4: false,
             }),
         }
     }
@@ -460,25 +467,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Compress chunk `seq` of recording `id` (unless it does not shrink; with
-/// `sample`, LZ4 tries its start first) and store it, with the row's
-/// running size (`stored`: content up to its end). Returns how it was
-/// stored, and `raw` back for reuse unless it was stored as it is (then it
-/// is moved to the database driver, not copied).
+/// Store chunk `seq` of recording `id`, as [`encode`] made it (`raw`, and
+/// `packed` if LZ4 shrank it), with the row's running size (`stored`:
+/// content up to its end). Returns `raw` back for reuse unless it was
+/// stored as it is (then it is moved to the database driver, not copied).
 async fn store_chunk(
     store: &Store,
     id: i64,
     seq: i64,
-    raw: Vec<u8>,
+    (raw, packed, codec): (Vec<u8>, Option<Vec<u8>>, Codec),
     stored: u64,
-    sample: bool,
-) -> (Result<Codec, StoreError>, Option<Vec<u8>>) {
+) -> (Result<(), StoreError>, Option<Vec<u8>>) {
     let len = raw.len() as i64;
-    // LZ4 takes well under a millisecond per chunk: no thread hand-over.
-    let (codec, packed) = encode(&raw, sample);
     let (data, spare) = match packed {
-        Cow::Owned(packed) => (packed, Some(raw)),
-        Cow::Borrowed(_) => (raw, None),
+        Some(packed) => (packed, Some(raw)),
+        None => (raw, None),
     };
     let result = async {
         // The chunk first, then the row that counts it, each committed on
@@ -508,7 +511,7 @@ async fn store_chunk(
             .bind(id)
             .execute(store.pool())
             .await?;
-        Ok(codec)
+        Ok(())
     }
     .await;
     (result, spare)
