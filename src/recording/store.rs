@@ -428,8 +428,9 @@ const IN_FLIGHT: usize = 16;
 
 /// Chunks all recordings of this process may have in flight together: what
 /// bounds the memory that recordings waiting for the database hold
-/// (64 MiB), however many sessions print at once. A recording waits for a
-/// permit here after one of its own [`IN_FLIGHT`] slots.
+/// (64 MiB of content, and beside a chunk LZ4 shrank its smaller LZ4 block,
+/// so under 128 MiB), however many sessions print at once. A recording
+/// waits for a permit here after one of its own [`IN_FLIGHT`] slots.
 const IN_FLIGHT_PER_PROCESS: usize = 64;
 
 static BUDGET: Semaphore = Semaphore::const_new(IN_FLIGHT_PER_PROCESS);
