@@ -222,7 +222,7 @@ class Record:
                 return con.execute(sql).fetchall()
             finally:
                 con.close()
-        url = jump.postgres.admin.rpartition("/")[0] + "/" + jump.postgres.name
+        url = jump.postgres.url
         out = run(["psql", url, "-v", "ON_ERROR_STOP=1", "-AtF", "\t", "-P", "null=\\N",
                    "-c", sql])
         if out.returncode != 0:

@@ -385,11 +385,16 @@ class PostgresDatabase:
             raise BenchError(f"psql {self.admin} failed ({sql}): {out.stderr.strip()}; "
                              "give --postgres URL, or --scale-nodes 0 to skip the nodes run")
 
+    @property
+    def url(self):
+        """The URL of this database (on the server of `admin_url`)."""
+        base, _, _ = self.admin.rpartition("/")
+        return f"{base}/{self.name}"
+
     def __enter__(self):
         self.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
         self.psql(f"CREATE DATABASE {self.name}")
-        base, _, _ = self.admin.rpartition("/")
-        return f"{base}/{self.name}"
+        return self.url
 
     def __exit__(self, *exc):
         self.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
