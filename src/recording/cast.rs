@@ -539,6 +539,18 @@ mod tests {
         }
     }
 
+    /// `escape_into(text)` is what serde_json writes inside the quotes.
+    fn assert_escapes_like_serde_json(text: &[u8], what: &dyn std::fmt::Display) {
+        let mut out = Vec::new();
+        escape_into(text, &mut out);
+        let want = serde_json::to_string(std::str::from_utf8(text).unwrap()).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            &want[1..want.len() - 1],
+            "{what}"
+        );
+    }
+
     /// Every ASCII byte, at every position of a word, escaped exactly as
     /// serde_json does.
     #[test]
@@ -547,14 +559,7 @@ mod tests {
             for pos in 0..24 {
                 let mut text = vec![b'x'; 24];
                 text[pos] = b;
-                let mut out = Vec::new();
-                escape_into(&text, &mut out);
-                let want = serde_json::to_string(std::str::from_utf8(&text).unwrap()).unwrap();
-                assert_eq!(
-                    std::str::from_utf8(&out).unwrap(),
-                    &want[1..want.len() - 1],
-                    "byte {b:#04x} at {pos}"
-                );
+                assert_escapes_like_serde_json(&text, &format_args!("byte {b:#04x} at {pos}"));
             }
         }
     }
@@ -576,13 +581,9 @@ mod tests {
                 for pos in 0..=len {
                     let mut text = vec![b'x'; len];
                     text.splice(pos..pos, end.iter().copied());
-                    let mut out = Vec::new();
-                    escape_into(&text, &mut out);
-                    let want = serde_json::to_string(std::str::from_utf8(&text).unwrap()).unwrap();
-                    assert_eq!(
-                        std::str::from_utf8(&out).unwrap(),
-                        &want[1..want.len() - 1],
-                        "{end:?} at {pos} of {len}"
+                    assert_escapes_like_serde_json(
+                        &text,
+                        &format_args!("{end:?} at {pos} of {len}"),
                     );
                 }
             }
@@ -606,14 +607,7 @@ mod tests {
                     seed ^= seed << 17;
                     text.push_str(pieces[(seed % pieces.len() as u64) as usize]);
                 }
-                let mut out = Vec::new();
-                escape_into(text.as_bytes(), &mut out);
-                let want = serde_json::to_string(&text).unwrap();
-                assert_eq!(
-                    std::str::from_utf8(&out).unwrap(),
-                    &want[1..want.len() - 1],
-                    "{text:?}"
-                );
+                assert_escapes_like_serde_json(text.as_bytes(), &format_args!("{text:?}"));
             }
         }
     }
