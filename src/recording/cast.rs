@@ -206,8 +206,8 @@ fn write_decoded(
 /// need none, text a newline every few dozen bytes): this is the recorded
 /// relay's hot path. A terminal ends its lines with `\r\n`, which is
 /// written as one escape of four bytes (source text through a pty: an
-/// escape every 14 bytes, two in five of them such a pair; it saves an
-/// eighth of this function's time on it, docs/BENCHMARKS.md).
+/// escape every 14 bytes, two in five of them such a pair; it saves a
+/// tenth of this function's time on it, docs/BENCHMARKS.md).
 fn escape_into(text: &[u8], out: &mut Vec<u8>) {
     out.reserve(text.len() + 16);
     // Start of the bytes not yet copied.
