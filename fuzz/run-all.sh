@@ -6,7 +6,7 @@ set -u
 cd "$(dirname "$0")"
 secs=${SECONDS_PER_TARGET:-600}
 mkdir -p work/logs
-for t in ${TARGETS:-config target_match certificate cert_check revocation}; do
+for t in ${TARGETS:-config target_match certificate cert_check revocation frames}; do
     mkdir -p "work/$t" "corpus/$t"
     dict=
     [ -f "dict/$t.dict" ] && dict="-dict=dict/$t.dict"

@@ -173,9 +173,22 @@ fn an_exec_session_is_recorded_and_its_exit_status_reaches_the_client() {
         .map(|(_, _, d)| d.as_str())
         .collect();
     assert!(output.contains("recorded-42"), "{cast}");
-    // The stored hash is the content's.
+    // The stored hash is the stored content's: `export --raw` prints it
+    // (the terminal's bytes in frames), and holds the output as it came.
     let sha = rec["sha256"].as_str().expect("sha256");
-    assert_eq!(sha, sha256_hex(cast.as_bytes()));
+    let raw =
+        r.pv.cli(&["recordings", "export", "--raw", &rec["id"].to_string()]);
+    raw.assert_success();
+    assert_eq!(sha, sha256_hex(&raw.stdout));
+    assert_eq!(rec["bytes"], raw.stdout.len(), "{rec}");
+    assert!(raw.stdout.starts_with(b"portvakt frames 1\n"));
+    assert!(
+        raw.stdout
+            .windows(12)
+            .any(|w| w == b"recorded-42\n" || w == b"recorded-42\r"),
+        "{}",
+        String::from_utf8_lossy(&raw.stdout)
+    );
 
     // The audit trail has both ends, tied to the forward's row.
     let start =

@@ -37,8 +37,14 @@ pub enum RecordingsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// The recording as asciicast v2 on stdout, exactly as stored.
-    Export { id: i64 },
+    /// The recording as asciicast v2 on stdout.
+    Export {
+        id: i64,
+        /// The content exactly as stored (frames, docs/RECORDING.md):
+        /// `sha256sum` of it is the SHA-256 the audit trail names.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Replay a recording's output with its original timing.
     Play {
         id: i64,
@@ -80,7 +86,7 @@ pub async fn run(cmd: &RecordingsCmd, _cfg: &Config, store: &Store) -> Outcome {
             }
         }
         RecordingsCmd::Show { id, json } => show(store, *id, *json).await,
-        RecordingsCmd::Export { id } => match checked_content(store, *id).await {
+        RecordingsCmd::Export { id, raw } => match checked_content(store, *id, *raw).await {
             Ok(c) => write_stdout(&c.bytes),
             Err(o) => o,
         },
@@ -88,7 +94,7 @@ pub async fn run(cmd: &RecordingsCmd, _cfg: &Config, store: &Store) -> Outcome {
             if !(speed.is_finite() && *speed > 0.0) {
                 return Outcome::Usage(format!("--speed {speed}: must be a number above 0"));
             }
-            match checked_content(store, *id).await {
+            match checked_content(store, *id, false).await {
                 Ok(c) => play(*id, &c.bytes, (!*no_wait).then_some(*speed)).await,
                 Err(o) => o,
             }
@@ -175,11 +181,16 @@ async fn file_ops(
     Ok(ops)
 }
 
-/// The content of recording `id`, refused when it cannot be read or no
-/// longer matches its SHA-256. An unfinished recording (no SHA-256 yet)
-/// is given with a warning on stderr.
-async fn checked_content(store: &Store, id: i64) -> Result<Content, Outcome> {
-    let c = match store::content(store, id).await {
+/// The content of recording `id` (as stored with `raw`, else asciicast),
+/// refused when it cannot be read or no longer matches its SHA-256. An
+/// unfinished recording (no SHA-256 yet) is given with a warning on stderr.
+async fn checked_content(store: &Store, id: i64, raw: bool) -> Result<Content, Outcome> {
+    let read = if raw {
+        store::stored(store, id).await
+    } else {
+        store::content(store, id).await
+    };
+    let c = match read {
         Ok(c) => c,
         Err(e @ ContentError::NotFound(_)) => return Err(Outcome::Failed(e.to_string())),
         Err(e) => return Err(Outcome::Failed(format!("cannot read recording {id}: {e}"))),

@@ -4,7 +4,8 @@
 //! the stored content still matches its SHA-256, its file operations, and
 //! its terminal output as plain text (escape sequences and control
 //! characters removed, then escaped like everything else). Opening it is a
-//! `console.view`. `?format=cast` downloads the asciicast as stored.
+//! `console.view`. `?format=cast` downloads the asciicast (made from the
+//! stored frames, docs/RECORDING.md).
 
 use std::sync::Arc;
 

@@ -7,6 +7,7 @@ pub mod ca;
 pub mod cast;
 mod counted;
 pub mod fileops;
+pub mod frames;
 mod inner;
 mod inner_forward;
 mod relay;

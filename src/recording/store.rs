@@ -1,7 +1,8 @@
 //! Recordings in the database: a `recordings` row per recorded channel and
-//! its asciicast content in `recording_chunks`, each chunk compressed (LZ4
-//! blocks) unless LZ4 cannot shrink it. A [`Recorder`] writes one
-//! recording; `list`, `get` and `content` read them back for the CLI.
+//! its content (frames, [`super::frames`]) in `recording_chunks`, each
+//! chunk compressed (LZ4 blocks) unless LZ4 cannot shrink it. A
+//! [`Recorder`] writes one recording; `list`, `get`, `stored` and `content`
+//! (asciicast) read them back for the CLI and the console.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,12 +16,13 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::cast::{Encoder, Header};
+use super::cast::Header;
+use super::frames::{self, Frame};
 use crate::clock::{now_micros, rfc3339_micros};
 use crate::store::{Store, StoreError};
 use crate::text::clean;
 
-/// Content encoded but not stored past this asks for a flush.
+/// Content framed but not stored past this asks for a flush.
 pub const FLUSH_BYTES: usize = 1024 * 1024;
 /// Room for a chunk and the event that completes it (no regrowth).
 const PENDING_CAPACITY: usize = FLUSH_BYTES + 256 * 1024;
@@ -100,18 +102,17 @@ pub struct Summary {
     pub exit_status: Option<u32>,
 }
 
-/// Writes one recording. Events are encoded at once and stored in chunks:
-/// the caller awaits `flush` when `wants_flush` says so, and `finish` at
-/// the end. A recorder dropped without `finish` leaves a row without
-/// `ended_at` whose stored chunks stay readable.
+/// Writes one recording. Events are framed at once (`super::frames`) and
+/// stored in chunks: the caller awaits `flush` when `wants_flush` says so,
+/// and `finish` at the end. A recorder dropped without `finish` leaves a
+/// row without `ended_at` whose stored chunks stay readable.
 pub struct Recorder {
     store: Store,
     id: i64,
     /// Event times count from here (monotonic, unlike `started_at`).
     started: Instant,
     settings: Settings,
-    encoder: Encoder,
-    /// Content encoded but not yet stored.
+    /// Content framed but not yet stored.
     pending: Vec<u8>,
     /// Content accepted so far, stored or pending: what `max_bytes` bounds.
     bytes: u64,
@@ -186,9 +187,8 @@ impl Recorder {
             id,
             started,
             settings,
-            encoder: Encoder::new(),
-            bytes: header.len() as u64,
-            pending: header.into_bytes(),
+            bytes: (frames::MAGIC.len() + header.len()) as u64,
+            pending: [frames::MAGIC, header.as_bytes()].concat(),
             hash: Some(digest::Context::new(&digest::SHA256)),
             spares: Arc::default(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
@@ -208,23 +208,23 @@ impl Recorder {
     /// recording reach max_bytes (the event that does not fit is dropped,
     /// later events too; the recording is marked truncated).
     pub fn output(&mut self, data: &[u8]) -> bool {
-        if self.truncated {
-            return false;
-        }
-        let mark = self.pending.len();
-        let at = self.started.elapsed();
-        self.encoder.write_output(at, data, &mut self.pending) && self.keep(mark)
+        self.frame(Frame::Output, data)
     }
 
     /// An "i" event now, recorded only when `settings.input`; returns as
     /// `output`.
     pub fn input(&mut self, data: &[u8]) -> bool {
-        if self.truncated || !self.settings.input {
+        self.settings.input && self.frame(Frame::Input, data)
+    }
+
+    /// A frame of `data` now (none for no bytes); returns as `output`.
+    fn frame(&mut self, frame: Frame, data: &[u8]) -> bool {
+        if self.truncated || data.is_empty() {
             return false;
         }
         let mark = self.pending.len();
-        let at = self.started.elapsed();
-        self.encoder.write_input(at, data, &mut self.pending) && self.keep(mark)
+        frames::write(&mut self.pending, self.started.elapsed(), frame, data);
+        self.keep(mark)
     }
 
     /// An "r" event now; returns as `output`.
@@ -232,11 +232,12 @@ impl Recorder {
         if self.truncated {
             return false;
         }
-        let line = self.encoder.resize(self.started.elapsed(), width, height);
-        self.append(Some(line))
+        let mark = self.pending.len();
+        frames::write_resize(&mut self.pending, self.started.elapsed(), width, height);
+        self.keep(mark)
     }
 
-    /// Bytes encoded but not yet stored >= FLUSH_BYTES (the caller then awaits
+    /// Bytes framed but not yet stored >= FLUSH_BYTES (the caller then awaits
     /// `flush`).
     pub fn wants_flush(&self) -> bool {
         self.pending.len() >= FLUSH_BYTES
@@ -247,32 +248,18 @@ impl Recorder {
         self.truncated
     }
 
-    /// The event written to `pending` from `mark` on stays if it fits in
-    /// max_bytes; true when it is the first that does not (it is removed).
+    /// The frame written to `pending` from `mark` on stays if it fits in
+    /// max_bytes (less the room the end frame is sure of); true when it is
+    /// the first that does not (it is removed).
     fn keep(&mut self, mark: usize) -> bool {
         let size = (self.pending.len() - mark) as u64;
-        if self.bytes.saturating_add(size) > self.settings.max_bytes {
+        let room = self.settings.max_bytes.saturating_sub(frames::END_BYTES);
+        if self.bytes.saturating_add(size) > room {
             self.pending.truncate(mark);
             self.truncated = true;
             return true;
         }
         self.bytes += size;
-        false
-    }
-
-    /// Keeps `line` within max_bytes; true when it is the first that does
-    /// not fit.
-    fn append(&mut self, line: Option<String>) -> bool {
-        let Some(line) = line else {
-            return false;
-        };
-        let size = line.len() as u64;
-        if self.bytes.saturating_add(size) > self.settings.max_bytes {
-            self.truncated = true;
-            return true;
-        }
-        self.bytes += size;
-        self.pending.extend_from_slice(line.as_bytes());
         false
     }
 
@@ -383,11 +370,10 @@ impl Recorder {
     /// Flushes, then sets ended_at, bytes, sha256, truncated, exit_status,
     /// chunks.
     pub async fn finish(mut self, exit_status: Option<u32>) -> Result<Summary, StoreError> {
-        if !self.truncated {
-            for line in self.encoder.finish(self.started.elapsed()) {
-                self.append(Some(line));
-            }
-        }
+        // Room for it is kept (`keep`), truncated or not.
+        let mark = self.pending.len();
+        frames::write(&mut self.pending, self.started.elapsed(), Frame::End, &[]);
+        self.bytes += (self.pending.len() - mark) as u64;
         self.flush().await?;
         self.settle().await?;
         let sha256 = hex(self
@@ -798,11 +784,13 @@ pub async fn get(store: &Store, id: i64) -> Result<Option<RecordingRow>, StoreEr
     Ok(r.as_ref().map(row).transpose()?)
 }
 
-/// A recording's stored content, uncompressed.
+/// A recording's content, uncompressed: as stored ([`stored`]) or as
+/// asciicast v2 ([`content`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Content {
     pub bytes: Vec<u8>,
-    /// Lowercase hex SHA-256 of `bytes`.
+    /// Lowercase hex SHA-256 of the stored content (what the recording's
+    /// row and its `recording.end` event name).
     pub sha256: String,
     /// Does it match the SHA-256 stored at the end? None while the
     /// recording has none (not finished, or its node stopped first).
@@ -819,11 +807,30 @@ pub enum ContentError {
     /// stored with it.
     #[error("recording {id}: chunk {seq}: {problem}")]
     Corrupt { id: i64, seq: i64, problem: String },
+    /// The chunks are whole but their frames are not.
+    #[error("recording {id}: {source}")]
+    Frames {
+        id: i64,
+        source: super::frames::FrameError,
+    },
 }
 
-/// The content of recording `id`: its chunks decompressed in seq order,
-/// checked against the stored chunk count, sizes and SHA-256.
+/// The content of recording `id` as asciicast v2 ([`stored`], converted
+/// by [`super::frames::to_asciicast`]); `sha256` stays that of the stored
+/// content.
 pub async fn content(store: &Store, id: i64) -> Result<Content, ContentError> {
+    let mut c = stored(store, id).await?;
+    match frames::to_asciicast(&c.bytes) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(cast)) => c.bytes = cast,
+        Err(source) => return Err(ContentError::Frames { id, source }),
+    }
+    Ok(c)
+}
+
+/// The stored content of recording `id`: its chunks decompressed in seq
+/// order, checked against the stored chunk count, sizes and SHA-256.
+pub async fn stored(store: &Store, id: i64) -> Result<Content, ContentError> {
     let rec = get(store, id).await?.ok_or(ContentError::NotFound(id))?;
     let chunks = sqlx::query(
         "SELECT seq, data, raw_bytes, codec FROM recording_chunks WHERE recording_id = $1 \

@@ -77,7 +77,19 @@ async fn a_recording_round_trips_with_its_sha256() {
         let c = content(&store, id).await.unwrap();
         assert_eq!(c.sha256_ok, Some(true));
         assert_eq!((summary.id, summary.sha256.clone()), (id, c.sha256.clone()));
-        assert_eq!(summary.bytes, c.bytes.len() as u64);
+        // Stored as frames (the terminal's bytes as they came), read as
+        // asciicast; the SHA-256 and the size are those of what is stored.
+        let st = stored(&store, id).await.unwrap();
+        assert!(st.bytes.starts_with(frames::MAGIC));
+        // The terminal's bytes as they came, a character cut across two
+        // messages included.
+        let has = |piece: &[u8]| st.bytes.windows(piece.len()).any(|w| w == piece);
+        assert!(has(&[b'a', euro[0]]) && has(&euro[1..]) && has(b"\x1b[0m\"done\"\r\n"));
+        assert_eq!(
+            (st.sha256.as_str(), st.sha256_ok),
+            (c.sha256.as_str(), Some(true))
+        );
+        assert_eq!(summary.bytes, st.bytes.len() as u64);
         assert_eq!((summary.truncated, summary.exit_status), (false, Some(3)));
         let text = std::str::from_utf8(&c.bytes).unwrap();
         let (header, _) = cast::parse(text).unwrap();
@@ -101,7 +113,7 @@ async fn a_recording_round_trips_with_its_sha256() {
 
         let row = get(&store, id).await.unwrap().unwrap();
         assert_eq!(row.sha256.as_deref(), Some(summary.sha256.as_str()));
-        assert_eq!((row.bytes, row.chunks), (c.bytes.len() as i64, 2));
+        assert_eq!((row.bytes, row.chunks), (st.bytes.len() as i64, 2));
         assert_eq!((row.exit_status, row.truncated), (Some(3), false));
         assert!(row.ended_at.is_some() && row.duration_seconds.is_some());
         assert_eq!((row.user.as_str(), row.login.as_str()), ("alice", "root"));
@@ -157,8 +169,9 @@ async fn large_output_is_stored_in_several_chunks() {
         let bytes_so_far = get(&store, id).await.unwrap().unwrap().bytes;
         assert!(bytes_so_far >= 2 * FLUSH_BYTES as i64);
         let s = r.finish(Some(0)).await.unwrap();
+        let st = stored(&store, id).await.unwrap();
+        assert_eq!((st.sha256_ok, st.bytes.len() as u64), (Some(true), s.bytes));
         let c = content(&store, id).await.unwrap();
-        assert_eq!((c.sha256_ok, c.bytes.len() as u64), (Some(true), s.bytes));
         let out: usize = events(&c).iter().map(|e| e.data.len()).sum();
         assert_eq!(out, 320 * piece.len());
         assert_eq!(get(&store, id).await.unwrap().unwrap().chunks, flushes + 1);
@@ -169,7 +182,7 @@ async fn large_output_is_stored_in_several_chunks() {
 #[tokio::test]
 async fn output_past_max_bytes_is_dropped_and_marked_truncated() {
     on_each_store(|store| async move {
-        // Room for the header and about three 20-byte events.
+        // Room for the header, four frames of 16 bytes and the end frame.
         let probe = Recorder::start(store.clone(), meta("alice", "db-1", 3), SETTINGS)
             .await
             .unwrap();
@@ -191,8 +204,9 @@ async fn output_past_max_bytes_is_dropped_and_marked_truncated() {
         assert!(!r.resize(1, 1) && !r.output(b"later"));
         let s = r.finish(Some(0)).await.unwrap();
         assert!(s.truncated && s.bytes <= header + 80);
+        let st = stored(&store, id).await.unwrap();
+        assert_eq!((st.sha256_ok, st.bytes.len() as u64), (Some(true), s.bytes));
         let c = content(&store, id).await.unwrap();
-        assert_eq!((c.sha256_ok, c.bytes.len() as u64), (Some(true), s.bytes));
         let kept = events(&c).len();
         assert_eq!(kept, reached.iter().position(|t| *t).unwrap());
         assert!(get(&store, id).await.unwrap().unwrap().truncated);
@@ -362,7 +376,7 @@ async fn chunks_lz4_cannot_shrink_are_stored_as_they_are_and_read_back() {
         assert!(codec == "lz4" && stored * 4 < *raw, "{rows:?}");
         let c = content(&store, id).await.unwrap();
         assert_eq!(c.sha256_ok, Some(true));
-        assert_eq!(c.bytes.len() as u64, summary.bytes);
+        assert_eq!(super::stored(&store, id).await.unwrap().bytes.len() as u64, summary.bytes);
         let text = events(&c).into_iter().map(|e| e.data).collect::<String>();
         assert!(text.starts_with(std::str::from_utf8(&noise(64)).unwrap()));
         assert!(text.ends_with("build step ok\r\n"));

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use sqlx::Row;
 
-use super::store::{ContentError, content, get};
+use super::store::{ContentError, get, stored};
 use crate::audit::EventKind;
 use crate::audit::verify::{Problem, ProblemKind};
 use crate::store::Store;
@@ -105,7 +105,7 @@ async fn one(
             ),
         )));
     }
-    match content(store, rec).await {
+    match stored(store, rec).await {
         Ok(c) if c.sha256 == sha && c.bytes.len() as u64 == bytes => Ok(None),
         Ok(c) => Ok(Some(problem(
             ProblemKind::RecordingChanged,
