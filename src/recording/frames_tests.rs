@@ -2,6 +2,16 @@ use super::*;
 
 const HEADER: &[u8] = b"{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":1}\n";
 
+/// The magic and a header line: stored content with no frames yet.
+fn framed() -> Vec<u8> {
+    [MAGIC, HEADER].concat()
+}
+
+/// Why `stored` cannot be read.
+fn problem(stored: &[u8]) -> &'static str {
+    to_asciicast(stored).unwrap_err().problem
+}
+
 fn at(us: u64) -> Duration {
     Duration::from_micros(us)
 }
@@ -51,8 +61,7 @@ fn terminal_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
 fn frames_read_back_as_the_lines_the_encoder_writes_directly() {
     for seed in 1..=200_u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut stored = MAGIC.to_vec();
-        stored.extend_from_slice(HEADER);
+        let mut stored = framed();
         let mut direct = HEADER.to_vec();
         let mut enc = Encoder::new();
         let mut t = 0;
@@ -104,8 +113,7 @@ fn frames_read_back_as_the_lines_the_encoder_writes_directly() {
 #[test]
 fn the_stored_frames_keep_the_terminals_bytes_exactly() {
     let data = b"ok \xff\xfe not UTF-8, a cut \xe2\x82";
-    let mut stored = MAGIC.to_vec();
-    stored.extend_from_slice(HEADER);
+    let mut stored = framed();
     write(&mut stored, at(1_500_000), Frame::Output, data);
     let frame = &stored[MAGIC.len() + HEADER.len()..];
     assert_eq!(frame[0], b'o');
@@ -123,8 +131,7 @@ fn the_stored_frames_keep_the_terminals_bytes_exactly() {
 
 #[test]
 fn a_character_cut_at_the_end_is_written_at_the_end_frame() {
-    let mut stored = MAGIC.to_vec();
-    stored.extend_from_slice(HEADER);
+    let mut stored = framed();
     write(&mut stored, at(1), Frame::Output, b"a\xe2\x82");
     write(&mut stored, at(2), Frame::Output, b"\xacb");
     write(&mut stored, at(3), Frame::Output, b"\xe2");
@@ -151,8 +158,7 @@ fn content_without_the_magic_is_read_as_it_is() {
 
 #[test]
 fn damaged_frames_are_an_error_never_a_panic() {
-    let mut stored = MAGIC.to_vec();
-    stored.extend_from_slice(HEADER);
+    let mut stored = framed();
     let frames_at = stored.len();
     write(&mut stored, at(5), Frame::Output, b"hello\r\n");
     write_resize(&mut stored, at(6), 100, 30);
@@ -190,33 +196,17 @@ fn damaged_frames_are_an_error_never_a_panic() {
         }
     );
     // A length past the end is cut short, not an allocation.
-    let mut huge = MAGIC.to_vec();
-    huge.extend_from_slice(HEADER);
+    let mut huge = framed();
     huge.push(b'o');
     huge.extend_from_slice(&0_u64.to_le_bytes());
     huge.extend_from_slice(&u32::MAX.to_le_bytes());
-    assert_eq!(
-        to_asciicast(&huge).unwrap_err().problem,
-        "a frame is cut short"
-    );
-    let mut resize = MAGIC.to_vec();
-    resize.extend_from_slice(HEADER);
+    assert_eq!(problem(&huge), "a frame is cut short");
+    let mut resize = framed();
     write(&mut resize, at(1), Frame::Resize, b"80x24");
-    assert_eq!(
-        to_asciicast(&resize).unwrap_err().problem,
-        "a resize frame is not 8 bytes"
-    );
-    let mut end = MAGIC.to_vec();
-    end.extend_from_slice(HEADER);
+    assert_eq!(problem(&resize), "a resize frame is not 8 bytes");
+    let mut end = framed();
     write(&mut end, at(1), Frame::End, b"x");
-    assert_eq!(
-        to_asciicast(&end).unwrap_err().problem,
-        "an end frame has bytes"
-    );
-    let mut headless = MAGIC.to_vec();
-    headless.extend_from_slice(b"{\"version\":2");
-    assert_eq!(
-        to_asciicast(&headless).unwrap_err().problem,
-        "the header line has no end"
-    );
+    assert_eq!(problem(&end), "an end frame has bytes");
+    let headless = [MAGIC, b"{\"version\":2"].concat();
+    assert_eq!(problem(&headless), "the header line has no end");
 }
